@@ -1,0 +1,87 @@
+"""Settings of queued_storage, read lazily so ``override_settings`` always works."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+_DEFAULTS: dict[str, Any] = {
+    "QUEUED_STORAGE_CACHE": "default",
+    "QUEUED_STORAGE_CACHE_PREFIX": "queued_storage",
+    "QUEUED_STORAGE_CACHE_TIMEOUT": 24 * 3600,
+    "QUEUED_STORAGE_RETRIES": 5,
+    "QUEUED_STORAGE_RETRY_DELAY": 60,
+    "QUEUED_STORAGE_RETRY_BACKOFF_MAX": 3600,
+    "QUEUED_STORAGE_QUEUE": None,
+    "QUEUED_STORAGE_LEASE": 300,
+    "QUEUED_STORAGE_HOST": None,
+}
+
+
+class Settings:
+    """Typed accessors for the ``QUEUED_STORAGE_*`` settings."""
+
+    def _get(self, name: str) -> Any:
+        return getattr(settings, name, _DEFAULTS[name])
+
+    def _positive(self, name: str, *, allow_zero: bool = False) -> float:
+        value = self._get(name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or value < 0 or (value == 0 and not allow_zero):
+            raise ImproperlyConfigured(
+                f"{name} must be a positive number of seconds or a count, got {value!r}."
+            )
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def CACHE(self) -> str:
+        """Alias in ``settings.CACHES`` that mirrors file locations."""
+        return str(self._get("QUEUED_STORAGE_CACHE"))
+
+    @property
+    def CACHE_PREFIX(self) -> str:
+        """Prefix of every cache key this app writes."""
+        return str(self._get("QUEUED_STORAGE_CACHE_PREFIX"))
+
+    @property
+    def CACHE_TIMEOUT(self) -> int | None:
+        """Seconds a location stays in the cache; the database remains the truth."""
+        value = self._get("QUEUED_STORAGE_CACHE_TIMEOUT")
+        return None if value is None else int(value)
+
+    @property
+    def RETRIES(self) -> int:
+        """How many times a failed transfer is retried before it is ``failed``."""
+        return int(self._positive("QUEUED_STORAGE_RETRIES", allow_zero=True))
+
+    @property
+    def RETRY_DELAY(self) -> float:
+        """Base of the exponential backoff between retries, in seconds."""
+        return self._positive("QUEUED_STORAGE_RETRY_DELAY")
+
+    @property
+    def RETRY_BACKOFF_MAX(self) -> float:
+        """Upper bound of one backoff interval, in seconds."""
+        return self._positive("QUEUED_STORAGE_RETRY_BACKOFF_MAX")
+
+    @property
+    def QUEUE(self) -> str | None:
+        """Celery queue of the transfer task; ``None`` means Celery's default queue."""
+        value = self._get("QUEUED_STORAGE_QUEUE")
+        return None if value is None else str(value)
+
+    @property
+    def LEASE(self) -> float:
+        """Seconds a worker owns a file it copies; renewed while the copy progresses."""
+        return self._positive("QUEUED_STORAGE_LEASE")
+
+    @property
+    def HOST(self) -> str:
+        """Name of this host, recorded with each file saved here."""
+        return str(self._get("QUEUED_STORAGE_HOST") or socket.gethostname())
+
+
+conf = Settings()

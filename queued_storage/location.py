@@ -1,0 +1,284 @@
+"""Where each file lives: every state change of a file is decided here.
+
+The database row (:class:`~queued_storage.models.FileRecord`) is the truth; the
+Django cache mirrors the state as a fast path.  Each transition is one
+conditional ``UPDATE`` so two processes can never both win it, on SQLite and
+PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from django.core.cache import caches
+from django.db.models import F, Q
+from django.utils import timezone
+
+from .conf import conf
+from .models import FileRecord, State
+
+logger = logging.getLogger("queued_storage")
+
+# Cached for files that exist nowhere, so probing a missing name stays cheap.
+_ABSENT = "absent"
+_ABSENT_TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """What ``QueuedStorage.status()`` returns."""
+
+    name: str
+    state: str
+    size: int | None
+    attempts: int
+    last_error: str
+    bytes_done: int
+    host: str
+    checksum: str
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: FileRecord) -> FileStatus:
+        return cls(
+            name=record.name,
+            state=record.state,
+            size=record.size,
+            attempts=record.attempts,
+            last_error=record.last_error,
+            bytes_done=record.bytes_done,
+            host=record.host,
+            checksum=record.checksum,
+            updated_at=record.updated_at,
+        )
+
+
+class Claim(Enum):
+    """Outcome of a worker asking to copy one version of a file."""
+
+    CLAIMED = "claimed"  # this worker now holds the lease and copies
+    DONE = "done"  # already remote: a redelivered message, nothing to do
+    GONE = "gone"  # deleted, or replaced by a newer version
+    BUSY = "busy"  # another worker holds a live lease
+
+
+def new_version() -> str:
+    return secrets.token_hex(8)
+
+
+def cache_key(storage: str, name: str) -> str:
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{conf.CACHE_PREFIX}:{storage}:{digest}"
+
+
+def _cache_get(key: str) -> Any:
+    try:
+        return caches[conf.CACHE].get(key)
+    except Exception as exc:  # the database answers when the cache cannot
+        logger.warning("queued_storage: cache read failed (%s); using the database", exc)
+        return None
+
+
+def _cache_set(key: str, value: str, timeout: int | None = None) -> None:
+    try:
+        caches[conf.CACHE].set(key, value, conf.CACHE_TIMEOUT if timeout is None else timeout)
+    except Exception as exc:  # a stale cache entry is refreshed on the next change
+        logger.warning("queued_storage: cache write failed (%s)", exc)
+
+
+def _cache_delete(key: str) -> None:
+    try:
+        caches[conf.CACHE].delete(key)
+    except Exception as exc:
+        logger.warning("queued_storage: cache delete failed (%s)", exc)
+
+
+def _mirror(storage: str, name: str, state: str) -> None:
+    _cache_set(cache_key(storage, name), state)
+
+
+def cached_state(storage: str, name: str) -> str | None:
+    """The state as the cache and then the database know it, without touching storages."""
+    key = cache_key(storage, name)
+    state = _cache_get(key)
+    if state is not None:
+        return str(state)
+    row = FileRecord.objects.filter(storage=storage, name=name).values_list("state", flat=True)
+    found = row.first()
+    if found is not None:
+        _cache_set(key, found)
+    return found
+
+
+def remember_unknown(storage: str, name: str, *, on_remote: bool, on_local: bool, size: int | None) -> str:
+    """Record a file saved before this app knew of it, as found by one lookup."""
+    key = cache_key(storage, name)
+    if not (on_remote or on_local):
+        _cache_set(key, _ABSENT, _ABSENT_TIMEOUT)
+        return _ABSENT
+    state = State.REMOTE if on_remote else State.PENDING
+    record, _ = FileRecord.objects.get_or_create(
+        storage=storage,
+        name=name,
+        defaults={"state": state, "version": new_version(), "size": size, "host": conf.HOST},
+    )
+    _cache_set(key, record.state)
+    return record.state
+
+
+def record_saved(storage: str, name: str, size: int | None) -> FileRecord:
+    """Create the pending record of a file just written locally."""
+    record = FileRecord.objects.create(
+        storage=storage, name=name, state=State.PENDING, version=new_version(), size=size, host=conf.HOST
+    )
+    _mirror(storage, name, State.PENDING)
+    return record
+
+
+def get(storage: str, name: str) -> FileRecord | None:
+    return FileRecord.objects.filter(storage=storage, name=name).first()
+
+
+def name_taken(storage: str, name: str) -> bool:
+    """Whether a record holds ``name``, in any state: such a name is never reused."""
+    state = cached_state(storage, name)
+    return state is not None and state != _ABSENT
+
+
+def requeue(storage: str, name: str) -> FileRecord | None:
+    """Make a pending or failed file pending again, with a fresh attempt count."""
+    now = timezone.now()
+    FileRecord.objects.filter(
+        storage=storage, name=name, state__in=[State.PENDING, State.FAILED]
+    ).update(state=State.PENDING, attempts=0, last_error="", updated_at=now)
+    record = get(storage, name)
+    if record is not None:
+        _mirror(storage, name, record.state)
+    return record
+
+
+def claim(storage: str, name: str, version: str, owner: str) -> tuple[Claim, FileRecord | None]:
+    """Take the lease on ``name`` at ``version`` so this worker alone copies it."""
+    now = timezone.now()
+    free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    won = FileRecord.objects.filter(
+        free,
+        storage=storage,
+        name=name,
+        version=version,
+        state__in=[State.PENDING, State.TRANSFERRING, State.FAILED],
+    ).update(
+        state=State.TRANSFERRING,
+        lease_until=now + timedelta(seconds=conf.LEASE),
+        attempts=F("attempts") + 1,
+        bytes_done=0,
+        updated_at=now,
+    )
+    record = get(storage, name)
+    if won:
+        _mirror(storage, name, State.TRANSFERRING)
+        logger.debug("queued_storage: %s claimed %s", owner, name)
+        return Claim.CLAIMED, record
+    if record is None or record.version != version or record.state == State.DELETED:
+        return Claim.GONE, record
+    if record.state == State.REMOTE:
+        return Claim.DONE, record
+    return Claim.BUSY, record
+
+
+
+def heartbeat(storage: str, name: str, version: str, bytes_done: int) -> bool:
+    """Report progress and renew the lease; False when the file was deleted or replaced."""
+    now = timezone.now()
+    return bool(
+        FileRecord.objects.filter(
+            storage=storage, name=name, version=version, state=State.TRANSFERRING
+        ).update(bytes_done=bytes_done, lease_until=now + timedelta(seconds=conf.LEASE), updated_at=now)
+    )
+
+
+def switch_to_remote(storage: str, name: str, version: str, *, size: int, checksum: str) -> bool:
+    """The compare-and-set that moves reads to the remote copy; False if the file changed."""
+    now = timezone.now()
+    won = FileRecord.objects.filter(
+        storage=storage, name=name, version=version, state=State.TRANSFERRING
+    ).update(
+        state=State.REMOTE,
+        size=size,
+        checksum=checksum,
+        bytes_done=size,
+        last_error="",
+        lease_until=None,
+        transferred_at=now,
+        updated_at=now,
+    )
+    if won:
+        _mirror(storage, name, State.REMOTE)
+    return bool(won)
+
+
+def release(storage: str, name: str, version: str, *, error: str, failed: bool) -> None:
+    """Give the lease back after an attempt that did not succeed."""
+    FileRecord.objects.filter(
+        storage=storage, name=name, version=version, state=State.TRANSFERRING
+    ).update(
+        state=State.FAILED if failed else State.PENDING,
+        last_error=error[:4000],
+        lease_until=None,
+        updated_at=timezone.now(),
+    )
+    record = get(storage, name)
+    if record is not None:
+        _mirror(storage, name, record.state)
+
+
+def forget(storage: str, name: str) -> tuple[FileRecord | None, bool]:
+    """Drop the record of a deleted file; returns the record it had and whether it was kept.
+
+    A file being copied right now is only marked ``deleted`` (kept): the worker
+    that holds the lease removes its remote copy and then the row.
+    """
+    now = timezone.now()
+    record = get(storage, name)
+    if record is None:
+        _cache_delete(cache_key(storage, name))
+        return None, False
+    if record.state == State.DELETED:
+        return record, True
+    marked = FileRecord.objects.filter(
+        pk=record.pk, state=State.TRANSFERRING, lease_until__gte=now
+    ).update(state=State.DELETED, updated_at=now)
+    if marked:
+        _mirror(storage, name, State.DELETED)
+    else:
+        FileRecord.objects.filter(pk=record.pk).delete()
+        _cache_delete(cache_key(storage, name))
+    return record, bool(marked)
+
+
+def discard(storage: str, name: str, version: str) -> bool:
+    """Remove the row of a deleted file once its copy is gone; True if it was ours."""
+    deleted, _ = FileRecord.objects.filter(
+        storage=storage, name=name, version=version, state=State.DELETED
+    ).delete()
+    if deleted:
+        _cache_delete(cache_key(storage, name))
+    return bool(deleted)
+
+
+def stale(older_than: float, *, failed: bool = False) -> list[FileRecord]:
+    """Records the sweeper should queue again: pending or stuck, and optionally failed."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=older_than)
+    query = Q(state=State.PENDING, updated_at__lt=cutoff) | Q(
+        state=State.TRANSFERRING, lease_until__lt=now, updated_at__lt=cutoff
+    )
+    if failed:
+        query |= Q(state=State.FAILED)
+    return list(FileRecord.objects.filter(query).order_by("updated_at"))

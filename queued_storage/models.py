@@ -1,0 +1,46 @@
+"""The durable record of where each file lives."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class State(models.TextChoices):
+    PENDING = "pending", "pending"
+    TRANSFERRING = "transferring", "transferring"
+    REMOTE = "remote", "remote"
+    FAILED = "failed", "failed"
+    # Internal: deleted by the app while a worker still copies it; the worker
+    # removes its remote copy and then the row.  Never returned by status().
+    DELETED = "deleted", "deleted"
+
+
+class FileRecord(models.Model):
+    """One file of one queued storage; the source of truth for its location."""
+
+    storage = models.CharField(max_length=64, help_text="Identity of the QueuedStorage.")
+    name = models.CharField(max_length=1024)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    # A new random token per save: a task carries it, so a message for a file
+    # that was since deleted and saved again can never switch the new one.
+    version = models.CharField(max_length=32)
+    size = models.BigIntegerField(null=True)
+    checksum = models.CharField(max_length=80, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    host = models.CharField(max_length=255, blank=True, default="")
+    bytes_done = models.BigIntegerField(default=0)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    transferred_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "queued file"
+        constraints = [
+            models.UniqueConstraint(fields=["storage", "name"], name="queued_storage_unique_name"),
+        ]
+        indexes = [models.Index(fields=["state", "updated_at"], name="queued_storage_state_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.state})"

@@ -1,0 +1,358 @@
+"""The storage: a proxy that writes locally and reads wherever the file lives."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
+from django.core.files.storage import Storage, storages
+from django.core.files.utils import validate_file_name
+from django.db import IntegrityError, router, transaction
+from django.utils.deconstruct import deconstructible
+from django.utils.functional import SimpleLazyObject
+from django.utils.module_loading import import_string
+
+from . import location
+from .location import FileStatus
+from .models import FileRecord, State
+
+DEFAULT_TASK = "queued_storage.tasks.Transfer"
+
+OPTIONS = (
+    "local",
+    "remote",
+    "local_options",
+    "remote_options",
+    "cache_prefix",
+    "delayed",
+    "task",
+    "delete_local",
+)
+
+# Options whose values never enter a storage's identity, so rotating
+# credentials does not orphan the records of every file.
+_SECRET_WORDS = ("secret", "password", "token", "key", "credential", "session")
+
+# Every QueuedStorage built in this process, by identity: the worker finds a
+# storage declared on a model field here as well as one from STORAGES.
+_registry: dict[str, QueuedStorage] = {}
+
+
+def _resolve_spec(option: str, spec: Any) -> Any:
+    """Import a dotted class path, or accept an alias of ``settings.STORAGES``."""
+    if not isinstance(spec, str) or not spec:
+        raise ImproperlyConfigured(
+            f"QueuedStorage needs {option!r}: a dotted storage class path such as "
+            "'django.core.files.storage.FileSystemStorage', or the alias of a STORAGES entry."
+        )
+    if spec in getattr(settings, "STORAGES", {}):
+        return spec
+    try:
+        return import_string(spec)
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"QueuedStorage option {option}={spec!r} is neither an alias in settings.STORAGES "
+            f"nor an importable class: {exc}"
+        ) from exc
+
+
+def _identity(parts: dict[str, Any]) -> str:
+    """A short, stable id from the non-secret parts of the configuration."""
+
+    def public(options: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in options.items() if not any(w in k.lower() for w in _SECRET_WORDS)}
+
+    canonical = json.dumps(
+        {
+            "local": parts["local"],
+            "remote": parts["remote"],
+            "local_options": public(parts["local_options"]),
+            "remote_options": public(parts["remote_options"]),
+            "cache_prefix": parts["cache_prefix"],
+        },
+        sort_keys=True,
+        default=repr,
+    )
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    short = "-".join(str(parts[side]).rsplit(".", 1)[-1][:20] for side in ("local", "remote"))
+    return f"{short}-{digest}"
+
+
+@deconstructible(path="queued_storage.QueuedStorage")
+class QueuedStorage(Storage):
+    """Saves to ``local`` at once and moves each file to ``remote`` in a Celery task.
+
+    As in django-queued-storage 0.8, a subclass may preset any option as a class
+    attribute; after construction ``local`` and ``remote`` are the storage
+    instances (built on first use and reused, with their connections).
+    """
+
+    local: Any = None
+    remote: Any = None
+    local_options: dict[str, Any] | None = None
+    remote_options: dict[str, Any] | None = None
+    cache_prefix: str | None = None
+    delayed: bool = False
+    task: str = DEFAULT_TASK
+    delete_local: bool = False
+
+    def __init__(
+        self,
+        local: str | None = None,
+        remote: str | None = None,
+        local_options: dict[str, Any] | None = None,
+        remote_options: dict[str, Any] | None = None,
+        cache_prefix: str | None = None,
+        delayed: bool | None = None,
+        task: str | None = None,
+        delete_local: bool | None = None,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise ImproperlyConfigured(
+                f"Unknown QueuedStorage option(s) {', '.join(map(repr, sorted(unknown)))}; "
+                f"valid options are {', '.join(OPTIONS)}."
+            )
+        cls = type(self)
+        self.local_path: str = local or cls.local or ""
+        self.remote_path: str = remote or cls.remote or ""
+        self.local_options = dict(local_options or cls.local_options or {})
+        self.remote_options = dict(remote_options or cls.remote_options or {})
+        self.cache_prefix = cache_prefix if cache_prefix is not None else cls.cache_prefix
+        self.delayed = cls.delayed if delayed is None else bool(delayed)
+        self.task = task or cls.task
+        self.delete_local = cls.delete_local if delete_local is None else bool(delete_local)
+
+        self._local_cls = _resolve_spec("local", self.local_path)
+        self._remote_cls = _resolve_spec("remote", self.remote_path)
+        from .tasks import resolve_task  # noqa: PLC0415 - tasks imports this module
+
+        resolve_task(self.task)
+        self.key = _identity(
+            {
+                "local": self.local_path,
+                "remote": self.remote_path,
+                "local_options": self.local_options,
+                "remote_options": self.remote_options,
+                "cache_prefix": self.cache_prefix,
+            }
+        )
+        self._connect()
+        _registry.setdefault(self.key, self)
+
+    # -- the two storages, built on first use and reused (with their connections)
+
+    def _connect(self) -> None:
+        self.local = SimpleLazyObject(partial(self._build, self._local_cls, self.local_options, "local"))
+        self.remote = SimpleLazyObject(
+            partial(self._build, self._remote_cls, self.remote_options, "remote")
+        )
+
+    def _build(self, cls: Any, options: dict[str, Any], option: str) -> Storage:
+        if isinstance(cls, str):
+            if options:
+                raise ImproperlyConfigured(
+                    f"QueuedStorage {option}={cls!r} names a STORAGES alias; set its options "
+                    f"in STORAGES[{cls!r}]['OPTIONS'] instead of {option}_options."
+                )
+            return storages[cls]
+        return cls(**options)  # type: ignore[no-any-return]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["local"], state["remote"]  # rebuilt lazily; connections do not pickle
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._connect()
+        _registry.setdefault(self.key, self)
+
+    # -- routing
+
+    def get_cache_key(self, name: str) -> str:
+        return location.cache_key(self.key, name)
+
+    def _check(self, name: str) -> str:
+        name = str(name).replace("\\", "/")
+        if "\x00" in name:
+            raise SuspiciousFileOperation(f"File name {name!r} contains a NUL byte; remove it.")
+        validate_file_name(name, allow_relative_path=True)
+        return name
+
+    def _state(self, name: str) -> str:
+        """The file's state; a file unknown to the app is looked up once and recorded."""
+        state = location.cached_state(self.key, name)
+        if state is None:
+            # Remote first: a file moved by another tool (or by 0.8) is remote
+            # even if a stale local copy remains.
+            on_remote = self.remote.exists(name)
+            on_local = not on_remote and self.local.exists(name)
+            size = None
+            if on_local or on_remote:
+                size = (self.local if on_local else self.remote).size(name)
+            state = location.remember_unknown(
+                self.key, name, on_remote=on_remote, on_local=on_local, size=size
+            )
+        return state
+
+    def get_storage(self, name: str) -> Storage:
+        """The storage that holds ``name`` now."""
+        return self.remote if self._state(self._check(name)) == State.REMOTE else self.local
+
+    def using_local(self, name: str) -> bool:
+        return self.get_storage(name) is self.local
+
+    def using_remote(self, name: str) -> bool:
+        return self.get_storage(name) is self.remote
+
+    # -- writing
+
+    def _save(self, name: str, content: Any) -> str:
+        for _ in range(10):
+            stored = self.local.save(name, content)
+            try:
+                # A savepoint, so a lost race does not break the caller's transaction.
+                with transaction.atomic(using=router.db_for_write(FileRecord)):
+                    record = location.record_saved(self.key, stored, self.local.size(stored))
+            except IntegrityError:
+                # Another process recorded this name between our check and our
+                # write: keep its file, pick another name for ours.
+                self.local.delete(stored)
+                content.seek(0)
+                name = self.get_available_name(name)
+                continue
+            if not self.delayed:
+                self._queue(stored, record.version)
+            return stored
+        raise SuspiciousFileOperation(f"Could not find a free name for {name!r} after 10 tries.")
+
+    def _queue(self, name: str, version: str) -> None:
+        from .tasks import enqueue  # noqa: PLC0415
+
+        transaction.on_commit(
+            partial(enqueue, self, name, version), using=router.db_for_write(FileRecord)
+        )
+
+    def transfer(self, name: str) -> bool:
+        """Queue the copy of ``name`` now (after the transaction commits); False if already remote."""
+        name = self._check(name)
+        self._state(name)
+        record = location.requeue(self.key, name)
+        if record is None:
+            raise FileNotFoundError(f"{name!r} is not in this storage.")
+        if record.state == State.REMOTE:
+            return False
+        self._queue(name, record.version)
+        return True
+
+    def delete(self, name: str) -> None:
+        name = self._check(name)
+        record, tombstoned = location.forget(self.key, name)
+        self.local.delete(name)
+        # A worker that still copies it removes its copy itself (tombstone);
+        # otherwise any remote copy, complete or partial, goes now.
+        had_remote = record is None or record.state != State.PENDING or record.attempts > 0
+        if had_remote and not tombstoned:
+            self.remote.delete(name)
+
+    # -- reading
+
+    def _open(self, name: str, mode: str = "rb") -> Any:
+        return self.get_storage(name).open(name, mode)
+
+    def exists(self, name: str) -> bool:
+        """Whether ``name`` is taken: recorded in any state, or present locally.
+
+        Never asks the remote storage, so ``save()`` costs no remote request.
+        """
+        name = self._check(name)
+        return location.name_taken(self.key, name) or self.local.exists(name)
+
+    def listdir(self, path: str) -> tuple[list[str], list[str]]:
+        dirs, files = self.local.listdir(path)
+        try:
+            rdirs, rfiles = self.remote.listdir(path)
+        except FileNotFoundError:
+            rdirs, rfiles = [], []
+        return sorted(set(dirs) | set(rdirs)), sorted(set(files) | set(rfiles))
+
+    def size(self, name: str) -> int:
+        return self.get_storage(name).size(name)
+
+    def url(self, name: str | None) -> str:
+        if name is None:
+            return self.local.url(name)
+        return self.get_storage(name).url(name)
+
+    def path(self, name: str) -> str:
+        return self.get_storage(name).path(name)
+
+    def get_valid_name(self, name: str) -> str:
+        return self.local.get_valid_name(name)
+
+    def generate_filename(self, filename: str) -> str:
+        return self.local.generate_filename(filename)
+
+    def get_accessed_time(self, name: str) -> datetime:
+        return self.get_storage(name).get_accessed_time(name)
+
+    def get_created_time(self, name: str) -> datetime:
+        return self.get_storage(name).get_created_time(name)
+
+    def get_modified_time(self, name: str) -> datetime:
+        return self.get_storage(name).get_modified_time(name)
+
+    # -- state
+
+    def status(self, name: str) -> FileStatus:
+        """Where ``name`` is and how its transfer goes."""
+        name = self._check(name)
+        self._state(name)
+        record = location.get(self.key, name)
+        if record is None or record.state == State.DELETED:
+            raise FileNotFoundError(f"{name!r} is not in this storage.")
+        return FileStatus.of(record)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.key}: {self.local_path} -> {self.remote_path}>"
+
+
+QueuedRemoteStorage = QueuedStorage
+
+
+def get_storage(key: str) -> QueuedStorage:
+    """The QueuedStorage with identity ``key``, from STORAGES or any model field."""
+    if key not in _registry:
+        _load_all()
+    try:
+        return _registry[key]
+    except KeyError:
+        raise LookupError(
+            f"No QueuedStorage with identity {key!r} in this process. The worker must run the "
+            "same settings and models as the web process: check STORAGES and that every app "
+            "declaring storage=QueuedStorage(...) is in INSTALLED_APPS."
+        ) from None
+
+
+def _load_all() -> None:
+    """Build every queued storage the project declares, so each registers itself."""
+    from django.apps import apps
+
+    for alias, spec in getattr(settings, "STORAGES", {}).items():
+        backend = spec.get("BACKEND", "")
+        try:
+            cls = import_string(backend)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and issubclass(cls, QueuedStorage):
+            storages[alias]  # noqa: B018 - built for its side effect
+    for model in apps.get_models():
+        for field in model._meta.get_fields():
+            getattr(field, "storage", None)
+

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.core.cache import caches
+
+from . import plugin
+from .services import CeleryWorker
+
+_worker_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def services() -> plugin.Services:
+    assert plugin.SERVICES is not None, "run pytest with -p tests.plugin (setup.cfg does)"
+    return plugin.SERVICES
+
+
+@pytest.fixture
+def s3(services: plugin.Services) -> Any:
+    """A boto3 client straight to moto, so its requests are not counted by the proxy."""
+    return services.moto.client()
+
+
+@pytest.fixture(autouse=True)
+def clean_services(services: plugin.Services) -> Iterator[None]:
+    """Each test starts with an empty broker and cache, an open and unthrottled S3 endpoint."""
+    services.redis.flushall()
+    proxy = services.s3_proxy
+    proxy.accept()
+    proxy.bandwidth = None
+    proxy.latency = 0.0
+    proxy.reset_counts()
+    yield
+    proxy.accept()
+    proxy.bandwidth = None
+
+
+@pytest.fixture
+def start_worker(services: plugin.Services) -> Iterator[Callable[..., CeleryWorker]]:
+    """Start real ``celery worker`` processes on the test settings; stopped after the test."""
+    started: list[CeleryWorker] = []
+
+    def start(*, env: dict[str, str] | None = None, **kwargs: Any) -> CeleryWorker:
+        n = next(_worker_ids)
+        kwargs.setdefault("hostname", f"w{n}@testhost")
+        worker = CeleryWorker(
+            "tests.celery_app",
+            {"DJANGO_SETTINGS_MODULE": "tests.settings", **(env or {})},
+            services.workdir,
+            **kwargs,
+        )
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def cache() -> Any:
+    return caches["default"]
+
+
+def s3_body(s3: Any, bucket: str, key: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
+
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")

@@ -1,0 +1,98 @@
+"""Settings of the test project; the services' addresses come from the environment.
+
+tests/plugin.py starts Redis, the S3 endpoint (and PostgreSQL) before Django
+loads this module, and Celery workers started by the tests inherit the same
+environment, so web side and worker side share every service.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+env = os.environ.get
+WORK = Path(env("QS_WORKDIR") or tempfile.mkdtemp(prefix="qs-tests-"))
+
+SECRET_KEY = "tests-only"
+DEBUG = False
+USE_TZ = True
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "queued_storage",
+    "tests.testapp",
+]
+
+if env("QS_DB") == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": env("QS_PG_HOST", "127.0.0.1"),
+            "PORT": env("QS_PG_PORT", "5432"),
+            "USER": env("QS_PG_USER", "postgres"),
+            "NAME": "qs_tests",
+            "TEST": {"NAME": "qs_tests"},
+        }
+    }
+else:
+    _sqlite = str(WORK / "db.sqlite3")
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": _sqlite,
+            # The worker opens the very file the tests use.
+            "TEST": {"NAME": _sqlite},
+            "OPTIONS": {"timeout": 20},
+        }
+    }
+
+REDIS_URL = env("QS_REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"{REDIS_URL}/1"}}
+else:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(WORK / "cache")}
+    }
+
+CELERY_BROKER_URL = f"{REDIS_URL}/0" if REDIS_URL else "memory://"
+CELERY_TASK_ALWAYS_EAGER = env("QS_EAGER") == "1"
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+MEDIA_ROOT = str(WORK / "media")
+MEDIA_URL = "/media/"
+
+S3_ENDPOINT = env("QS_S3_ENDPOINT", "http://127.0.0.1:1")
+AWS_S3_ENDPOINT_URL = S3_ENDPOINT
+AWS_ACCESS_KEY_ID = "testing"
+AWS_SECRET_ACCESS_KEY = "testing"
+AWS_S3_REGION_NAME = "us-east-1"
+AWS_STORAGE_BUCKET_NAME = "qs-bucket"
+AWS_S3_ADDRESSING_STYLE = "path"
+AWS_QUERYSTRING_AUTH = False
+
+STORAGES = {
+    "default": {
+        "BACKEND": "queued_storage.QueuedStorage",
+        "OPTIONS": {
+            "local": "django.core.files.storage.FileSystemStorage",
+            "remote": "storages.backends.s3.S3Storage",
+        },
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+QUEUED_STORAGE_RETRIES = int(env("QS_RETRIES", "3"))
+QUEUED_STORAGE_RETRY_DELAY = 1
+QUEUED_STORAGE_LEASE = float(env("QS_LEASE", "6"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"queued_storage": {"handlers": ["console"], "level": "INFO"}},
+}
