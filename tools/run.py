@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""One entry point for developers: ``python3 tools/run.py test|demo|bench``.
+
+Needs only ``python3``.  It creates ``.venv``, installs the package with its
+test extras, installs the Debian packages the real services need (as root,
+with apt-get; otherwise it says what is missing and stops), then runs.
+Standard library only: it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+PY = VENV / "bin" / "python"
+
+# Debian package -> a binary that proves it is installed.
+SYSTEM_PACKAGES = {
+    "redis-server": "redis-server",
+    "postgresql": "initdb",
+}
+BROWSER_PACKAGES = {"chromium": "chromium"}
+PG_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+# The supported matrix, stated once: (tox env, interpreter it needs).
+MATRIX = [
+    ("py310-django52", "python3.10"),
+    ("py312-django60", "python3.12"),
+    ("py313-django61", "python3.13"),
+]
+
+
+def say(message: str) -> None:
+    print(f"\n==> {message}", flush=True)
+
+
+def run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
+    printable = " ".join(str(c) for c in cmd)
+    print(f"$ {printable}", flush=True)
+    result = subprocess.run([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})})
+    if result.returncode:
+        sys.exit(f"FAILED ({result.returncode}): {printable}")
+
+
+def have(binary: str) -> bool:
+    return shutil.which(binary) is not None or any((d / binary).exists() for d in PG_DIRS)
+
+
+def ensure_system(packages: dict[str, str]) -> None:
+    missing = [pkg for pkg, binary in packages.items() if not have(binary)]
+    venv_ok = subprocess.run(
+        [sys.executable, "-c", "import ensurepip, venv"], capture_output=True
+    ).returncode == 0
+    if not venv_ok:
+        missing.append(f"python3-venv python{sys.version_info.major}.{sys.version_info.minor}-venv")
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(
+            "Missing system packages: " + " ".join(missing) + "\n"
+            "Install them (sudo apt-get install -y " + " ".join(missing) + ") and run this again; "
+            "the tests start these services themselves and never skip them."
+        )
+    say("Installing " + " ".join(missing))
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    run("apt-get", "update", "-q", env=env)
+    run("apt-get", "install", "-y", "-q", "--no-install-recommends", *" ".join(missing).split(), env=env)
+    # Debian starts the services it installs; the tests start their own.
+    for service in ("redis-server", "postgresql"):
+        subprocess.run(["service", service, "stop"], capture_output=True)
+
+
+def ensure_venv(extras: str = "test") -> None:
+    if not PY.exists():
+        say(f"Creating {VENV.relative_to(ROOT)}")
+        run(sys.executable, "-m", "venv", VENV)
+        run(PY, "-m", "pip", "install", "-q", "--upgrade", "pip")
+    say(f"Installing the package with its [{extras}] extras")
+    run(PY, "-m", "pip", "install", "-q", "-e", f".[{extras}]")
+
+
+def lint() -> None:
+    say("ruff and mypy")
+    run(PY, "-m", "ruff", "check", ".")
+    run(PY, "-m", "ruff", "format", "--check", ".")
+    run(PY, "-m", "mypy", "queued_storage", "tests")
+
+
+def pytest(*args: str, env: dict[str, str] | None = None) -> None:
+    run(PY, "-m", "pytest", *args, env=env)
+
+
+def matrix() -> None:
+    say("tox matrix on the interpreters this machine has")
+    envs, skipped = [], []
+    for env, interpreter in MATRIX:
+        (envs if shutil.which(interpreter) else skipped).append(env)
+    if skipped:
+        print(f"Not run here (interpreter missing): {', '.join(skipped)}", flush=True)
+    if envs:
+        run(PY, "-m", "tox", "run-parallel", "-p", "2", "-e", ",".join(envs))
+
+
+def cmd_test(args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    ensure_system(SYSTEM_PACKAGES)
+    ensure_venv()
+    lint()
+    say("Test suite on SQLite")
+    pytest()
+    say("Test suite on PostgreSQL")
+    pytest(env={"QS_DB": "postgres"})
+    if not args.no_matrix:
+        matrix()
+    say(f"All tests passed in {time.monotonic() - started:.0f} s")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    ensure_venv("demo")
+    os.execv(PY, [str(PY), str(ROOT / "example_project" / "run_demo.py"), *args.rest])
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    ensure_system(SYSTEM_PACKAGES)
+    ensure_venv("bench")
+    os.execv(PY, [str(PY), "-m", "benchmarks", *args.rest])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    test = sub.add_parser("test", help="lint, type-check and run every test on real services")
+    test.add_argument("--no-matrix", action="store_true", help="skip the tox matrix")
+    test.set_defaults(func=cmd_test)
+    for name, func, text in (("demo", cmd_demo, "run the example project"), ("bench", cmd_bench, "run benchmarks")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
