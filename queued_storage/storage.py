@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -130,7 +131,7 @@ class QueuedStorage(Storage):
 
         self._local_cls = _resolve_spec("local", self.local_path)
         self._remote_cls = _resolve_spec("remote", self.remote_path)
-        from .tasks import resolve_task  # noqa: PLC0415 - tasks imports this module
+        from .tasks import resolve_task  # tasks imports this module
 
         resolve_task(self.task)
         self.key = _identity(
@@ -148,9 +149,11 @@ class QueuedStorage(Storage):
     # -- the two storages, built on first use and reused (with their connections)
 
     def _connect(self) -> None:
-        self.local = SimpleLazyObject(partial(self._build, self._local_cls, self.local_options, "local"))
+        self.local = SimpleLazyObject(
+            partial(self._build, self._local_cls, self.local_options or {}, "local")
+        )
         self.remote = SimpleLazyObject(
-            partial(self._build, self._remote_cls, self.remote_options, "remote")
+            partial(self._build, self._remote_cls, self.remote_options or {}, "remote")
         )
 
     def _build(self, cls: Any, options: dict[str, Any], option: str) -> Storage:
@@ -203,7 +206,8 @@ class QueuedStorage(Storage):
 
     def get_storage(self, name: str) -> Storage:
         """The storage that holds ``name`` now."""
-        return self.remote if self._state(self._check(name)) == State.REMOTE else self.local
+        storage: Storage = self.remote if self._state(self._check(name)) == State.REMOTE else self.local
+        return storage
 
     def using_local(self, name: str) -> bool:
         return self.get_storage(name) is self.local
@@ -215,7 +219,7 @@ class QueuedStorage(Storage):
 
     def _save(self, name: str, content: Any) -> str:
         for _ in range(10):
-            stored = self.local.save(name, content)
+            stored: str = self.local.save(name, content)
             try:
                 # A savepoint, so a lost race does not break the caller's transaction.
                 with transaction.atomic(using=router.db_for_write(FileRecord)):
@@ -233,11 +237,9 @@ class QueuedStorage(Storage):
         raise SuspiciousFileOperation(f"Could not find a free name for {name!r} after 10 tries.")
 
     def _queue(self, name: str, version: str) -> None:
-        from .tasks import enqueue  # noqa: PLC0415
+        from .tasks import enqueue
 
-        transaction.on_commit(
-            partial(enqueue, self, name, version), using=router.db_for_write(FileRecord)
-        )
+        transaction.on_commit(partial(enqueue, self, name, version), using=router.db_for_write(FileRecord))
 
     def transfer(self, name: str) -> bool:
         """Queue the copy of ``name`` now (after the transaction commits); False if already remote."""
@@ -286,18 +288,20 @@ class QueuedStorage(Storage):
         return self.get_storage(name).size(name)
 
     def url(self, name: str | None) -> str:
-        if name is None:
-            return self.local.url(name)
-        return self.get_storage(name).url(name)
+        storage = self.local if name is None else self.get_storage(name)
+        url: str = storage.url(name)
+        return url
 
     def path(self, name: str) -> str:
         return self.get_storage(name).path(name)
 
     def get_valid_name(self, name: str) -> str:
-        return self.local.get_valid_name(name)
+        valid: str = self.local.get_valid_name(name)
+        return valid
 
-    def generate_filename(self, filename: str) -> str:
-        return self.local.generate_filename(filename)
+    def generate_filename(self, filename: str | os.PathLike[str]) -> str:
+        generated: str = self.local.generate_filename(filename)
+        return generated
 
     def get_accessed_time(self, name: str) -> datetime:
         return self.get_storage(name).get_accessed_time(name)
@@ -351,8 +355,7 @@ def _load_all() -> None:
         except ImportError:
             continue
         if isinstance(cls, type) and issubclass(cls, QueuedStorage):
-            storages[alias]  # noqa: B018 - built for its side effect
+            storages[alias]
     for model in apps.get_models():
         for field in model._meta.get_fields():
             getattr(field, "storage", None)
-

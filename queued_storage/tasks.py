@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
     from .storage import QueuedStorage
 
+    _Task = Task[Any, Any]
+else:
+    _Task = Task
+
 logger = logging.getLogger("queued_storage")
 
 # A publish that cannot reach the broker gives up quickly: the record stays
@@ -37,20 +41,21 @@ logger = logging.getLogger("queued_storage")
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
-def resolve_task(path: str) -> Task:
+def resolve_task(path: str) -> _Task:
     """The Celery task at dotted ``path``; a Task class is registered with the app."""
     try:
         obj = import_string(path)
     except ImportError as exc:
         raise ImproperlyConfigured(f"QueuedStorage option task={path!r} does not import: {exc}") from exc
     if isinstance(obj, type) and issubclass(obj, Task):
-        app = current_app._get_current_object()
+        app = current_app
         name = obj.name or f"{obj.__module__}.{obj.__name__}"
         if name not in app.tasks:
             instance = obj()
             instance.name = name
             app.register_task(instance)
-        return app.tasks[name]
+        task: _Task = app.tasks[name]
+        return task
     if isinstance(obj, Task):
         return obj
     raise ImproperlyConfigured(
@@ -61,11 +66,10 @@ def resolve_task(path: str) -> Task:
 def enqueue(storage: QueuedStorage, name: str, version: str) -> bool:
     """Publish the transfer of ``name``; on failure log it and leave it to the sweeper."""
     try:
-        resolve_task(storage.task).apply_async(
-            args=[storage.key, name, version],
-            queue=conf.QUEUE,
-            retry_policy=_PUBLISH_RETRY,
-        )
+        options: dict[str, Any] = {"retry_policy": _PUBLISH_RETRY}
+        if conf.QUEUE:
+            options["queue"] = conf.QUEUE
+        resolve_task(storage.task).apply_async((storage.key, name, version), **options)
     except Exception as exc:  # the record is the outbox: nothing is lost
         logger.warning(
             "queued_storage: could not queue the transfer of %r (%s: %s); it stays pending "
@@ -104,7 +108,7 @@ class _LeaseKeeper(threading.Thread):
         self.join()
 
 
-class Transfer(Task):  # type: ignore[misc]
+class Transfer(_Task):
     """Copy a file to the remote storage, verify it, then switch reads to it.
 
     Override :meth:`transfer` to change how the bytes move (as in
@@ -118,7 +122,7 @@ class Transfer(Task):  # type: ignore[misc]
     delete_local = False
 
     def run(self, storage_key: str, name: str, version: str, **kwargs: Any) -> str:
-        from .storage import get_storage  # noqa: PLC0415 - storage imports this module
+        from .storage import get_storage  # storage imports this module
 
         close_old_connections()
         storage = get_storage(storage_key)
@@ -129,7 +133,7 @@ class Transfer(Task):  # type: ignore[misc]
             # Another worker copies it; come back when its lease would have lapsed.
             raise self.retry(countdown=wait, max_retries=None)
         if outcome is not Claim.CLAIMED:
-            return outcome.value
+            return str(outcome.value)
         assert record is not None
         keeper = _LeaseKeeper(storage_key, name, version)
         keeper.start()
@@ -179,7 +183,7 @@ class Transfer(Task):  # type: ignore[misc]
             },
         )
         file_transferred.send(sender=type(self), name=name, local=storage.local, remote=storage.remote)
-        return State.REMOTE.value
+        return "remote"
 
     def transfer(self, name: str, local: Storage, remote: Storage, **kwargs: Any) -> bool | Copied:
         """Copy ``name`` and verify it; the override hook of 0.8 (True done, False retry)."""
@@ -202,7 +206,7 @@ class Transfer(Task):  # type: ignore[misc]
         if record is None or (record.version == version and record.state == State.DELETED):
             storage.remote.delete(name)
             location.discard(storage.key, name, version)
-        return Claim.GONE.value
+        return str(Claim.GONE.value)
 
     def _failed(self, storage: QueuedStorage, name: str, version: str, exc: Exception) -> str:
         error = f"{type(exc).__name__}: {exc}"
@@ -216,7 +220,7 @@ class Transfer(Task):  # type: ignore[misc]
             transfer_failed.send(
                 sender=type(self), name=name, local=storage.local, remote=storage.remote, error=exc
             )
-            return State.FAILED.value
+            return "failed"
         countdown = get_exponential_backoff_interval(
             factor=max(1, int(conf.RETRY_DELAY)),
             retries=self.request.retries,
@@ -243,7 +247,7 @@ class TransferAndDelete(Transfer):
 
 def requeue(older_than: float = 300, *, failed: bool = False) -> int:
     """Queue again every file left pending, stuck in a dead worker's hands, or (optionally) failed."""
-    from .storage import get_storage  # noqa: PLC0415
+    from .storage import get_storage
 
     queued = 0
     for record in location.stale(older_than, failed=failed):

@@ -84,7 +84,7 @@ def cache() -> Any:
 
 
 def s3_body(s3: Any, bucket: str, key: str) -> bytes:
-    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")

@@ -30,7 +30,7 @@ def test_save_then_worker_switches_url_to_s3(start_worker, services, s3):
     assert sha256(s3_body(s3, "qs-bucket", name)) == sha256(data)
     with default_storage.open(name) as fh:
         assert fh.read() == data
-    status = default_storage.status(name)
+    status = default_storage.status(name)  # type: ignore[attr-defined]
     assert (status.state, status.size, status.attempts) == ("remote", len(data), 1)
 
 
@@ -50,8 +50,9 @@ def test_cache_flush_answers_from_database_without_s3_requests(start_worker, ser
 
 
 def test_field_declared_storage_with_signed_urls_and_delete_local(start_worker, services, s3):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     start_worker()
     buf = io.BytesIO()
