@@ -1,0 +1,196 @@
+"""Measurements, the table of medians and ratios, the JSON file and the chart."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("Django", "celery", "kombu", "boto3", "botocore", "s3transfer", "django-storages", "moto", "redis")
+
+
+@dataclass
+class Row:
+    """One subject measured in one case of one scenario, with every sample."""
+
+    scenario: str
+    case: str
+    subject: str
+    unit: str
+    samples: list[float]
+    baseline: str | None = None  # subject of the same scenario and case the ratio is against
+    target: str = ""
+    ok: bool | None = None
+    note: str = ""
+    ratio: float | None = field(default=None)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+class Results:
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+
+    def add(self, row: Row) -> Row:
+        if row.baseline is not None:
+            base = self.find(row.scenario, row.case, row.baseline)
+            if base.median:
+                row.ratio = row.median / base.median
+        self.rows.append(row)
+        print("  " + format_row(row), flush=True)
+        return row
+
+    def find(self, scenario: str, case: str, subject: str) -> Row:
+        for row in self.rows:
+            if (row.scenario, row.case, row.subject) == (scenario, case, subject):
+                return row
+        raise LookupError((scenario, case, subject))
+
+    def median(self, scenario: str, case: str, subject: str) -> float:
+        return self.find(scenario, case, subject).median
+
+    def verdicts(self) -> list[Row]:
+        return [row for row in self.rows if row.ok is not None]
+
+
+def _num(value: float, unit: str) -> str:
+    if unit in ("requests", "bytes", "files"):
+        return f"{value:.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def format_row(row: Row) -> str:
+    spread = f"{_num(min(row.samples), row.unit)}–{_num(max(row.samples), row.unit)}"
+    ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
+    verdict = {True: "holds", False: "FAILS", None: ""}[row.ok]
+    return (
+        f"{row.scenario:<11} {row.case:<22} {row.subject:<38} {_num(row.median, row.unit):>8} "
+        f"{spread:>17} {row.unit:<8} n={len(row.samples):<4} {ratio:>8}  {row.target} {verdict}"
+    ).rstrip()
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        f"{'scenario':<11} {'case':<22} {'subject':<38} {'median':>8} {'min–max':>17} {'unit':<8} "
+        f"{'n':<6} {'ratio':>8}  target"
+    )
+    return "\n".join([head, "-" * len(head), *(format_row(row) for row in rows)])
+
+
+def rst_table(rows: list[Row]) -> str:
+    """The same table as an RST list-table."""
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        "   * - Scenario",
+        "     - Case",
+        "     - Subject",
+        "     - Median",
+        "     - Min–max",
+        "     - n",
+        "     - Ratio",
+        "     - Target",
+    ]
+    for row in rows:
+        verdict = {True: " — holds", False: " — **fails**", None: ""}[row.ok]
+        cells = [
+            row.scenario,
+            row.case,
+            row.subject,
+            f"{_num(row.median, row.unit)} {row.unit}",
+            f"{_num(min(row.samples), row.unit)}–{_num(max(row.samples), row.unit)}",
+            str(len(row.samples)),
+            f"{row.ratio:.2f}×" if row.ratio is not None else "",
+            (row.target + verdict) if row.target else "",
+        ]
+        lines.append(f"   * - {cells[0]}")
+        lines.extend(f"     - {cell}" if cell else "     -" for cell in cells[1:])
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    def package(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        lscpu = ""
+    keep = ("Architecture", "Model name", "CPU(s)", "Thread(s) per core", "CPU max MHz", "L3 cache")
+    cpu = {k.strip(): v.strip() for k, _, v in (l.partition(":") for l in lscpu.splitlines()) if k.strip() in keep}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "memory_gib": round(_mem_kib() / 1024 / 1024, 1),
+        "packages": {name: package(name) for name in PACKAGES},
+    }
+
+
+def _mem_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    return 0
+
+
+def write_json(path: Path, results: Results, meta: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{**asdict(row), "median": row.median} for row in results.rows]
+    path.write_text(json.dumps({**meta, "rows": rows}, indent=1))
+
+
+def chart(results: Results, path: Path, sizes: list[tuple[str, int]]) -> None:
+    """Save latency against file size for the three storages, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    styles = {
+        "FileSystemStorage.save()": ("tab:green", "o", "-"),
+        "QueuedStorage.save()": ("tab:blue", "s", "-"),
+        "S3Storage.save() direct": ("tab:red", "^", "-"),
+        "S3Storage.save() WAN": ("tab:red", "v", "--"),
+    }
+    for subject, (color, marker, line) in styles.items():
+        points = []
+        for label, size in sizes:
+            try:
+                points.append((size, results.median("1 save", label, subject)))
+            except LookupError:
+                continue
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker=marker, linestyle=line, color=color, label=subject)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks([size for _, size in sizes], [label for label, _ in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("file size")
+    ax.set_ylabel("median save() latency (ms, log scale)")
+    ax.set_title("save() latency: queued vs local disk vs synchronous S3")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,99 @@
+"""``python -m benchmarks [--quick] [--only 1,3]``: start the services, run the scenarios, report."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .harness import Services
+from .results import Results, chart, machine, table, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "docs" / "benchmarks-save-latency.png"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def run(scenarios: set[int], plan_name: str, workdir: Path, chart_path: Path | None, out: Path | None) -> Results:
+    """Run ``scenarios`` of the plan ``full``, ``quick`` or ``tiny``; services start and stop here."""
+    services = Services(workdir)
+    services.start()
+    try:
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        from . import scenarios as s
+
+        plan = {"full": s.FULL, "quick": s.QUICK, "tiny": s.TINY}[plan_name]
+        call_command("migrate", verbosity=0)
+        results = Results()
+        started = time.monotonic()
+
+        def step(number: int, title: str) -> bool:
+            if number in scenarios:
+                print(f"\n[{time.monotonic() - started:6.1f} s] scenario {number}: {title}", flush=True)
+            return number in scenarios
+
+        # Scenarios that time the request path run first, with no worker competing for the CPU.
+        if step(1, "save latency"):
+            s.save_latency(services, results, plan)
+        if step(2, "upload request through waitress"):
+            s.upload_request(services, results, plan)
+        if step(6, "message size"):
+            s.message_size(services, results, plan)
+        if step(7, "serving a local file"):
+            s.serving(services, results, plan)
+        if scenarios & {3, 4, 5}:
+            with services.worker(1) as worker:
+                if step(3, "url()"):
+                    s.url_calls(services, results, plan)
+                if step(4, "transfer throughput and memory"):
+                    s.transfer(services, results, plan, worker)
+                if step(5, "many small files, one worker process"):
+                    s.small_files(services, results, plan, worker, 1)
+        if 5 in scenarios:
+            with services.worker(2) as worker:
+                step(5, "many small files, two worker processes")
+                s.small_files(services, results, plan, worker, 2)
+        print(f"\nDone in {time.monotonic() - started:.0f} s.\n")
+        results.rows.sort(key=lambda row: row.scenario[:1])
+        print(table(results.rows))
+        failing = [row for row in results.verdicts() if not row.ok]
+        print(f"\n{len(results.verdicts()) - len(failing)} of {len(results.verdicts())} targets hold.")
+        for row in failing:
+            print(f"  not met: {row.scenario} / {row.case} / {row.subject}: {row.target}")
+        meta = {"plan": plan_name, "when": datetime.now(timezone.utc).isoformat(), "machine": machine()}
+        if out is not None:
+            write_json(out, results, meta)
+            print(f"\nResults: {out}")
+        if chart_path is not None and 1 in scenarios:
+            chart(results, chart_path, list(plan.save_sizes.items()))
+            print(f"Chart: {chart_path}")
+        return results
+    finally:
+        services.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repetitions (a couple of minutes)")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated scenario numbers")
+    parser.add_argument("--chart", type=Path, default=CHART, help=f"PNG to draw (default {CHART.relative_to(ROOT)})")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, database)")
+    args = parser.parse_args()
+    scenarios = {int(n) for n in args.only.split(",") if n.strip()}
+    plan = "quick" if args.quick else "full"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    workdir = Path(tempfile.mkdtemp(prefix="qs-bench-"))
+    try:
+        run(scenarios, plan, workdir, args.chart, RESULTS / f"{stamp}-{plan}.json")
+    finally:
+        if args.keep:
+            print(f"Work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)

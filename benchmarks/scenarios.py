@@ -1,0 +1,530 @@
+"""The seven scenarios of issue 6; each measures its baseline in the same run."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from django.core.cache import caches
+from django.core.files import File
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage, storages
+from django.test import override_settings
+
+from queued_storage.models import FileRecord, State
+
+from .harness import BUCKET, PARKED, Services, kib, reset_peak
+from .results import Results, Row
+
+KB, MB = 1000, 1000 * 1000
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and repetitions: the full run, or --quick (and tiny, for the smoke test)."""
+
+    save_sizes: dict[str, int]
+    save_reps: dict[str, int]
+    wan_reps: dict[str, int]
+    upload_size: int
+    upload_reps: int
+    url_calls: int
+    url_wan_calls: int
+    transfer_sizes: dict[str, int]
+    transfer_reps: int
+    small_files: int
+    small_reps: int
+    message_sizes: dict[str, int]
+    serve_size: int
+    serve_reps: int
+
+
+FULL = Plan(
+    save_sizes={"1 KB": KB, "1 MB": MB, "10 MB": 10 * MB, "100 MB": 100 * MB},
+    save_reps={"1 KB": 200, "1 MB": 40, "10 MB": 12, "100 MB": 5},
+    wan_reps={"1 KB": 12, "1 MB": 6, "10 MB": 4, "100 MB": 2},
+    upload_size=10 * MB,
+    upload_reps=10,
+    url_calls=2000,
+    url_wan_calls=10,
+    transfer_sizes={"100 MB": 100 * MB, "500 MB": 500 * MB},
+    transfer_reps=3,
+    small_files=2000,
+    small_reps=2,
+    message_sizes={"1 KB": KB, "500 MB": 500 * MB},
+    serve_size=100 * MB,
+    serve_reps=5,
+)
+QUICK = Plan(
+    save_sizes={"1 KB": KB, "1 MB": MB, "10 MB": 10 * MB},
+    save_reps={"1 KB": 40, "1 MB": 10, "10 MB": 4},
+    wan_reps={"1 KB": 4, "1 MB": 2, "10 MB": 2},
+    upload_size=10 * MB,
+    upload_reps=3,
+    url_calls=300,
+    url_wan_calls=3,
+    transfer_sizes={"20 MB": 20 * MB, "60 MB": 60 * MB},
+    transfer_reps=2,
+    small_files=200,
+    small_reps=1,
+    message_sizes={"1 KB": KB, "500 MB": 500 * MB},
+    serve_size=20 * MB,
+    serve_reps=2,
+)
+TINY = Plan(
+    save_sizes={"1 KB": KB, "100 KB": 100 * KB},
+    save_reps={"1 KB": 2, "100 KB": 2},
+    wan_reps={"1 KB": 1, "100 KB": 1},
+    upload_size=100 * KB,
+    upload_reps=1,
+    url_calls=5,
+    url_wan_calls=1,
+    transfer_sizes={"1 MB": MB},
+    transfer_reps=1,
+    small_files=5,
+    small_reps=1,
+    message_sizes={"1 KB": KB},
+    serve_size=200 * KB,
+    serve_reps=1,
+)
+
+FS, QUEUED, S3, S3_WAN = (
+    "FileSystemStorage.save()",
+    "QueuedStorage.save()",
+    "S3Storage.save() direct",
+    "S3Storage.save() WAN",
+)
+
+
+def _ms(seconds: list[float]) -> list[float]:
+    return [s * 1000 for s in seconds]
+
+
+def _random(size: int) -> bytes:
+    return os.urandom(size)
+
+
+def _write_random(path: Path, size: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        left = size
+        block = os.urandom(min(size, 4 * MiB)) if size else b""
+        while left > 0:
+            fh.write(block[:left])
+            left -= min(left, len(block))
+    return path
+
+
+@contextlib.contextmanager
+def parked(services: Services) -> Iterator[None]:
+    """Transfers queued meanwhile go to a queue no worker consumes (and are dropped after)."""
+    with override_settings(QUEUED_STORAGE_QUEUE=PARKED):
+        yield
+    services.purge_parked()
+
+
+@contextlib.contextmanager
+def count_s3_requests() -> Iterator[list[str]]:
+    """Every HTTP request botocore sends from this process, whatever client sends it."""
+    import botocore.endpoint
+
+    sent: list[str] = []
+    original = botocore.endpoint.Endpoint._send
+
+    def counting(self: Any, request: Any) -> Any:
+        sent.append(f"{request.method} {request.url}")
+        return original(self, request)
+
+    with mock.patch.object(botocore.endpoint.Endpoint, "_send", counting):
+        yield sent
+
+
+def _forget_queued(prefix: str) -> None:
+    for alias in ("default", "delayed"):
+        storage = storages[alias]
+        FileRecord.objects.filter(storage=storage.key, name__startswith=prefix).delete()
+        shutil.rmtree(Path(storage.local.path(prefix)), ignore_errors=True)
+    caches["default"].clear()
+
+
+def wait_remote(storage: Any, names: list[str], timeout: float, poll: float = 0.01) -> float:
+    """Block until every name is remote; returns the time it happened (perf_counter)."""
+    deadline = time.monotonic() + timeout
+    want = len(names)
+    query = FileRecord.objects.filter(storage=storage.key, name__in=names)
+    while True:
+        done = query.filter(state=State.REMOTE).count()
+        if done == want:
+            return time.perf_counter()
+        failed = list(query.filter(state=State.FAILED).values_list("name", "last_error")[:3])
+        if failed:
+            raise RuntimeError(f"transfers failed: {failed}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done} of {want} files remote after {timeout} s")
+        time.sleep(poll)
+
+
+# -- 1. save latency ---------------------------------------------------------------------------
+
+
+def save_latency(services: Services, results: Results, plan: Plan) -> None:
+    subjects: dict[str, Any] = {
+        FS: storages["fs"],
+        QUEUED: default_storage,
+        S3: storages["s3"],
+        S3_WAN: storages["s3_wan"],
+    }
+    with parked(services):
+        for storage in subjects.values():  # connections, imports, first-use costs
+            for _ in range(3):
+                storage.save(f"warmup/{uuid.uuid4().hex}.bin", ContentFile(b"w" * 100))
+        for label, size in plan.save_sizes.items():
+            data = _random(size)
+            samples: dict[str, list[float]] = {s: [] for s in subjects}
+            for rep in range(plan.save_reps[label]):
+                for subject, storage in subjects.items():
+                    if subject == S3_WAN and rep >= plan.wan_reps[label]:
+                        continue
+                    content = ContentFile(data)
+                    name = f"s1/{uuid.uuid4().hex}.bin"
+                    started = time.perf_counter()
+                    storage.save(name, content)
+                    samples[subject].append(time.perf_counter() - started)
+            for subject in subjects:
+                results.add(
+                    Row("1 save", label, subject, "ms", _ms(samples[subject]), baseline=None if subject == FS else FS)
+                )
+            shutil.rmtree(Path(storages["fs"].path("s1")), ignore_errors=True)
+            _forget_queued("s1/")
+            services.empty_bucket("s1/")
+    _save_verdicts(results, plan)
+
+
+def _save_verdicts(results: Results, plan: Plan) -> None:
+    for label, size in plan.save_sizes.items():
+        fs = results.find("1 save", label, FS)
+        queued = results.find("1 save", label, QUEUED)
+        s3 = results.find("1 save", label, S3)
+        wan = results.find("1 save", label, S3_WAN)
+        if size < MB:
+            added = queued.median - fs.median
+            queued.target = f"≤ 1 ms added (+{added:.2f} ms)"
+            queued.ok = added <= 1.0
+        else:
+            queued.target = "≤ 1.1× FileSystemStorage"
+            queued.ok = queued.median <= 1.1 * fs.median
+        s3.target = f"≥ 10× QueuedStorage ({s3.median / queued.median:.0f}×)"
+        s3.ok = s3.median >= 10 * queued.median
+        if size <= 10 * MB:
+            wan.target = f"≥ 100× QueuedStorage ({wan.median / queued.median:.0f}×)"
+            wan.ok = wan.median >= 100 * queued.median
+        else:
+            wan.target = f"({wan.median / queued.median:.0f}× QueuedStorage)"
+
+
+# -- 2. upload request through a real WSGI server ------------------------------------------------
+
+
+def _multipart(size: int) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="upload.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    return head + _random(size) + f"\r\n--{boundary}--\r\n".encode(), boundary
+
+
+def _post(port: int, path: str, body: bytes, boundary: str) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    started = time.perf_counter()
+    conn.request("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    response = conn.getresponse()
+    response.read()
+    seconds = time.perf_counter() - started
+    conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"POST {path} answered {response.status}")
+    return seconds
+
+
+def upload_request(services: Services, results: Results, plan: Plan) -> None:
+    label = f"POST {plan.upload_size // MB or plan.upload_size // KB} {'MB' if plan.upload_size >= MB else 'KB'}"
+    body, boundary = _multipart(plan.upload_size)
+    subjects = {"view + FileSystemStorage": "fs", "view + QueuedStorage": "default", "view + S3Storage direct": "s3"}
+    samples: dict[str, list[float]] = {s: [] for s in subjects}
+    with services.wsgi_server(QS_BENCH_QUEUE=PARKED) as (port, _pid):
+        for alias in subjects.values():
+            _post(port, f"/upload/{alias}/", body, boundary)
+        for _ in range(plan.upload_reps):
+            for subject, alias in subjects.items():
+                samples[subject].append(_post(port, f"/upload/{alias}/", body, boundary))
+    services.purge_parked()
+    fs = results.add(Row("2 upload", label, "view + FileSystemStorage", "ms", _ms(samples["view + FileSystemStorage"])))
+    queued = results.add(
+        Row("2 upload", label, "view + QueuedStorage", "ms", _ms(samples["view + QueuedStorage"]), baseline=fs.subject)
+    )
+    queued.target, queued.ok = "≤ 1.2× FileSystemStorage", queued.median <= 1.2 * fs.median
+    results.add(
+        Row("2 upload", label, "view + S3Storage direct", "ms", _ms(samples["view + S3Storage direct"]), fs.subject)
+    )
+    shutil.rmtree(Path(storages["fs"].path("uploads")), ignore_errors=True)
+    _forget_queued("uploads/")
+    services.empty_bucket("uploads/")
+
+
+# -- 3. url() ----------------------------------------------------------------------------------
+
+
+def _per_call(fn: Callable[[], object], calls: int, before: Callable[[], object] | None = None) -> list[float]:
+    samples = []
+    for _ in range(calls):
+        if before is not None:
+            before()
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def _old_url(cache: Any, key: str, remote: Any, local: Any, name: str) -> str:
+    """django-queued-storage 0.8's url(): the cache, else a HEAD to the remote, every time it is local."""
+    if cache.get(key):
+        return str(remote.url(name))
+    if remote.exists(name):
+        cache.set(key, True)
+        return str(remote.url(name))
+    return str(local.url(name))
+
+
+def url_calls(services: Services, results: Results, plan: Plan) -> None:
+    """Needs a running worker (to make one file remote)."""
+    cache = caches["default"]
+    queued = default_storage
+    remote_name = queued.save(f"s3url/remote-{uuid.uuid4().hex}.txt", ContentFile(b"remote"))
+    wait_remote(queued, [remote_name], 60)
+    with parked(services):
+        local_name = queued.save(f"s3url/local-{uuid.uuid4().hex}.txt", ContentFile(b"local"))
+        for name, case, underlying, base_subject in (
+            (remote_name, "file on S3", queued.remote, "S3Storage.url()"),
+            (local_name, "file still local", queued.local, "FileSystemStorage.url()"),
+        ):
+            key = queued.get_cache_key(name)
+            queued.url(name)
+            base = results.add(Row("3 url()", case, base_subject, "µs", [s * 1e6 for s in _per_call(lambda: underlying.url(name), plan.url_calls)]))
+            for subject, flush in (("QueuedStorage.url() warm cache", None), ("QueuedStorage.url() cache flushed", lambda: cache.delete(key))):
+                with count_s3_requests() as sent:
+                    samples = _per_call(lambda: queued.url(name), plan.url_calls, flush)
+                row = results.add(Row("3 url()", case, subject, "µs", [s * 1e6 for s in samples], baseline=base.subject))
+                added = (row.median - base.median) / 1000
+                row.target, row.ok = f"≤ 0.2 ms added (+{added:.3f} ms)", added <= 0.2
+                reqs = results.add(Row("3 url()", case, subject.replace("url()", "url() S3 requests"), "requests", [float(len(sent))]))
+                reqs.target, reqs.ok = "0 S3 requests", not sent
+            # The predecessor, simulated with the same cache and plain S3Storage calls.
+            for link, remote in (("direct", queued.remote), ("WAN", storages["s3_wan"])):
+                calls = plan.url_calls if link == "direct" else plan.url_wan_calls
+                with count_s3_requests() as sent:
+                    samples = _per_call(lambda r=remote: _old_url(cache, key, r, queued.local, name), calls, lambda: cache.delete(key))
+                subject = f"0.8-style url() flushed, {link} (simulated)"
+                results.add(Row("3 url()", case, subject, "µs", [s * 1e6 for s in samples], baseline=base.subject, note=f"{len(sent)} S3 requests in {calls} calls"))
+    services.empty_bucket("s3url/")
+    _forget_queued("s3url/")
+
+
+# -- 4. transfer throughput and memory ----------------------------------------------------------
+
+
+def _raw(*args: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.rawboto", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "QS_BENCH_BUCKET": BUCKET},
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def transfer(services: Services, results: Results, plan: Plan, worker: Any) -> None:
+    delayed = storages["delayed"]
+    [child] = worker.child_pids()
+    warm = delayed.save(f"s4/warm-{uuid.uuid4().hex}.bin", ContentFile(_random(MB)))
+    delayed.transfer(warm)
+    wait_remote(delayed, [warm], 60)
+    growth: dict[str, float] = {}
+    for label, size in plan.transfer_sizes.items():
+        source = _write_random(services.workdir / "s4-source" / f"{size}.bin", size)
+        ours_s, ours_mem, raw_s, raw_mem = [], [], [], []
+        for _ in range(plan.transfer_reps):
+            with source.open("rb") as fh:
+                name = delayed.save(f"s4/{uuid.uuid4().hex}.bin", File(fh))
+            idle = kib(child, "VmRSS")
+            reset_peak(child)
+            started = time.perf_counter()
+            delayed.transfer(name)
+            ours_s.append(wait_remote(delayed, [name], 600) - started)
+            ours_mem.append((kib(child, "VmHWM") - idle) / 1024)
+            raw = _raw("one", str(source), f"s4raw/{uuid.uuid4().hex}.bin")
+            raw_s.append(raw["seconds"])
+            raw_mem.append((raw["peak_kib"] - raw["idle_kib"]) / 1024)
+            services.empty_bucket("s4")
+            _forget_queued("s4/")
+        source.unlink()
+        raw_rate = results.add(Row("4 transfer", label, "raw boto3 upload_file", "MB/s", [size / MB / s for s in raw_s]))
+        rate = results.add(Row("4 transfer", label, "worker (Transfer task)", "MB/s", [size / MB / s for s in ours_s], baseline=raw_rate.subject))
+        rate.target, rate.ok = "≥ 0.9× raw boto3", rate.median >= 0.9 * raw_rate.median
+        raw_peak = results.add(Row("4 transfer", label, "raw boto3 peak RSS growth", "MiB", raw_mem))
+        peak = results.add(Row("4 transfer", label, "worker peak RSS growth", "MiB", ours_mem, baseline=raw_peak.subject))
+        peak.target, peak.ok = "≤ raw boto3 + 32 MiB", peak.median <= raw_peak.median + 32
+        growth[label] = peak.median
+    if len(growth) > 1:
+        (small, low), (big, high) = next(iter(growth.items())), list(growth.items())[-1]
+        row = results.find("4 transfer", big, "worker peak RSS growth")
+        row.note = f"{low:.0f} MiB at {small}, {high:.0f} MiB at {big}"
+        row.target += "; flat in file size"
+        row.ok = bool(row.ok) and high <= low + 16
+    # The predecessor built a boto3 client for every transfer; what that alone costs.
+    import boto3
+
+    samples = []
+    for _ in range(5):
+        started = time.perf_counter()
+        session = boto3.session.Session()
+        session.resource("s3", endpoint_url=os.environ["QS_S3_ENDPOINT"], region_name="us-east-1",
+                         aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+        samples.append(time.perf_counter() - started)
+    results.add(Row("4 transfer", "per transfer", "0.8-style new boto3 client (simulated)", "ms", _ms(samples), note="this app reuses the worker's client"))
+
+
+# -- 5. many small files -----------------------------------------------------------------------
+
+
+def small_files(services: Services, results: Results, plan: Plan, worker: Any, parallel: int) -> None:
+    label = f"{plan.small_files} × 16 KB, {parallel} {'process' if parallel == 1 else 'processes'}"
+    block = _random(16 * 1024)
+    payloads = [i.to_bytes(4, "big") + block[4:] for i in range(plan.small_files)]
+    source = services.workdir / "s5-source"
+    shutil.rmtree(source, ignore_errors=True)
+    source.mkdir(parents=True)
+    for i, data in enumerate(payloads):
+        (source / f"{i:05d}.bin").write_bytes(data)
+    ours, raws, saving = [], [], []
+    for rep in range(plan.small_reps):
+        prefix = f"s5/{rep}-{uuid.uuid4().hex[:8]}/"
+        started = time.perf_counter()
+        names = [default_storage.save(f"{prefix}{i:05d}.bin", ContentFile(data)) for i, data in enumerate(payloads)]
+        saving.append(time.perf_counter() - started)
+        done = wait_remote(default_storage, names, 600, poll=0.05)
+        ours.append(plan.small_files / (done - started))
+        raw = _raw("many", str(source), f"s5raw/{rep}-{uuid.uuid4().hex[:8]}/", str(parallel))
+        raws.append(raw["files"] / raw["seconds"])
+        services.empty_bucket("s5")
+        _forget_queued("s5/")
+    shutil.rmtree(source, ignore_errors=True)
+    base = results.add(Row("5 small files", label, f"raw boto3 put_object, {parallel} thread(s)", "files/s", raws))
+    row = results.add(Row("5 small files", label, "save() until all remote", "files/s", ours, baseline=base.subject))
+    row.target, row.ok = "≥ 0.8× raw boto3", row.median >= 0.8 * base.median
+    results.add(Row("5 small files", label, "of which the save() loop alone", "files/s", [plan.small_files / s for s in saving]))
+
+
+# -- 6. message size ---------------------------------------------------------------------------
+
+
+def message_size(services: Services, results: Results, plan: Plan) -> None:
+    for label, size in plan.message_sizes.items():
+        services.purge_parked()
+        with parked(services):
+            source = _write_random(services.workdir / "s6" / f"{size}.bin", size)
+            with source.open("rb") as fh:
+                default_storage.save(f"s6/uploads/2026/05/quarterly-report-{uuid.uuid4().hex[:8]}.pdf", File(fh))
+            source.unlink()
+            [raw] = services.parked_messages()
+        envelope = json.loads(raw)
+        body = base64.b64decode(envelope["body"])
+        row = results.add(Row("6 message", label, "task body (arguments)", "bytes", [float(len(body))]))
+        row.target, row.ok = "< 512 bytes", len(body) < 512
+        row.note = body.decode()
+        results.add(Row("6 message", label, "whole message in Redis", "bytes", [float(len(raw))]))
+    _forget_queued("s6/")
+
+
+# -- 7. serving a local file -------------------------------------------------------------------
+
+
+def _get(port: int, path: str) -> tuple[float, int]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    started = time.perf_counter()
+    conn.request("GET", path)
+    response = conn.getresponse()
+    received = 0
+    while chunk := response.read(MiB):
+        received += len(chunk)
+    seconds = time.perf_counter() - started
+    conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"GET {path} answered {response.status}")
+    return seconds, received
+
+
+def stable_view_path(name: str) -> str | None:
+    """The stable URL view's path for ``name``, once queued_storage.views exists."""
+    try:
+        from queued_storage import views  # noqa: F401
+    except ImportError:
+        return None
+    return None
+
+
+def serving(services: Services, results: Results, plan: Plan) -> None:
+    import psutil
+
+    label = f"GET {plan.serve_size // MB} MB" if plan.serve_size >= MB else f"GET {plan.serve_size // KB} KB"
+    with parked(services):
+        source = _write_random(services.workdir / "s7" / "big.bin", plan.serve_size)
+        with source.open("rb") as fh:
+            name = default_storage.save(f"s7/{uuid.uuid4().hex}.bin", File(fh))
+        source.unlink()
+    ways = {"FileResponse": f"/serve/file-response/{name}", "HttpResponse(open(path)) (naive)": f"/serve/naive/{name}"}
+    view = stable_view_path(name)
+    if view is not None:
+        ways["queued_storage view"] = view
+    wall: dict[str, list[float]] = {w: [] for w in ways}
+    cpu: dict[str, list[float]] = {w: [] for w in ways}
+    with services.wsgi_server() as (port, pid):
+        server = psutil.Process(pid)
+        for path in ways.values():
+            _get(port, path)
+        for _ in range(plan.serve_reps):
+            for way, path in ways.items():
+                before = server.cpu_times()
+                seconds, received = _get(port, path)
+                after = server.cpu_times()
+                if received != plan.serve_size:
+                    raise RuntimeError(f"{way} sent {received} bytes, not {plan.serve_size}")
+                wall[way].append(seconds * 1000)
+                cpu[way].append((after.user + after.system - before.user - before.system) * 1000)
+    for way in ways:
+        base = None if way == "FileResponse" else "FileResponse CPU"
+        results.add(Row("7 serving", label, f"{way} wall", "ms", wall[way], baseline=None if base is None else "FileResponse wall"))
+        row = results.add(Row("7 serving", label, f"{way} CPU", "ms", cpu[way], baseline=base))
+        if way == "queued_storage view":
+            row.target, row.ok = "CPU ≤ 1.2× FileResponse", row.median <= 1.2 * results.median("7 serving", label, "FileResponse CPU")
+    _forget_queued("s7/")
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f}"

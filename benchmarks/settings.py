@@ -1,0 +1,95 @@
+"""Django settings of the benchmark process, its WSGI server and its Celery workers.
+
+``benchmarks.run`` starts Redis, moto and the WAN link, then puts their
+addresses in the environment, which every process it starts inherits.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+env = os.environ.get
+WORK = Path(env("QS_WORKDIR") or tempfile.mkdtemp(prefix="qs-bench-"))
+REDIS_URL = env("QS_REDIS_URL", "redis://127.0.0.1:6379")
+S3_ENDPOINT = env("QS_S3_ENDPOINT", "http://127.0.0.1:5000")
+S3_WAN_ENDPOINT = env("QS_S3_WAN_ENDPOINT", S3_ENDPOINT)
+BUCKET = "qs-bench"
+
+SECRET_KEY = "benchmarks-only"
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+USE_TZ = True
+ROOT_URLCONF = "benchmarks.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "queued_storage"]
+MIDDLEWARE: list[str] = []
+
+# SQLite in WAL mode with synchronous=NORMAL, the usual production setting:
+# a commit does not wait for fsync, and the worker writes while the web reads.
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(WORK / "db.sqlite3"),
+        "OPTIONS": {
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+    }
+}
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"{REDIS_URL}/1"}
+}
+
+CELERY_BROKER_URL = f"{REDIS_URL}/0"
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The scenarios that time save() alone publish to a queue no worker consumes,
+# so the transfers of earlier saves do not share the CPU with later ones.
+QUEUED_STORAGE_QUEUE = env("QS_BENCH_QUEUE") or None
+QUEUED_STORAGE_RETRY_DELAY = 1
+
+MEDIA_ROOT = str(WORK / "media")
+MEDIA_URL = "/media/"
+FILE_UPLOAD_TEMP_DIR = str(WORK / "upload-tmp")
+
+AWS_S3_ENDPOINT_URL = S3_ENDPOINT
+AWS_ACCESS_KEY_ID = "testing"
+AWS_SECRET_ACCESS_KEY = "testing"
+AWS_S3_REGION_NAME = "us-east-1"
+AWS_STORAGE_BUCKET_NAME = BUCKET
+AWS_S3_ADDRESSING_STYLE = "path"
+AWS_QUERYSTRING_AUTH = False
+
+_FS = "django.core.files.storage.FileSystemStorage"
+_S3 = "storages.backends.s3.S3Storage"
+STORAGES = {
+    # What the benchmarks compare: the queued storage, and its two alternatives.
+    "default": {
+        "BACKEND": "queued_storage.QueuedStorage",
+        "OPTIONS": {"local": _FS, "remote": _S3},
+    },
+    "fs": {"BACKEND": _FS, "OPTIONS": {"location": str(WORK / "fs"), "base_url": "/fs/"}},
+    "s3": {"BACKEND": _S3},
+    "s3_wan": {"BACKEND": _S3, "OPTIONS": {"endpoint_url": S3_WAN_ENDPOINT}},
+    # Transfers only when asked: the throughput scenario starts the clock itself.
+    "delayed": {
+        "BACKEND": "queued_storage.QueuedStorage",
+        "OPTIONS": {
+            "local": _FS,
+            "remote": _S3,
+            "local_options": {"location": str(WORK / "delayed")},
+            "delayed": True,
+        },
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"queued_storage": {"handlers": ["console"], "level": env("QS_BENCH_LOG", "WARNING")}},
+}

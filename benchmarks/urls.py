@@ -1,0 +1,29 @@
+"""Views of the benchmark server: an upload form handler and three ways to serve a local file."""
+
+from __future__ import annotations
+
+from django.core.files.storage import default_storage, storages
+from django.http import FileResponse, HttpRequest, HttpResponse
+from django.urls import URLPattern, path
+
+
+def upload(request: HttpRequest, alias: str) -> HttpResponse:
+    """Store the posted file with the storage ``alias``, as a model form would."""
+    uploaded = request.FILES["file"]
+    return HttpResponse(storages[alias].save(f"uploads/{uploaded.name}", uploaded))
+
+
+def serve_file_response(request: HttpRequest, name: str) -> FileResponse:
+    return FileResponse(open(default_storage.local.path(name), "rb"))  # noqa: SIM115
+
+
+def serve_naive(request: HttpRequest, name: str) -> HttpResponse:
+    """The trap of seed 002: HttpResponse iterates the file by lines."""
+    return HttpResponse(open(default_storage.local.path(name), "rb"))  # noqa: SIM115
+
+
+urlpatterns: list[URLPattern] = [
+    path("upload/<str:alias>/", upload),
+    path("serve/file-response/<path:name>", serve_file_response),
+    path("serve/naive/<path:name>", serve_naive),
+]

@@ -1,0 +1,10 @@
+"""WSGI application of the benchmark server (waitress, in its own process)."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+application = get_wsgi_application()
