@@ -134,11 +134,15 @@ def remember_unknown(storage: str, name: str, *, on_remote: bool, on_local: bool
 
 
 def record_saved(storage: str, name: str, size: int | None) -> FileRecord:
-    """Create the pending record of a file just written locally."""
+    """Create the pending record of a file just written locally.
+
+    Not mirrored in the cache: that round trip would sit in every save().  The
+    first read fills the cache from this row, and every later transition
+    (claim, switch, release, delete) writes the cache itself.
+    """
     record: FileRecord = FileRecord.objects.create(
         storage=storage, name=name, state=State.PENDING, version=new_version(), size=size, host=conf.HOST
     )
-    _mirror(storage, name, State.PENDING)
     return record
 
 
@@ -148,9 +152,12 @@ def get(storage: str, name: str) -> FileRecord | None:
 
 
 def name_taken(storage: str, name: str) -> bool:
-    """Whether a record holds ``name``, in any state: such a name is never reused."""
-    state = cached_state(storage, name)
-    return state is not None and state != _ABSENT
+    """Whether a record holds ``name``, in any state: such a name is never reused.
+
+    Asks the database alone: in save() the name is nearly always new, so a
+    cache lookup first would only add a round trip before the same query.
+    """
+    return FileRecord.objects.filter(storage=storage, name=name).exists()
 
 
 def requeue(storage: str, name: str) -> FileRecord | None:

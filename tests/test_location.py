@@ -1,0 +1,33 @@
+"""The location record and its cache mirror, on the real Redis cache."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.cache import caches
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.test import override_settings
+
+from queued_storage import location
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
+def test_save_leaves_the_cache_alone_and_the_first_read_fills_it():
+    cache = caches["default"]
+    name = default_storage.save("fresh.txt", ContentFile(b"x"))
+    key = default_storage.get_cache_key(name)
+    assert cache.get(key) is None  # no round trip in save()
+    assert default_storage.url(name) == "/media/fresh.txt"
+    assert cache.get(key) == "pending"
+
+
+@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
+def test_name_taken_answers_from_the_database_even_over_a_stale_cache_entry():
+    name = default_storage.save("taken.txt", ContentFile(b"x"))
+    caches["default"].set(default_storage.get_cache_key(name), "absent")
+    default_storage.local.delete(name)  # only the record still holds the name
+    assert location.name_taken(default_storage.key, name)
+    assert default_storage.exists(name)
+    assert default_storage.get_available_name(name) != name
