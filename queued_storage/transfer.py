@@ -6,8 +6,11 @@ task (and anyone else) can call.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -153,6 +156,191 @@ def remote_fingerprint(remote: Storage, name: str) -> tuple[int, str | None]:
     return int(obj.content_length), str(obj.e_tag).strip('"')
 
 
+class _ProgressSubscriber:
+    """Feeds s3transfer's progress events to a :data:`Progress` callback as a running total."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._done = 0
+        self._lock = threading.Lock()
+
+    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+        if self._progress is None:
+            return
+        with self._lock:
+            self._done += bytes_transferred
+            done = self._done
+        self._progress(done)
+
+
+def _file_digests(path: str, part_size: int | None) -> tuple[str, str | None]:
+    """MD5 of the file and its S3 multipart ETag for ``part_size`` parts, reading 1 MiB at a time."""
+    reader = _MeteredReader(open(path, "rb"), part_size, None)  # noqa: SIM115 - closed below
+    try:
+        while reader.read(1024 * 1024):
+            pass
+    finally:
+        reader._raw.close()
+    md5, multipart = reader.digests()
+    assert md5 is not None  # read in order, never rewound
+    return md5, multipart
+
+
+def _direct_s3(local: Storage, remote: Storage, name: str) -> tuple[str, Any] | None:
+    """The local path and the boto3 client when boto3 can read the file itself, else None.
+
+    Only for django-storages' S3Storage with a local storage that has real
+    paths, and never when S3Storage would gzip the file on the way.
+    """
+    if not all(hasattr(remote, a) for a in ("bucket", "transfer_config", "_get_write_parameters")):
+        return None
+    try:
+        path = local.path(name)
+    except NotImplementedError:
+        return None
+    s3: Any = remote
+    return path, s3.connection.meta.client
+
+
+def _write_parameters(remote: Any, key: str) -> dict[str, Any] | None:
+    """What S3Storage.save() would send with the object, or None if it would compress it."""
+    params: dict[str, Any] = remote._get_write_parameters(key)
+    gzip_types = getattr(remote, "gzip_content_types", ())
+    if (
+        getattr(remote, "gzip", False)
+        and params.get("ContentType") in gzip_types
+        and "ContentEncoding" not in params
+    ):
+        return None
+    return params
+
+
+def _upload_s3(
+    name: str,
+    path: str,
+    client: Any,
+    remote: Any,
+    expected: int,
+    *,
+    replace: bool,
+    verify_checksum: bool,
+    progress: Progress | None,
+) -> Copied | None:
+    """Upload with boto3 from the file's path: one PUT when small, lazy multipart when large.
+
+    Returns None when S3Storage.save() must do it instead (compression).  The
+    object gets the same key, parameters and TransferConfig as through
+    S3Storage.save(), but no part is buffered in memory: boto3 reads each
+    part from the file when it sends it (``upload_fileobj`` on a stream keeps
+    up to ``max_concurrency`` parts in memory).
+    """
+    from storages.utils import clean_name
+
+    key = remote._normalize_name(clean_name(name))
+    params = _write_parameters(remote, key)
+    if params is None:
+        return None
+    config = remote.transfer_config
+    if expected < config.multipart_threshold:
+        return _put_small(
+            name,
+            path,
+            client,
+            remote.bucket_name,
+            key,
+            params,
+            replace=replace,
+            verify=verify_checksum,
+            progress=progress,
+        )
+    if not replace and remote.exists(name):
+        raise _conflict(name)
+    from boto3.s3.transfer import create_transfer_manager
+
+    subscribers: list[Any] = [_ProgressSubscriber(progress)]
+    with create_transfer_manager(client, config) as manager:
+        future = manager.upload(path, remote.bucket_name, key, extra_args=params, subscribers=subscribers)
+        # Hash while the parts go out; hashlib releases the GIL on large buffers.
+        md5, multipart = _file_digests(path, config.multipart_chunksize)
+        future.result()
+    return _verified(name, remote, expected, md5, multipart, verify_checksum=verify_checksum)
+
+
+def _put_small(
+    name: str,
+    path: str,
+    client: Any,
+    bucket: str,
+    key: str,
+    params: dict[str, Any],
+    *,
+    replace: bool,
+    verify: bool,
+    progress: Progress | None,
+) -> Copied:
+    """One PutObject: S3 checks Content-MD5 and, unless replacing, that the key is free.
+
+    The response's ETag is the verification, so a small file costs one request.
+    """
+    from botocore.exceptions import ClientError
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    digest = hashlib.md5(data, usedforsecurity=False)
+    request = {**params, "Bucket": bucket, "Key": key, "Body": data}
+    request["ContentMD5"] = base64.b64encode(digest.digest()).decode()
+    if not replace:
+        request["IfNoneMatch"] = "*"
+    try:
+        response = client.put_object(**request)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code == "PreconditionFailed":
+            raise _conflict(name) from exc
+        raise
+    if progress is not None:
+        progress(len(data))
+    md5 = digest.hexdigest()
+    etag = str(response.get("ETag", "")).strip('"')
+    if verify and etag and _comparable(etag, None) and etag != md5:
+        raise VerificationFailed(
+            f"The remote copy of {name!r} has ETag {etag}, but the bytes sent hash to {md5}; "
+            "it was not switched in and will be sent again."
+        )
+    return Copied(size=len(data), checksum=f"md5:{md5}")
+
+
+def _conflict(name: str) -> RemoteConflict:
+    return RemoteConflict(
+        f"The remote storage already holds a file named {name!r} that this app did not "
+        "put there; it was not overwritten. Move or delete the remote file, then retry."
+    )
+
+
+def _verified(
+    name: str,
+    remote: Storage,
+    expected: int,
+    md5: str | None,
+    multipart: str | None,
+    *,
+    verify_checksum: bool,
+) -> Copied:
+    """Compare the remote copy (one HEAD on S3) with what was sent."""
+    size, etag = remote_fingerprint(remote, name)
+    if size != expected:
+        raise VerificationFailed(
+            f"The remote copy of {name!r} has {size} bytes, the local file {expected}; "
+            "it was not switched in and will be sent again."
+        )
+    if verify_checksum and etag and md5 and _comparable(etag, multipart) and etag not in (md5, multipart):
+        raise VerificationFailed(
+            f"The remote copy of {name!r} has ETag {etag}, but the bytes sent hash to {md5}; "
+            "it was not switched in and will be sent again."
+        )
+    return Copied(size=size, checksum=f"md5:{md5}" if md5 else "")
+
+
 def copy_file(
     name: str,
     local: Storage,
@@ -168,21 +356,33 @@ def copy_file(
     left by an earlier attempt); otherwise a different file already there is a
     :class:`RemoteConflict`, never silently overwritten.
     """
+    direct = _direct_s3(local, remote, name)
+    if direct is not None:
+        path, client = direct
+        try:
+            copied = _upload_s3(
+                name,
+                path,
+                client,
+                remote,
+                os.path.getsize(path),
+                replace=replace,
+                verify_checksum=verify_checksum,
+                progress=progress,
+            )
+        except FileNotFoundError as exc:
+            raise _missing(name) from exc
+        if copied is not None:
+            return copied
     try:
         source = local.open(name, "rb")
     except FileNotFoundError as exc:
-        raise LocalFileMissing(
-            f"The local copy of {name!r} is gone, so it cannot be sent to the remote storage. "
-            "Save the file again, or delete it to drop its record."
-        ) from exc
+        raise _missing(name) from exc
     with source:
         expected = local.size(name)
         if remote.exists(name):
             if not replace:
-                raise RemoteConflict(
-                    f"The remote storage already holds a file named {name!r} that this app did not "
-                    "put there; it was not overwritten. Move or delete the remote file, then retry."
-                )
+                raise _conflict(name)
             remote.delete(name)
         reader = _MeteredReader(source, _part_size(remote), progress)
         stored = remote.save(name, File(io.BufferedReader(reader, 1024 * 1024), name=name))
@@ -193,18 +393,14 @@ def copy_file(
                 "it is given (for S3Storage, file_overwrite=True, its default)."
             )
         md5, multipart = reader.digests()
-    size, etag = remote_fingerprint(remote, name)
-    if size != expected:
-        raise VerificationFailed(
-            f"The remote copy of {name!r} has {size} bytes, the local file {expected}; "
-            "it was not switched in and will be sent again."
-        )
-    if verify_checksum and etag and md5 and _comparable(etag, multipart) and etag not in (md5, multipart):
-        raise VerificationFailed(
-            f"The remote copy of {name!r} has ETag {etag}, but the bytes sent hash to {md5}; "
-            "it was not switched in and will be sent again."
-        )
-    return Copied(size=size, checksum=f"md5:{md5}" if md5 else "")
+    return _verified(name, remote, expected, md5, multipart, verify_checksum=verify_checksum)
+
+
+def _missing(name: str) -> LocalFileMissing:
+    return LocalFileMissing(
+        f"The local copy of {name!r} is gone, so it cannot be sent to the remote storage. "
+        "Save the file again, or delete it to drop its record."
+    )
 
 
 def _comparable(etag: str, multipart: str | None) -> bool:

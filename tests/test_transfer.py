@@ -1,0 +1,74 @@
+"""copy_file() against moto's S3 server, through the request-counting proxy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from unittest import mock
+
+import pytest
+from boto3.s3.transfer import TransferConfig
+from django.core.files.base import ContentFile
+from django.core.files.storage import FileSystemStorage
+from storages.backends.s3 import S3Storage
+
+from queued_storage.transfer import LocalFileMissing, RemoteConflict, copy_file
+
+from .conftest import s3_body
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def local(tmp_path):
+    return FileSystemStorage(location=str(tmp_path))
+
+
+def test_small_file_is_one_put_verified_by_its_etag(local, services, s3):
+    data = os.urandom(20_000)
+    name = local.save("small/one.bin", ContentFile(data))
+    services.s3_proxy.reset_counts()
+    copied = copy_file(name, local, S3Storage())
+    assert [method for method, _ in services.s3_proxy.requests] == ["PUT"]
+    assert copied.size == len(data)
+    assert copied.checksum == "md5:" + hashlib.md5(data).hexdigest()
+    assert s3_body(s3, "qs-bucket", name) == data
+
+
+def test_small_file_never_overwrites_a_foreign_remote_file(local, s3):
+    s3.put_object(Bucket="qs-bucket", Key="small/taken.bin", Body=b"theirs")
+    name = local.save("small/taken.bin", ContentFile(b"ours"))
+    with pytest.raises(RemoteConflict):
+        copy_file(name, local, S3Storage())
+    assert s3_body(s3, "qs-bucket", name) == b"theirs"
+    copy_file(name, local, S3Storage(), replace=True)  # our own partial copy of an earlier attempt
+    assert s3_body(s3, "qs-bucket", name) == b"ours"
+
+
+def test_large_file_goes_multipart_from_the_path_not_through_a_buffered_stream(local, s3):
+    data = os.urandom(11 * MiB)
+    name = local.save("big/parts.bin", ContentFile(data))
+    config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    progress: list[int] = []
+    with mock.patch("boto3.s3.inject.upload_fileobj", side_effect=AssertionError("buffered path")):
+        copied = copy_file(name, local, S3Storage(transfer_config=config), progress=progress.append)
+    assert copied.size == len(data)
+    assert copied.checksum == "md5:" + hashlib.md5(data).hexdigest()
+    assert progress[-1] == len(data)
+    head = s3.head_object(Bucket="qs-bucket", Key=name)
+    assert head["ETag"].strip('"').endswith("-3")
+    assert head["ContentType"] == "application/octet-stream"
+    assert s3_body(s3, "qs-bucket", name) == data
+
+
+def test_gzip_remote_still_goes_through_s3storage_save(local):
+    name = local.save("zipped/notes.css", ContentFile(b"body { color: red }\n" * 100))
+    went = RuntimeError("went through S3Storage.save()")
+    with mock.patch.object(S3Storage, "save", side_effect=went), pytest.raises(RuntimeError) as raised:
+        copy_file(name, local, S3Storage(gzip=True))
+    assert raised.value is went
+
+
+def test_missing_local_file_is_permanent(local):
+    with pytest.raises(LocalFileMissing, match="gone"):
+        copy_file("never/saved.bin", local, S3Storage())
