@@ -92,11 +92,21 @@ def _cache_set(key: str, value: str, timeout: int | None = None) -> None:
         logger.warning("queued_storage: cache write failed (%s)", exc)
 
 
-def _cache_delete(key: str) -> None:
+def _cache_fill(key: str, value: str) -> None:
+    """Fill a missing entry from the database, never over a newer one.
+
+    ``add``, not ``set``: a transition that wrote the cache between our read
+    of the row and this write wins, so a reader cannot put back a stale state.
+    """
     try:
-        caches[conf.CACHE].delete(key)
+        caches[conf.CACHE].add(key, value, conf.CACHE_TIMEOUT)
     except Exception as exc:
-        logger.warning("queued_storage: cache delete failed (%s)", exc)
+        logger.warning("queued_storage: cache write failed (%s)", exc)
+
+
+def _cache_forget(key: str) -> None:
+    """Mark a name as gone (briefly), so a reader racing the delete cannot refill its old state."""
+    _cache_set(key, _ABSENT, _ABSENT_TIMEOUT)
 
 
 def _mirror(storage: str, name: str, state: str) -> None:
@@ -129,7 +139,7 @@ def remember_unknown(storage: str, name: str, *, on_remote: bool, on_local: bool
         name=name,
         defaults={"state": state, "version": new_version(), "size": size, "host": conf.HOST},
     )
-    _cache_set(key, record.state)
+    _cache_fill(key, record.state)
     return str(record.state)
 
 
@@ -137,8 +147,9 @@ def record_saved(storage: str, name: str, size: int | None) -> FileRecord:
     """Create the pending record of a file just written locally.
 
     Not mirrored in the cache: that round trip would sit in every save().  The
-    first read fills the cache from this row, and every later transition
-    (claim, switch, release, delete) writes the cache itself.
+    first read fills the cache from this row (without overwriting a newer
+    entry), and every later transition that changes where reads go (switch,
+    release, delete) writes the cache itself.
     """
     record: FileRecord = FileRecord.objects.create(
         storage=storage, name=name, state=State.PENDING, version=new_version(), size=size, host=conf.HOST
@@ -157,7 +168,7 @@ def name_taken(storage: str, name: str) -> bool:
     Asks the database alone: in save() the name is nearly always new, so a
     cache lookup first would only add a round trip before the same query.
     """
-    return FileRecord.objects.filter(storage=storage, name=name).exists()
+    return bool(FileRecord.objects.filter(storage=storage, name=name).exists())
 
 
 def requeue(storage: str, name: str) -> FileRecord | None:
@@ -191,7 +202,8 @@ def claim(storage: str, name: str, version: str, owner: str) -> tuple[Claim, Fil
     )
     record = get(storage, name)
     if won:
-        _mirror(storage, name, State.TRANSFERRING)
+        # Not mirrored: reads route every state but ``remote`` to the local
+        # copy alike, so the cache would gain nothing for one round trip per file.
         logger.debug("queued_storage: %s claimed %s", owner, name)
         return Claim.CLAIMED, record
     if record is None or record.version != version or record.state == State.DELETED:
@@ -253,7 +265,7 @@ def forget(storage: str, name: str) -> tuple[FileRecord | None, bool]:
     now = timezone.now()
     record = get(storage, name)
     if record is None:
-        _cache_delete(cache_key(storage, name))
+        _cache_forget(cache_key(storage, name))
         return None, False
     if record.state == State.DELETED:
         return record, True
@@ -264,7 +276,7 @@ def forget(storage: str, name: str) -> tuple[FileRecord | None, bool]:
         _mirror(storage, name, State.DELETED)
     else:
         FileRecord.objects.filter(pk=record.pk).delete()
-        _cache_delete(cache_key(storage, name))
+        _cache_forget(cache_key(storage, name))
     return record, bool(marked)
 
 
@@ -274,7 +286,7 @@ def discard(storage: str, name: str, version: str) -> bool:
         storage=storage, name=name, version=version, state=State.DELETED
     ).delete()
     if deleted:
-        _cache_delete(cache_key(storage, name))
+        _cache_forget(cache_key(storage, name))
     return bool(deleted)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from django.core.cache import caches
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
+from django.core.files.storage import default_storage as _default
 from django.test import override_settings
 
-from queued_storage import location
+from queued_storage import QueuedStorage, location
+
+default_storage: QueuedStorage = _default  # type: ignore[assignment]
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,3 +33,24 @@ def test_name_taken_answers_from_the_database_even_over_a_stale_cache_entry():
     assert location.name_taken(default_storage.key, name)
     assert default_storage.exists(name)
     assert default_storage.get_available_name(name) != name
+
+
+@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
+def test_a_reader_filling_the_cache_never_overwrites_a_newer_transition():
+    name = default_storage.save("race.txt", ContentFile(b"x"))
+    key = default_storage.get_cache_key(name)
+    # The worker switched (and wrote the cache) after a reader read "pending" from the row.
+    caches["default"].set(key, "remote")
+    location._cache_fill(key, "pending")
+    assert caches["default"].get(key) == "remote"
+
+
+@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
+def test_delete_leaves_a_short_tombstone_so_a_racing_reader_cannot_refill():
+    name = default_storage.save("gone.txt", ContentFile(b"x"))
+    key = default_storage.get_cache_key(name)
+    default_storage.url(name)
+    default_storage.delete(name)
+    location._cache_fill(key, "remote")  # a reader that read the row just before the delete
+    assert caches["default"].get(key) == "absent"
+    assert not default_storage.exists(name)
