@@ -6,6 +6,6 @@ from pathlib import Path
 # `python -m benchmarks` from anywhere: the test services live beside us.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.run import main  # noqa: E402
+from benchmarks.run import main
 
 main()

@@ -137,4 +137,5 @@ class Services:
     def parked_messages(self) -> list[bytes]:
         import redis
 
-        return list(redis.Redis.from_url(f"{self.redis.url}/0").lrange(PARKED, 0, -1))
+        client: Any = redis.Redis.from_url(f"{self.redis.url}/0")
+        return list(client.lrange(PARKED, 0, -1))

@@ -70,10 +70,7 @@ def many(directory: str, prefix: str, threads: int, bucket: str) -> dict[str, fl
 def main() -> None:
     mode, *args = sys.argv[1:]
     bucket = os.environ.get("QS_BENCH_BUCKET", "qs-bench")
-    if mode == "one":
-        result = one(args[0], args[1], bucket)
-    else:
-        result = many(args[0], args[1], int(args[2]), bucket)
+    result = one(args[0], args[1], bucket) if mode == "one" else many(args[0], args[1], int(args[2]), bucket)
     print(json.dumps(result), flush=True)
 
 

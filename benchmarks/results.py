@@ -11,7 +11,17 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("Django", "celery", "kombu", "boto3", "botocore", "s3transfer", "django-storages", "moto", "redis")
+PACKAGES = (
+    "Django",
+    "celery",
+    "kombu",
+    "boto3",
+    "botocore",
+    "s3transfer",
+    "django-storages",
+    "moto",
+    "redis",
+)
 
 
 @dataclass
@@ -134,7 +144,11 @@ def machine() -> dict[str, Any]:
     except OSError:
         lscpu = ""
     keep = ("Architecture", "Model name", "CPU(s)", "Thread(s) per core", "CPU max MHz", "L3 cache")
-    cpu = {k.strip(): v.strip() for k, _, v in (l.partition(":") for l in lscpu.splitlines()) if k.strip() in keep}
+    cpu = {
+        k.strip(): v.strip()
+        for k, _, v in (line.partition(":") for line in lscpu.splitlines())
+        if k.strip() in keep
+    }
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),

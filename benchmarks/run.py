@@ -17,8 +17,14 @@ CHART = ROOT / "docs" / "benchmarks-save-latency.png"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def run(scenarios: set[int], plan_name: str, workdir: Path, chart_path: Path | None, out: Path | None) -> Results:
+def run(
+    scenarios: set[int], plan_name: str, workdir: Path, chart_path: Path | None, out: Path | None
+) -> Results:
     """Run ``scenarios`` of the plan ``full``, ``quick`` or ``tiny``; services start and stop here."""
+    import queued_storage
+
+    if not Path(queued_storage.__file__).resolve().is_relative_to(ROOT):
+        raise SystemExit(f"queued_storage is imported from {queued_storage.__file__}, not from {ROOT}.")
     services = Services(workdir)
     services.start()
     try:
@@ -81,17 +87,23 @@ def run(scenarios: set[int], plan_name: str, workdir: Path, chart_path: Path | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes and few repetitions (a couple of minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and few repetitions (a couple of minutes)"
+    )
     parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated scenario numbers")
-    parser.add_argument("--chart", type=Path, default=CHART, help=f"PNG to draw (default {CHART.relative_to(ROOT)})")
+    parser.add_argument(
+        "--chart", type=Path, default=CHART, help=f"PNG to draw (default {CHART.relative_to(ROOT)})"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, database)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="directory of the JSON results")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the smoke test
     args = parser.parse_args()
     scenarios = {int(n) for n in args.only.split(",") if n.strip()}
-    plan = "quick" if args.quick else "full"
+    plan = "tiny" if args.tiny else "quick" if args.quick else "full"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = Path(tempfile.mkdtemp(prefix="qs-bench-"))
     try:
-        run(scenarios, plan, workdir, args.chart, RESULTS / f"{stamp}-{plan}.json")
+        run(scenarios, plan, workdir, args.chart, args.results / f"{stamp}-{plan}.json")
     finally:
         if args.keep:
             print(f"Work directory kept: {workdir}")

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -22,7 +23,8 @@ from unittest import mock
 from django.core.cache import caches
 from django.core.files import File
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage, storages
+from django.core.files.storage import default_storage as _default_storage
+from django.core.files.storage import storages
 from django.test import override_settings
 
 from queued_storage.models import FileRecord, State
@@ -32,6 +34,9 @@ from .results import Results, Row
 
 KB, MB = 1000, 1000 * 1000
 MiB = 1024 * 1024
+
+# The QueuedStorage of benchmarks.settings (typed loosely: its extra API is not on Storage).
+default_storage: Any = _default_storage
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ def count_s3_requests() -> Iterator[list[str]]:
     import botocore.endpoint
 
     sent: list[str] = []
-    original = botocore.endpoint.Endpoint._send
+    original = botocore.endpoint.Endpoint._send  # type: ignore[attr-defined]
 
     def counting(self: Any, request: Any) -> Any:
         sent.append(f"{request.method} {request.url}")
@@ -156,7 +161,7 @@ def count_s3_requests() -> Iterator[list[str]]:
 
 def _forget_queued(prefix: str) -> None:
     for alias in ("default", "delayed"):
-        storage = storages[alias]
+        storage: Any = storages[alias]
         FileRecord.objects.filter(storage=storage.key, name__startswith=prefix).delete()
         shutil.rmtree(Path(storage.local.path(prefix)), ignore_errors=True)
     caches["default"].clear()
@@ -207,7 +212,14 @@ def save_latency(services: Services, results: Results, plan: Plan) -> None:
                     samples[subject].append(time.perf_counter() - started)
             for subject in subjects:
                 results.add(
-                    Row("1 save", label, subject, "ms", _ms(samples[subject]), baseline=None if subject == FS else FS)
+                    Row(
+                        "1 save",
+                        label,
+                        subject,
+                        "ms",
+                        _ms(samples[subject]),
+                        baseline=None if subject == FS else FS,
+                    )
                 )
             shutil.rmtree(Path(storages["fs"].path("s1")), ignore_errors=True)
             _forget_queued("s1/")
@@ -263,9 +275,15 @@ def _post(port: int, path: str, body: bytes, boundary: str) -> float:
 
 
 def upload_request(services: Services, results: Results, plan: Plan) -> None:
-    label = f"POST {plan.upload_size // MB or plan.upload_size // KB} {'MB' if plan.upload_size >= MB else 'KB'}"
+    label = (
+        f"POST {plan.upload_size // MB or plan.upload_size // KB} {'MB' if plan.upload_size >= MB else 'KB'}"
+    )
     body, boundary = _multipart(plan.upload_size)
-    subjects = {"view + FileSystemStorage": "fs", "view + QueuedStorage": "default", "view + S3Storage direct": "s3"}
+    subjects = {
+        "view + FileSystemStorage": "fs",
+        "view + QueuedStorage": "default",
+        "view + S3Storage direct": "s3",
+    }
     samples: dict[str, list[float]] = {s: [] for s in subjects}
     with services.wsgi_server(QS_BENCH_QUEUE=PARKED) as (port, _pid):
         for alias in subjects.values():
@@ -274,13 +292,29 @@ def upload_request(services: Services, results: Results, plan: Plan) -> None:
             for subject, alias in subjects.items():
                 samples[subject].append(_post(port, f"/upload/{alias}/", body, boundary))
     services.purge_parked()
-    fs = results.add(Row("2 upload", label, "view + FileSystemStorage", "ms", _ms(samples["view + FileSystemStorage"])))
+    fs = results.add(
+        Row("2 upload", label, "view + FileSystemStorage", "ms", _ms(samples["view + FileSystemStorage"]))
+    )
     queued = results.add(
-        Row("2 upload", label, "view + QueuedStorage", "ms", _ms(samples["view + QueuedStorage"]), baseline=fs.subject)
+        Row(
+            "2 upload",
+            label,
+            "view + QueuedStorage",
+            "ms",
+            _ms(samples["view + QueuedStorage"]),
+            baseline=fs.subject,
+        )
     )
     queued.target, queued.ok = "≤ 1.2× FileSystemStorage", queued.median <= 1.2 * fs.median
     results.add(
-        Row("2 upload", label, "view + S3Storage direct", "ms", _ms(samples["view + S3Storage direct"]), fs.subject)
+        Row(
+            "2 upload",
+            label,
+            "view + S3Storage direct",
+            "ms",
+            _ms(samples["view + S3Storage direct"]),
+            fs.subject,
+        )
     )
     shutil.rmtree(Path(storages["fs"].path("uploads")), ignore_errors=True)
     _forget_queued("uploads/")
@@ -290,7 +324,9 @@ def upload_request(services: Services, results: Results, plan: Plan) -> None:
 # -- 3. url() ----------------------------------------------------------------------------------
 
 
-def _per_call(fn: Callable[[], object], calls: int, before: Callable[[], object] | None = None) -> list[float]:
+def _per_call(
+    fn: Callable[[], object], calls: int, before: Callable[[], object] | None = None
+) -> list[float]:
     samples = []
     for _ in range(calls):
         if before is not None:
@@ -313,36 +349,58 @@ def _old_url(cache: Any, key: str, remote: Any, local: Any, name: str) -> str:
 
 def url_calls(services: Services, results: Results, plan: Plan) -> None:
     """Needs a running worker (to make one file remote)."""
-    cache = caches["default"]
     queued = default_storage
     remote_name = queued.save(f"s3url/remote-{uuid.uuid4().hex}.txt", ContentFile(b"remote"))
     wait_remote(queued, [remote_name], 60)
     with parked(services):
         local_name = queued.save(f"s3url/local-{uuid.uuid4().hex}.txt", ContentFile(b"local"))
-        for name, case, underlying, base_subject in (
-            (remote_name, "file on S3", queued.remote, "S3Storage.url()"),
-            (local_name, "file still local", queued.local, "FileSystemStorage.url()"),
-        ):
-            key = queued.get_cache_key(name)
-            queued.url(name)
-            base = results.add(Row("3 url()", case, base_subject, "µs", [s * 1e6 for s in _per_call(lambda: underlying.url(name), plan.url_calls)]))
-            for subject, flush in (("QueuedStorage.url() warm cache", None), ("QueuedStorage.url() cache flushed", lambda: cache.delete(key))):
-                with count_s3_requests() as sent:
-                    samples = _per_call(lambda: queued.url(name), plan.url_calls, flush)
-                row = results.add(Row("3 url()", case, subject, "µs", [s * 1e6 for s in samples], baseline=base.subject))
-                added = (row.median - base.median) / 1000
-                row.target, row.ok = f"≤ 0.2 ms added (+{added:.3f} ms)", added <= 0.2
-                reqs = results.add(Row("3 url()", case, subject.replace("url()", "url() S3 requests"), "requests", [float(len(sent))]))
-                reqs.target, reqs.ok = "0 S3 requests", not sent
-            # The predecessor, simulated with the same cache and plain S3Storage calls.
-            for link, remote in (("direct", queued.remote), ("WAN", storages["s3_wan"])):
-                calls = plan.url_calls if link == "direct" else plan.url_wan_calls
-                with count_s3_requests() as sent:
-                    samples = _per_call(lambda r=remote: _old_url(cache, key, r, queued.local, name), calls, lambda: cache.delete(key))
-                subject = f"0.8-style url() flushed, {link} (simulated)"
-                results.add(Row("3 url()", case, subject, "µs", [s * 1e6 for s in samples], baseline=base.subject, note=f"{len(sent)} S3 requests in {calls} calls"))
+        _url_case(results, plan, remote_name, "file on S3", queued.remote, "S3Storage.url()")
+        _url_case(results, plan, local_name, "file still local", queued.local, "FileSystemStorage.url()")
     services.empty_bucket("s3url/")
     _forget_queued("s3url/")
+
+
+def _url_case(results: Results, plan: Plan, name: str, case: str, underlying: Any, base_subject: str) -> None:
+    cache = caches["default"]
+    queued = default_storage
+    key = queued.get_cache_key(name)
+
+    def flush() -> None:
+        cache.delete(key)
+
+    def micros(samples: list[float]) -> list[float]:
+        return [s * 1e6 for s in samples]
+
+    queued.url(name)
+    base = results.add(
+        Row(
+            "3 url()",
+            case,
+            base_subject,
+            "µs",
+            micros(_per_call(lambda: underlying.url(name), plan.url_calls)),
+        )
+    )
+    for subject, before in (
+        ("QueuedStorage.url() warm cache", None),
+        ("QueuedStorage.url() cache flushed", flush),
+    ):
+        with count_s3_requests() as sent:
+            samples = _per_call(lambda: queued.url(name), plan.url_calls, before)
+        row = results.add(Row("3 url()", case, subject, "µs", micros(samples), baseline=base.subject))
+        added = (row.median - base.median) / 1000
+        row.target, row.ok = f"≤ 0.2 ms added (+{added:.3f} ms)", added <= 0.2
+        requests = subject.replace("url()", "url() S3 requests")
+        reqs = results.add(Row("3 url()", case, requests, "requests", [float(len(sent))]))
+        reqs.target, reqs.ok = "0 S3 requests", not sent
+    # The predecessor, simulated with the same cache and plain S3Storage calls.
+    for link, remote in (("direct", queued.remote), ("WAN", storages["s3_wan"])):
+        calls = plan.url_calls if link == "direct" else plan.url_wan_calls
+        with count_s3_requests() as sent:
+            samples = _per_call(partial(_old_url, cache, key, remote, queued.local, name), calls, flush)
+        subject = f"0.8-style url() flushed, {link} (simulated)"
+        note = f"{len(sent)} S3 requests in {calls} calls"
+        results.add(Row("3 url()", case, subject, "µs", micros(samples), baseline=base.subject, note=note))
 
 
 # -- 4. transfer throughput and memory ----------------------------------------------------------
@@ -360,7 +418,7 @@ def _raw(*args: str) -> dict[str, float]:
 
 
 def transfer(services: Services, results: Results, plan: Plan, worker: Any) -> None:
-    delayed = storages["delayed"]
+    delayed: Any = storages["delayed"]
     [child] = worker.child_pids()
     warm = delayed.save(f"s4/warm-{uuid.uuid4().hex}.bin", ContentFile(_random(MB)))
     delayed.transfer(warm)
@@ -384,11 +442,24 @@ def transfer(services: Services, results: Results, plan: Plan, worker: Any) -> N
             services.empty_bucket("s4")
             _forget_queued("s4/")
         source.unlink()
-        raw_rate = results.add(Row("4 transfer", label, "raw boto3 upload_file", "MB/s", [size / MB / s for s in raw_s]))
-        rate = results.add(Row("4 transfer", label, "worker (Transfer task)", "MB/s", [size / MB / s for s in ours_s], baseline=raw_rate.subject))
+        raw_rate = results.add(
+            Row("4 transfer", label, "raw boto3 upload_file", "MB/s", [size / MB / s for s in raw_s])
+        )
+        rate = results.add(
+            Row(
+                "4 transfer",
+                label,
+                "worker (Transfer task)",
+                "MB/s",
+                [size / MB / s for s in ours_s],
+                baseline=raw_rate.subject,
+            )
+        )
         rate.target, rate.ok = "≥ 0.9× raw boto3", rate.median >= 0.9 * raw_rate.median
         raw_peak = results.add(Row("4 transfer", label, "raw boto3 peak RSS growth", "MiB", raw_mem))
-        peak = results.add(Row("4 transfer", label, "worker peak RSS growth", "MiB", ours_mem, baseline=raw_peak.subject))
+        peak = results.add(
+            Row("4 transfer", label, "worker peak RSS growth", "MiB", ours_mem, baseline=raw_peak.subject)
+        )
         peak.target, peak.ok = "≤ raw boto3 + 32 MiB", peak.median <= raw_peak.median + 32
         growth[label] = peak.median
     if len(growth) > 1:
@@ -407,7 +478,16 @@ def transfer(services: Services, results: Results, plan: Plan, worker: Any) -> N
         session.resource("s3", endpoint_url=os.environ["QS_S3_ENDPOINT"], region_name="us-east-1",
                          aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
         samples.append(time.perf_counter() - started)
-    results.add(Row("4 transfer", "per transfer", "0.8-style new boto3 client (simulated)", "ms", _ms(samples), note="this app reuses the worker's client"))
+    results.add(
+        Row(
+            "4 transfer",
+            "per transfer",
+            "0.8-style new boto3 client (simulated)",
+            "ms",
+            _ms(samples),
+            note="this app reuses the worker's client",
+        )
+    )
 
 
 # -- 5. many small files -----------------------------------------------------------------------
@@ -426,7 +506,9 @@ def small_files(services: Services, results: Results, plan: Plan, worker: Any, p
     for rep in range(plan.small_reps):
         prefix = f"s5/{rep}-{uuid.uuid4().hex[:8]}/"
         started = time.perf_counter()
-        names = [default_storage.save(f"{prefix}{i:05d}.bin", ContentFile(data)) for i, data in enumerate(payloads)]
+        names = [
+            default_storage.save(f"{prefix}{i:05d}.bin", ContentFile(data)) for i, data in enumerate(payloads)
+        ]
         saving.append(time.perf_counter() - started)
         done = wait_remote(default_storage, names, 600, poll=0.05)
         ours.append(plan.small_files / (done - started))
@@ -435,10 +517,22 @@ def small_files(services: Services, results: Results, plan: Plan, worker: Any, p
         services.empty_bucket("s5")
         _forget_queued("s5/")
     shutil.rmtree(source, ignore_errors=True)
-    base = results.add(Row("5 small files", label, f"raw boto3 put_object, {parallel} thread(s)", "files/s", raws))
-    row = results.add(Row("5 small files", label, "save() until all remote", "files/s", ours, baseline=base.subject))
+    base = results.add(
+        Row("5 small files", label, f"raw boto3 put_object, {parallel} thread(s)", "files/s", raws)
+    )
+    row = results.add(
+        Row("5 small files", label, "save() until all remote", "files/s", ours, baseline=base.subject)
+    )
     row.target, row.ok = "≥ 0.8× raw boto3", row.median >= 0.8 * base.median
-    results.add(Row("5 small files", label, "of which the save() loop alone", "files/s", [plan.small_files / s for s in saving]))
+    results.add(
+        Row(
+            "5 small files",
+            label,
+            "of which the save() loop alone",
+            "files/s",
+            [plan.small_files / s for s in saving],
+        )
+    )
 
 
 # -- 6. message size ---------------------------------------------------------------------------
@@ -450,7 +544,9 @@ def message_size(services: Services, results: Results, plan: Plan) -> None:
         with parked(services):
             source = _write_random(services.workdir / "s6" / f"{size}.bin", size)
             with source.open("rb") as fh:
-                default_storage.save(f"s6/uploads/2026/05/quarterly-report-{uuid.uuid4().hex[:8]}.pdf", File(fh))
+                default_storage.save(
+                    f"s6/uploads/2026/05/quarterly-report-{uuid.uuid4().hex[:8]}.pdf", File(fh)
+                )
             source.unlink()
             [raw] = services.parked_messages()
         envelope = json.loads(raw)
@@ -498,7 +594,10 @@ def serving(services: Services, results: Results, plan: Plan) -> None:
         with source.open("rb") as fh:
             name = default_storage.save(f"s7/{uuid.uuid4().hex}.bin", File(fh))
         source.unlink()
-    ways = {"FileResponse": f"/serve/file-response/{name}", "HttpResponse(open(path)) (naive)": f"/serve/naive/{name}"}
+    ways = {
+        "FileResponse": f"/serve/file-response/{name}",
+        "HttpResponse(open(path)) (naive)": f"/serve/naive/{name}",
+    }
     view = stable_view_path(name)
     if view is not None:
         ways["queued_storage view"] = view
@@ -519,10 +618,22 @@ def serving(services: Services, results: Results, plan: Plan) -> None:
                 cpu[way].append((after.user + after.system - before.user - before.system) * 1000)
     for way in ways:
         base = None if way == "FileResponse" else "FileResponse CPU"
-        results.add(Row("7 serving", label, f"{way} wall", "ms", wall[way], baseline=None if base is None else "FileResponse wall"))
+        results.add(
+            Row(
+                "7 serving",
+                label,
+                f"{way} wall",
+                "ms",
+                wall[way],
+                baseline=None if base is None else "FileResponse wall",
+            )
+        )
         row = results.add(Row("7 serving", label, f"{way} CPU", "ms", cpu[way], baseline=base))
         if way == "queued_storage view":
-            row.target, row.ok = "CPU ≤ 1.2× FileResponse", row.median <= 1.2 * results.median("7 serving", label, "FileResponse CPU")
+            row.target, row.ok = (
+                "CPU ≤ 1.2× FileResponse",
+                row.median <= 1.2 * results.median("7 serving", label, "FileResponse CPU"),
+            )
     _forget_queued("s7/")
 
 

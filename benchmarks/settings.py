@@ -36,14 +36,14 @@ DATABASES = {
             "timeout": 30,
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         },
+        # Persistent connections, as a production worker would use: otherwise
+        # close_old_connections() reconnects for every task.
+        "CONN_MAX_AGE": 600,
     }
 }
-CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"{REDIS_URL}/1"}
-}
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"{REDIS_URL}/1"}}
 
 CELERY_BROKER_URL = f"{REDIS_URL}/0"
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The scenarios that time save() alone publish to a queue no worker consumes,
@@ -54,6 +54,7 @@ QUEUED_STORAGE_RETRY_DELAY = 1
 MEDIA_ROOT = str(WORK / "media")
 MEDIA_URL = "/media/"
 FILE_UPLOAD_TEMP_DIR = str(WORK / "upload-tmp")
+Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
 
 AWS_S3_ENDPOINT_URL = S3_ENDPOINT
 AWS_ACCESS_KEY_ID = "testing"

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.files.storage import default_storage, storages
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 
 
+def _local_path(name: str) -> str:
+    queued: Any = default_storage
+    return str(queued.local.path(name))
+
+
 def upload(request: HttpRequest, alias: str) -> HttpResponse:
     """Store the posted file with the storage ``alias``, as a model form would."""
-    uploaded = request.FILES["file"]
+    uploaded: Any = request.FILES["file"]
     return HttpResponse(storages[alias].save(f"uploads/{uploaded.name}", uploaded))
 
 
 def serve_file_response(request: HttpRequest, name: str) -> FileResponse:
-    return FileResponse(open(default_storage.local.path(name), "rb"))  # noqa: SIM115
+    return FileResponse(open(_local_path(name), "rb"))
 
 
 def serve_naive(request: HttpRequest, name: str) -> HttpResponse:
     """The trap of seed 002: HttpResponse iterates the file by lines."""
-    return HttpResponse(open(default_storage.local.path(name), "rb"))  # noqa: SIM115
+    return HttpResponse(open(_local_path(name), "rb"))
 
 
 urlpatterns: list[URLPattern] = [

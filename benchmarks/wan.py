@@ -64,7 +64,9 @@ def _pipe(src: socket.socket, dst: socket.socket, latency: float, bucket: _Bucke
     sender.join()
 
 
-def _serve(client: socket.socket, target: tuple[str, int], latency: float, up: _Bucket, down: _Bucket) -> None:
+def _serve(
+    client: socket.socket, target: tuple[str, int], latency: float, up: _Bucket, down: _Bucket
+) -> None:
     try:
         server = socket.create_connection(target)
     except OSError:

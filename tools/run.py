@@ -90,7 +90,7 @@ def lint() -> None:
     say("ruff and mypy")
     run(PY, "-m", "ruff", "check", ".")
     run(PY, "-m", "ruff", "format", "--check", ".")
-    run(PY, "-m", "mypy", "queued_storage", "tests")
+    run(PY, "-m", "mypy", "queued_storage", "tests", "benchmarks")
 
 
 def pytest(*args: str, env: dict[str, str] | None = None) -> None:

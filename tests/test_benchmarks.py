@@ -1,0 +1,30 @@
+"""A smoke run of every benchmark scenario at tiny sizes, so the benchmark code cannot rot.
+
+It asserts that the run completes and reports every scenario, never on timings.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_scenario_runs_end_to_end(tmp_path):
+    chart = tmp_path / "chart.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--chart", str(chart), "--results", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [out] = tmp_path.glob("*-tiny.json")
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["scenario"].split()[0] for row in rows} == {"1", "2", "3", "4", "5", "6", "7"}
+    assert all(row["samples"] for row in rows)
+    assert chart.stat().st_size > 0
