@@ -33,6 +33,7 @@ def run(
         django.setup()
         from django.core.management import call_command
 
+        from . import celery_app  # noqa: F401 - the app save() publishes with, as in a project
         from . import scenarios as s
 
         plan = {"full": s.FULL, "quick": s.QUICK, "tiny": s.TINY}[plan_name]
