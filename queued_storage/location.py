@@ -202,8 +202,11 @@ def claim(storage: str, name: str, version: str, owner: str) -> tuple[Claim, Fil
     )
     record = get(storage, name)
     if won:
-        # Not mirrored: reads route every state but ``remote`` to the local
-        # copy alike, so the cache would gain nothing for one round trip per file.
+        # Reads route every state but ``remote`` alike, but this write also
+        # makes a fresh worker open its cache connection (and import the
+        # client) here, not between the switch's commit and its mirror, where
+        # a reader would see ``remote`` in the row and ``pending`` in the cache.
+        _mirror(storage, name, State.TRANSFERRING)
         logger.debug("queued_storage: %s claimed %s", owner, name)
         return Claim.CLAIMED, record
     if record is None or record.version != version or record.state == State.DELETED:
