@@ -42,11 +42,21 @@ def check_cache(**kwargs: Any) -> list[Error]:
 
 @register()
 def check_storages(**kwargs: Any) -> list[Error]:
-    from .storage import _load_all, _registry
+    from .storage import _duplicates, _load_all, _registry
 
     _load_all()
     errors = []
-    for storage in _registry.values():
+    for storage in list(_registry.values()) + _duplicates:
+        first = _registry[storage.key]
+        if storage is not first and (storage.task, storage.delete_local) != (first.task, first.delete_local):
+            errors.append(
+                Error(
+                    f"Two QueuedStorages with the same local and remote storage ({storage.key}) differ "
+                    "in 'task' or 'delete_local', so a worker could not tell which one a file belongs to.",
+                    hint="Give one of them a distinct cache_prefix, or make their options equal.",
+                    id="queued_storage.E005",
+                )
+            )
         same = storage.local_path == storage.remote_path and storage.local_options == storage.remote_options
         if same:
             errors.append(

@@ -42,6 +42,8 @@ _SECRET_WORDS = ("secret", "password", "token", "key", "credential", "session")
 # Every QueuedStorage built in this process, by identity: the worker finds a
 # storage declared on a model field here as well as one from STORAGES.
 _registry: dict[str, QueuedStorage] = {}
+# Later storages whose identity was already taken, kept for the E005 check.
+_duplicates: list[QueuedStorage] = []
 
 
 def _resolve_spec(option: str, spec: Any) -> Any:
@@ -144,7 +146,7 @@ class QueuedStorage(Storage):
             }
         )
         self._connect()
-        _registry.setdefault(self.key, self)
+        _register(self)
 
     # -- the two storages, built on first use and reused (with their connections)
 
@@ -174,7 +176,7 @@ class QueuedStorage(Storage):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._connect()
-        _registry.setdefault(self.key, self)
+        _register(self)
 
     # -- routing
 
@@ -328,6 +330,12 @@ class QueuedStorage(Storage):
 
 
 QueuedRemoteStorage = QueuedStorage
+
+
+def _register(storage: QueuedStorage) -> None:
+    first = _registry.setdefault(storage.key, storage)
+    if first is not storage and (first.task, first.delete_local) != (storage.task, storage.delete_local):
+        _duplicates.append(storage)
 
 
 def get_storage(key: str) -> QueuedStorage:

@@ -49,7 +49,8 @@ def resolve_task(path: str) -> _Task:
         raise ImproperlyConfigured(f"QueuedStorage option task={path!r} does not import: {exc}") from exc
     if isinstance(obj, type) and issubclass(obj, Task):
         app = current_app
-        name = obj.name or f"{obj.__module__}.{obj.__name__}"
+        # A subclass inherits its parent's name; it needs one of its own.
+        name = obj.__dict__.get("name") or f"{obj.__module__}.{obj.__qualname__}"
         if name not in app.tasks:
             instance = obj()
             instance.name = name
