@@ -19,6 +19,7 @@ from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
 from . import location
+from .conf import conf
 from .location import FileStatus
 from .models import FileRecord, State
 
@@ -154,9 +155,21 @@ class QueuedStorage(Storage):
         self.local = SimpleLazyObject(
             partial(self._build, self._local_cls, self.local_options or {}, "local")
         )
-        self.remote = SimpleLazyObject(
-            partial(self._build, self._remote_cls, self.remote_options or {}, "remote")
-        )
+        self.remote = SimpleLazyObject(self._build_remote)
+
+    def _build_remote(self) -> Storage:
+        remote = self._build(self._remote_cls, self.remote_options or {}, "remote")
+        config = getattr(remote, "client_config", None)
+        if config is not None and not conf.S3_REQUEST_CHECKSUMS:
+            from botocore.config import Config
+
+            # Only when the operation requires one, as before boto3 1.36.
+            remote.client_config = config.merge(  # type: ignore[attr-defined]
+                Config(
+                    request_checksum_calculation="when_required", response_checksum_validation="when_required"
+                )
+            )
+        return remote
 
     def _build(self, cls: Any, options: dict[str, Any], option: str) -> Storage:
         if isinstance(cls, str):

@@ -32,7 +32,9 @@ def test_process_local_cache(settings, backend):
 
 
 def test_same_local_and_remote():
-    storage = QueuedStorage(local=FS, remote=FS, local_options={"location": "/tmp/same"}, remote_options={"location": "/tmp/same"})
+    storage = QueuedStorage(
+        local=FS, remote=FS, local_options={"location": "/tmp/same"}, remote_options={"location": "/tmp/same"}
+    )
     try:
         assert ids() == ["queued_storage.E003"]
     finally:
@@ -50,7 +52,12 @@ def test_no_celery_app(monkeypatch):
 def test_same_identity_but_different_behaviour():
     from queued_storage.storage import _duplicates
 
-    options = {"local": FS, "remote": FS, "local_options": {"location": "/tmp/l5"}, "remote_options": {"location": "/tmp/r5"}}
+    options = {
+        "local": FS,
+        "remote": FS,
+        "local_options": {"location": "/tmp/l5"},
+        "remote_options": {"location": "/tmp/r5"},
+    }
     first = QueuedStorage(**options)
     QueuedStorage(**options)  # identical: fine
     QueuedStorage(**options, delete_local=True)
@@ -59,3 +66,28 @@ def test_same_identity_but_different_behaviour():
     finally:
         del _registry[first.key]
         _duplicates.clear()
+
+
+def test_prefetch_above_one_warns(monkeypatch):
+    from .celery_app import app
+
+    monkeypatch.setitem(app.conf, "worker_prefetch_multiplier", 4)
+    assert ids() == ["queued_storage.W001"]
+
+
+def test_redis_broker_without_visibility_timeout_warns(monkeypatch):
+    from .celery_app import app
+
+    monkeypatch.setitem(app.conf, "broker_url", "redis://127.0.0.1:1/0")
+    monkeypatch.setitem(app.conf, "broker_transport_options", {})
+    assert ids() == ["queued_storage.W002"]
+
+
+def test_task_without_acks_late_warns():
+    storage = QueuedStorage(
+        local=FS, remote=FS, remote_options={"location": "/tmp/w3"}, task="queued_storage.tasks.requeue_stale"
+    )
+    try:
+        assert ids() == ["queued_storage.W003"]
+    finally:
+        del _registry[storage.key]

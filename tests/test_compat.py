@@ -10,7 +10,7 @@ from queued_storage.models import FileRecord
 from queued_storage.signals import file_transferred, transfer_failed
 from queued_storage.tasks import Transfer, TransferAndDelete
 
-from .test_storage import FS, eager, make  # noqa: F401 - fixtures
+from .conftest import FS
 from .testapp.models import Legacy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,7 +21,7 @@ def test_backend_classes_preset_their_storages():
     assert (s3.local_path, s3.remote_path) == (FS, "storages.backends.s3.S3Storage")
     assert backends.QueuedS3BotoStorage().remote_path == "storages.backends.s3.S3Storage"
     assert backends.QueuedStorage is backends.QueuedFileSystemStorage.__mro__[1]
-    path, _, kwargs = backends.QueuedS3Storage(delayed=True).deconstruct()
+    path, _, kwargs = backends.QueuedS3Storage(delayed=True).deconstruct()  # type: ignore[attr-defined]
     assert path == "queued_storage.backends.QueuedS3Storage" and kwargs == {"delayed": True}
 
 

@@ -23,7 +23,7 @@ def test_settings_are_read_lazily(settings):
 
 
 def test_host_defaults_to_the_machine_name(settings):
-    assert conf.HOST == socket.gethostname()
+    assert socket.gethostname() == conf.HOST
     settings.QUEUED_STORAGE_HOST = "web-2"
     assert conf.HOST == "web-2"
 
@@ -32,4 +32,4 @@ def test_host_defaults_to_the_machine_name(settings):
 def test_bad_delay_names_the_setting(settings, value):
     settings.QUEUED_STORAGE_RETRY_DELAY = value
     with pytest.raises(ImproperlyConfigured, match="QUEUED_STORAGE_RETRY_DELAY"):
-        conf.RETRY_DELAY
+        _ = conf.RETRY_DELAY

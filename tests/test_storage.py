@@ -7,7 +7,6 @@ this process; test_integration.py covers the same flow on a real worker and S3.
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
@@ -20,30 +19,7 @@ from queued_storage.location import cache_key
 from queued_storage.models import FileRecord
 from queued_storage.storage import get_storage
 
-from .celery_app import app as celery_app
-
-FS = "django.core.files.storage.FileSystemStorage"
-
-
-@pytest.fixture
-def eager():
-    celery_app.conf.task_always_eager = True
-    celery_app.conf.task_eager_propagates = False  # True would raise Retry instead of retrying
-    yield
-    celery_app.conf.task_always_eager = False
-
-
-@pytest.fixture
-def make(tmp_path: Path):
-    def make(**options) -> QueuedStorage:
-        options.setdefault("local", FS)
-        options.setdefault("remote", FS)
-        options.setdefault("local_options", {"location": str(tmp_path / "local"), "base_url": "/local/"})
-        options.setdefault("remote_options", {"location": str(tmp_path / "remote"), "base_url": "/remote/"})
-        return QueuedStorage(**options)
-
-    return make
-
+from .conftest import FS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -234,8 +210,12 @@ def test_identity_ignores_secrets_but_not_the_bucket(make):
 
 
 def test_storages_with_different_options_coexist_and_are_found(make, tmp_path, eager):
-    a = make(local_options={"location": str(tmp_path / "la")}, remote_options={"location": str(tmp_path / "ra")})
-    b = make(local_options={"location": str(tmp_path / "lb")}, remote_options={"location": str(tmp_path / "rb")})
+    a = make(
+        local_options={"location": str(tmp_path / "la")}, remote_options={"location": str(tmp_path / "ra")}
+    )
+    b = make(
+        local_options={"location": str(tmp_path / "lb")}, remote_options={"location": str(tmp_path / "rb")}
+    )
     assert a.key != b.key
     assert get_storage(a.key) is a and get_storage(b.key) is b
     name_a = a.save("same.txt", ContentFile(b"a"))
