@@ -21,7 +21,7 @@ def test_backend_classes_preset_their_storages():
     assert (s3.local_path, s3.remote_path) == (FS, "storages.backends.s3.S3Storage")
     assert backends.QueuedS3BotoStorage().remote_path == "storages.backends.s3.S3Storage"
     assert backends.QueuedStorage is backends.QueuedFileSystemStorage.__mro__[1]
-    path, _, kwargs = backends.QueuedS3Storage(delayed=True).deconstruct()  # type: ignore[attr-defined]
+    path, _, kwargs = backends.QueuedS3Storage(delayed=True).deconstruct()
     assert path == "queued_storage.backends.QueuedS3Storage" and kwargs == {"delayed": True}
 
 

@@ -30,7 +30,7 @@ def test_save_then_worker_switches_url_to_s3(start_worker, services, s3):
     assert sha256(s3_body(s3, "qs-bucket", name)) == sha256(data)
     with default_storage.open(name) as fh:
         assert fh.read() == data
-    status = default_storage.status(name)  # type: ignore[attr-defined]
+    status = default_storage.status(name)
     assert (status.state, status.size, status.attempts) == ("remote", len(data), 1)
 
 
