@@ -34,7 +34,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 def record(name: str) -> FileRecord:
-    return FileRecord.objects.get(storage=default_storage.key, name=name)
+    return FileRecord.objects.get(storage=default_storage.key, name=name)  # type: ignore[attr-defined]
 
 
 def all_remote(names: list[str]) -> bool:
