@@ -236,3 +236,14 @@ def test_field_declared_storage_is_found_by_identity():
 def test_unknown_identity_says_what_to_check():
     with pytest.raises(LookupError, match="INSTALLED_APPS"):
         get_storage("nope-123")
+
+
+def test_requeue_task_for_celery_beat_queues_stale_files(make, eager):
+    from queued_storage.tasks import requeue_stale
+
+    storage = make()
+    name = storage.save("stale.txt", ContentFile(b"s"))
+    FileRecord.objects.filter(name=name).update(state="failed", last_error="boom")
+    assert requeue_stale.apply(kwargs={"older_than": 0}).get() == 0  # failed ones only with failed=True
+    assert requeue_stale.apply(kwargs={"older_than": 0, "failed": True}).get() == 1
+    assert storage.status(name).state == "remote"
