@@ -161,7 +161,7 @@ def requeue(storage: str, name: str) -> FileRecord | None:
     """
     now = timezone.now()
     FileRecord.objects.filter(storage=storage, name=name, state__in=[State.PENDING, State.FAILED]).update(
-        state=State.PENDING, attempts=0, last_error="", updated_at=now
+        state=State.PENDING, last_error="", updated_at=now
     )
     record = get(storage, name)
     if record is not None:
