@@ -128,3 +128,34 @@ def test_task_message_carries_no_option_or_secret(services):
     assert len(body) < 512
     args = json.loads(body)[0]
     assert args[0] == photos.key and args[1] == "secret.png" and len(args) == 3
+
+
+@pytest.mark.parametrize("name", ["ünïcödé ✓.txt", "with space.txt", "100%.txt", "a+b=c&d.txt", "empty.bin"])
+def test_awkward_names_round_trip_to_s3_keys_and_urls(start_worker, s3, name):
+    import urllib.request
+
+    start_worker()
+    data = b"" if name == "empty.bin" else name.encode() * 10
+    saved = default_storage.save(f"odd/{name}", ContentFile(data))
+    assert saved == f"odd/{name}"
+    wait_for(lambda: state_of(default_storage, saved) == "remote", what="remote")
+    assert s3_body(s3, "qs-bucket", saved) == data  # the S3 key is the name, unmangled
+    with urllib.request.urlopen(default_storage.url(saved)) as response:
+        assert response.read() == data
+
+
+def test_delayed_storage_moves_only_on_transfer(start_worker):
+    import time
+
+    from .testapp.models import Legacy
+
+    start_worker()
+    obj = Legacy.objects.create(file=ContentFile(b"wait for it", name="later.txt"))
+    storage = obj.file.storage
+    time.sleep(1.5)
+    assert storage.status(obj.file.name).state == "pending"
+    assert obj.file.transfer() is True
+    wait_for(lambda: storage.status(obj.file.name).state == "remote", what="remote")
+    assert not storage.local.exists(obj.file.name)  # TransferAndDelete
+    with storage.open(obj.file.name) as fh:
+        assert fh.read() == b"wait for it"
