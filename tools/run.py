@@ -97,15 +97,30 @@ def pytest(*args: str, env: dict[str, str] | None = None) -> None:
     run(PY, "-m", "pytest", *args, env=env)
 
 
+def find_interpreter(name: str) -> str | None:
+    """``name`` on PATH if it runs, else a pyenv build of it (pyenv shims only run the active one)."""
+    candidates = [shutil.which(name)]
+    candidates += [str(p) for p in sorted(Path.home().glob(f".pyenv/versions/*/bin/{name}"), reverse=True)]
+    for path in filter(None, candidates):
+        if subprocess.run([path, "-c", "pass"], capture_output=True).returncode == 0:
+            return path
+    return None
+
+
 def matrix() -> None:
     say("tox matrix on the interpreters this machine has")
-    envs, skipped = [], []
+    envs, found, skipped = [], [], []
     for env, interpreter in MATRIX:
-        (envs if shutil.which(interpreter) else skipped).append(env)
+        path = find_interpreter(interpreter)
+        if path:
+            envs.append(env)
+            found.append(path)
+        else:
+            skipped.append(f"{env} ({interpreter} not found)")
     if skipped:
-        print(f"Not run here (interpreter missing): {', '.join(skipped)}", flush=True)
+        print(f"Not run on this machine: {', '.join(skipped)}", flush=True)
     if envs:
-        run(PY, "-m", "tox", "run-parallel", "-p", "2", "-e", ",".join(envs))
+        run(PY, "-m", "tox", "run-parallel", "-p", "2", "-e", ",".join(envs), "--discover", *found)
 
 
 def cmd_test(args: argparse.Namespace) -> None:
