@@ -372,7 +372,6 @@ def _load_all() -> None:
             getattr(field, "storage", None)
 
 
-
 def declared() -> dict[str, QueuedStorage]:
     """Every queued storage the project declares, by label.
 
