@@ -91,4 +91,4 @@ class FileRecordAdmin(_ModelAdmin):
             self.message_user(request, f"{good} remote copies match their record.", messages.SUCCESS)
         for result in results:
             if not result.ok:
-                self.message_user(request, f"{result.name}: {result.detail}", messages.ERROR)
+                self.message_user(request, f"File {result.name}: {result.detail}", messages.ERROR)

@@ -181,9 +181,9 @@ def test_private_bucket_redirect_is_signed_and_permission_hook(client, admin_cli
 def test_permission_setting_applies_to_every_storage(client, saved):
     with override_settings(QUEUED_STORAGE_SERVE_PERMISSION="tests.test_views.only_staff"):
         assert client.get(f"/files/{saved}").status_code == 403
-    with override_settings(QUEUED_STORAGE_SERVE_PERMISSION="tests.test_views.nowhere"):
-        with pytest.raises(ImproperlyConfigured, match="QUEUED_STORAGE_SERVE_PERMISSION"):
-            client.get(f"/files/{saved}")
+    nowhere = override_settings(QUEUED_STORAGE_SERVE_PERMISSION="tests.test_views.nowhere")
+    with nowhere, pytest.raises(ImproperlyConfigured, match="QUEUED_STORAGE_SERVE_PERMISSION"):
+        client.get(f"/files/{saved}")
 
 
 def test_serve_url_option_makes_url_stable(client, db):
@@ -197,7 +197,7 @@ def test_serve_url_option_makes_url_stable(client, db):
         url = storage.url(name)
         assert url == "/files/views/a%20b%2B%25.txt"
         assert body(client.get(url)) == b"stable"
-        path, args, kwargs = storage.deconstruct()
+        _, _, kwargs = storage.deconstruct()
         assert kwargs["serve_url"] == "/files/"
         assert QueuedStorage(**kwargs).url(name) == url
         storage.delete(name)
