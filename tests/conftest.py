@@ -107,5 +107,5 @@ def transfer_now(storage: Any, name: str) -> str:
 
     record = location.get(storage.key, name)
     assert record is not None
-    result = resolve_task(storage.task).apply(args=[storage.key, name, record.version], throw=True)
+    result = resolve_task(storage.task).apply(args=(storage.key, name, record.version), throw=True)
     return str(result.get())

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
+from django.core.files.storage import default_storage as _default_storage
 
-from queued_storage import location
+from queued_storage import QueuedStorage, location
 from queued_storage.models import FileRecord
 
 from .conftest import transfer_now
+
+default_storage = cast(QueuedStorage, _default_storage)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CHANGELIST = "/admin/queued_storage/filerecord/"
 
 
-def record(name):
+def record(name: str) -> FileRecord:
     return FileRecord.objects.get(storage=default_storage.key, name=name)
 
 
-def fail(name, error="ConnectionError: S3 is down"):
+def fail(name: str, error: str = "ConnectionError: S3 is down") -> None:
     rec = record(name)
     location.claim(rec.storage, name, rec.version, owner="test")
     location.release(rec.storage, name, rec.version, error=error, failed=True)
@@ -86,7 +90,7 @@ def test_verify_action_records_the_result(admin_client, s3):
     transfer_now(default_storage, name)
     pk = record(name).pk
 
-    def verify():
+    def verify() -> str:
         return admin_client.post(
             CHANGELIST, {"action": "verify_remote_copy", "_selected_action": [pk]}, follow=True
         ).content.decode()

@@ -6,18 +6,21 @@ import json
 import os
 from io import StringIO
 from pathlib import Path
+from typing import cast
 
 import pytest
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
+from django.core.files.storage import default_storage as _default_storage
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from queued_storage import location
+from queued_storage import QueuedStorage, location
 from queued_storage.models import FileRecord
 
 from .conftest import transfer_now
 from .testapp.models import photos
+
+default_storage = cast(QueuedStorage, _default_storage)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,11 +31,11 @@ def run(*args: str) -> str:
     return out.getvalue()
 
 
-def record(name, storage=default_storage):
+def record(name: str, storage: QueuedStorage = default_storage) -> FileRecord:
     return FileRecord.objects.get(storage=storage.key, name=name)
 
 
-def fail(name, error="ConnectionError: S3 is down"):
+def fail(name: str, error: str = "ConnectionError: S3 is down") -> None:
     rec = record(name)
     location.claim(rec.storage, name, rec.version, owner="test")
     location.release(rec.storage, name, rec.version, error=error, failed=True)

@@ -11,17 +11,21 @@ show who copied what.
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
+from django.core.files.storage import default_storage as _default_storage
 from django.core.management import call_command
 from django.test import override_settings
 
-from queued_storage import location
+from queued_storage import QueuedStorage, location
 from queued_storage.models import FileRecord
 from queued_storage.tasks import queue_for
 
 from .conftest import s3_body, wait_for
+
+default_storage = cast(QueuedStorage, _default_storage)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import pytest
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
+from django.core.files.storage import default_storage as _default_storage
+
+from queued_storage import QueuedStorage
 
 from .conftest import s3_body, sha256, transfer_now, wait_for
+
+default_storage = cast(QueuedStorage, _default_storage)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage, storages
+from django.core.files.storage import default_storage as _default_storage
+from django.core.files.storage import storages
 from django.core.handlers.wsgi import WSGIHandler
+from django.http import FileResponse
 from django.test import RequestFactory, override_settings
 
 from queued_storage import QueuedStorage
@@ -18,6 +21,8 @@ from queued_storage.views import BLOCK_SIZE, serve
 
 from .conftest import transfer_now
 from .testapp.models import photos
+
+default_storage = cast(QueuedStorage, _default_storage)
 
 DATA = bytes(range(256)) * 1000  # 256 000 bytes: several blocks
 
@@ -187,11 +192,12 @@ def test_permission_setting_applies_to_every_storage(client, saved):
 
 
 def test_serve_url_option_makes_url_stable(client, db):
-    options = {**settings.STORAGES["default"]["OPTIONS"], "serve_url": "/files/"}
-    stable = {**settings.STORAGES, "default": {**settings.STORAGES["default"], "OPTIONS": options}}
-    before = storages["default"].key
+    configured: dict[str, Any] = settings.STORAGES
+    options = {**configured["default"]["OPTIONS"], "serve_url": "/files/"}
+    stable = {**configured, "default": {**configured["default"], "OPTIONS": options}}
+    before = cast(QueuedStorage, storages["default"]).key
     with override_settings(STORAGES=stable):
-        storage = storages["default"]
+        storage = cast(QueuedStorage, storages["default"])
         assert storage.key == before  # the URL prefix is not part of where files are
         name = storage.save("views/a b+%.txt", ContentFile(b"stable"))
         url = storage.url(name)
@@ -219,11 +225,12 @@ def test_unknown_storage_in_urls_is_a_configuration_error(db, rf):
 
 def test_served_from_disk_not_memory(rf, saved):
     """The response holds the open file, positioned at the start: nothing was read ahead."""
-    response = serve(rf.get(f"/files/{saved}"), saved)
-    assert response.file_to_stream.tell() == 0
-    assert os.path.samefile(response.file_to_stream.name, default_storage.local.path(saved))
+    response = cast(FileResponse, serve(rf.get(f"/files/{saved}"), saved))
+    stream: Any = response.file_to_stream
+    assert stream.tell() == 0
+    assert os.path.samefile(stream.name, default_storage.local.path(saved))
     assert body(response) == DATA
-    response.file_to_stream.close()
+    stream.close()
 
 
 def _wsgi(path: str, **headers: str) -> tuple[str, dict[str, str], bytes, list[object]]:
@@ -241,7 +248,8 @@ def _wsgi(path: str, **headers: str) -> tuple[str, dict[str, str], bytes, list[o
         def close(self):
             self.filelike.close()
 
-    environ = RequestFactory()._base_environ(PATH_INFO=path, REQUEST_METHOD="GET", **headers)
+    factory: Any = RequestFactory()
+    environ = factory._base_environ(PATH_INFO=path, REQUEST_METHOD="GET", **headers)
     environ["wsgi.file_wrapper"] = FileWrapper
     started: list[tuple[str, list[tuple[str, str]]]] = []
     result = WSGIHandler()(environ, lambda status, headers: started.append((status, headers)))
