@@ -20,6 +20,7 @@ _DEFAULTS: dict[str, Any] = {
     "QUEUED_STORAGE_HOST": None,
     "QUEUED_STORAGE_HOST_QUEUE": None,
     "QUEUED_STORAGE_SERVE_PERMISSION": None,
+    "QUEUED_STORAGE_S3_REQUEST_CHECKSUMS": True,
 }
 
 
@@ -103,6 +104,11 @@ class Settings:
         """Dotted path of ``callable(request, name) -> bool`` guarding the serving view."""
         value = self._get("QUEUED_STORAGE_SERVE_PERMISSION")
         return None if value is None else str(value)
+
+    @property
+    def S3_REQUEST_CHECKSUMS(self) -> bool:
+        """Whether boto3 sends CRC checksums with uploads; some S3-compatible servers reject them."""
+        return bool(self._get("QUEUED_STORAGE_S3_REQUEST_CHECKSUMS"))
 
 
 conf = Settings()

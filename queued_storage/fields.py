@@ -13,7 +13,9 @@ from .storage import QueuedStorage
 class QueuedFieldFile(FieldFile):
     def transfer(self) -> bool:
         """Queue the copy of this file to the remote storage; False if it is already there."""
-        return self.storage.transfer(self.name)  # type: ignore[no-any-return]
+        storage = self.storage
+        assert isinstance(storage, QueuedStorage) and self.name
+        return storage.transfer(self.name)
 
 
 class QueuedFileField(FileField):

@@ -111,9 +111,10 @@ def cached_state(storage: str, name: str) -> str | None:
         return str(state)
     row = FileRecord.objects.filter(storage=storage, name=name).values_list("state", flat=True)
     found = row.first()
-    if found is not None:
-        _cache_set(key, found)
-    return found
+    if found is None:
+        return None
+    _cache_set(key, found)
+    return str(found)
 
 
 def remember_unknown(storage: str, name: str, *, on_remote: bool, on_local: bool, size: int | None) -> str:
@@ -129,12 +130,12 @@ def remember_unknown(storage: str, name: str, *, on_remote: bool, on_local: bool
         defaults={"state": state, "version": new_version(), "size": size, "host": conf.HOST},
     )
     _cache_set(key, record.state)
-    return record.state
+    return str(record.state)
 
 
 def record_saved(storage: str, name: str, size: int | None) -> FileRecord:
     """Create the pending record of a file just written locally."""
-    record = FileRecord.objects.create(
+    record: FileRecord = FileRecord.objects.create(
         storage=storage, name=name, state=State.PENDING, version=new_version(), size=size, host=conf.HOST
     )
     _mirror(storage, name, State.PENDING)
@@ -142,7 +143,8 @@ def record_saved(storage: str, name: str, size: int | None) -> FileRecord:
 
 
 def get(storage: str, name: str) -> FileRecord | None:
-    return FileRecord.objects.filter(storage=storage, name=name).first()
+    record: FileRecord | None = FileRecord.objects.filter(storage=storage, name=name).first()
+    return record
 
 
 def name_taken(storage: str, name: str) -> bool:
@@ -152,11 +154,15 @@ def name_taken(storage: str, name: str) -> bool:
 
 
 def requeue(storage: str, name: str) -> FileRecord | None:
-    """Make a pending or failed file pending again, with a fresh attempt count."""
+    """Make a pending or failed file pending again.
+
+    ``attempts`` keeps counting: a later attempt may overwrite what an earlier
+    one left on the remote, a first attempt never does.
+    """
     now = timezone.now()
-    FileRecord.objects.filter(
-        storage=storage, name=name, state__in=[State.PENDING, State.FAILED]
-    ).update(state=State.PENDING, attempts=0, last_error="", updated_at=now)
+    FileRecord.objects.filter(storage=storage, name=name, state__in=[State.PENDING, State.FAILED]).update(
+        state=State.PENDING, last_error="", updated_at=now
+    )
     record = get(storage, name)
     if record is not None:
         _mirror(storage, name, record.state)
@@ -192,7 +198,6 @@ def claim(storage: str, name: str, version: str, owner: str) -> tuple[Claim, Fil
     return Claim.BUSY, record
 
 
-
 def heartbeat(storage: str, name: str, version: str, bytes_done: int) -> bool:
     """Report progress and renew the lease; False when the file was deleted or replaced."""
     now = timezone.now()
@@ -225,9 +230,7 @@ def switch_to_remote(storage: str, name: str, version: str, *, size: int, checks
 
 def release(storage: str, name: str, version: str, *, error: str, failed: bool) -> None:
     """Give the lease back after an attempt that did not succeed."""
-    FileRecord.objects.filter(
-        storage=storage, name=name, version=version, state=State.TRANSFERRING
-    ).update(
+    FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.TRANSFERRING).update(
         state=State.FAILED if failed else State.PENDING,
         last_error=error[:4000],
         lease_until=None,
@@ -251,9 +254,9 @@ def forget(storage: str, name: str) -> tuple[FileRecord | None, bool]:
         return None, False
     if record.state == State.DELETED:
         return record, True
-    marked = FileRecord.objects.filter(
-        pk=record.pk, state=State.TRANSFERRING, lease_until__gte=now
-    ).update(state=State.DELETED, updated_at=now)
+    marked = FileRecord.objects.filter(pk=record.pk, state=State.TRANSFERRING, lease_until__gte=now).update(
+        state=State.DELETED, updated_at=now
+    )
     if marked:
         _mirror(storage, name, State.DELETED)
     else:
@@ -295,4 +298,6 @@ def record_verification(storage: str, name: str, version: str, error: str) -> bo
 
 def is_remote(storage: str, name: str, version: str) -> bool:
     """Whether reads of this version go to the remote copy (checked again right before a local delete)."""
-    return FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE).exists()
+    return bool(
+        FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE).exists()
+    )

@@ -6,13 +6,13 @@ from django.db import models
 
 
 class State(models.TextChoices):
-    PENDING = "pending", "pending"
-    TRANSFERRING = "transferring", "transferring"
-    REMOTE = "remote", "remote"
-    FAILED = "failed", "failed"
+    PENDING = "pending"
+    TRANSFERRING = "transferring"
+    REMOTE = "remote"
+    FAILED = "failed"
     # Internal: deleted by the app while a worker still copies it; the worker
     # removes its remote copy and then the row.  Never returned by status().
-    DELETED = "deleted", "deleted"
+    DELETED = "deleted"
 
 
 class FileRecord(models.Model):

@@ -94,7 +94,7 @@ def _storage_of(record: FileRecord, outcome: Outcome) -> QueuedStorage | None:
 
 
 def retry(records: Iterable[FileRecord]) -> Outcome:
-    """Queue the transfer of each pending or failed file again, with a fresh attempt count.
+    """Queue the transfer of each pending or failed file again (its error cleared).
 
     Routed like every transfer (:func:`queued_storage.tasks.queue_for`), and
     published once the surrounding transaction commits.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -20,6 +21,7 @@ from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
 from . import location
+from .conf import conf
 from .location import FileStatus
 from .models import FileRecord, State
 
@@ -44,6 +46,8 @@ _SECRET_WORDS = ("secret", "password", "token", "key", "credential", "session")
 # Every QueuedStorage built in this process, by identity: the worker finds a
 # storage declared on a model field here as well as one from STORAGES.
 _registry: dict[str, QueuedStorage] = {}
+# Later storages whose identity was already taken, kept for the E005 check.
+_duplicates: list[QueuedStorage] = []
 
 
 def _resolve_spec(option: str, spec: Any) -> Any:
@@ -141,7 +145,7 @@ class QueuedStorage(Storage):
 
         self._local_cls = _resolve_spec("local", self.local_path)
         self._remote_cls = _resolve_spec("remote", self.remote_path)
-        from .tasks import resolve_task  # noqa: PLC0415 - tasks imports this module
+        from .tasks import resolve_task  # tasks imports this module
 
         resolve_task(self.task)
         self.key = _identity(
@@ -154,15 +158,29 @@ class QueuedStorage(Storage):
             }
         )
         self._connect()
-        _registry.setdefault(self.key, self)
+        _register(self)
 
     # -- the two storages, built on first use and reused (with their connections)
 
     def _connect(self) -> None:
-        self.local = SimpleLazyObject(partial(self._build, self._local_cls, self.local_options, "local"))
-        self.remote = SimpleLazyObject(
-            partial(self._build, self._remote_cls, self.remote_options, "remote")
+        self.local = SimpleLazyObject(
+            partial(self._build, self._local_cls, self.local_options or {}, "local")
         )
+        self.remote = SimpleLazyObject(self._build_remote)
+
+    def _build_remote(self) -> Storage:
+        remote = self._build(self._remote_cls, self.remote_options or {}, "remote")
+        config = getattr(remote, "client_config", None)
+        if config is not None and not conf.S3_REQUEST_CHECKSUMS:
+            from botocore.config import Config
+
+            # Only when the operation requires one, as before boto3 1.36.
+            remote.client_config = config.merge(  # type: ignore[attr-defined]
+                Config(
+                    request_checksum_calculation="when_required", response_checksum_validation="when_required"
+                )
+            )
+        return remote
 
     def _build(self, cls: Any, options: dict[str, Any], option: str) -> Storage:
         if isinstance(cls, str):
@@ -182,7 +200,7 @@ class QueuedStorage(Storage):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._connect()
-        _registry.setdefault(self.key, self)
+        _register(self)
 
     # -- routing
 
@@ -214,7 +232,8 @@ class QueuedStorage(Storage):
 
     def get_storage(self, name: str) -> Storage:
         """The storage that holds ``name`` now."""
-        return self.remote if self._state(self._check(name)) == State.REMOTE else self.local
+        storage: Storage = self.remote if self._state(self._check(name)) == State.REMOTE else self.local
+        return storage
 
     def using_local(self, name: str) -> bool:
         return self.get_storage(name) is self.local
@@ -226,7 +245,7 @@ class QueuedStorage(Storage):
 
     def _save(self, name: str, content: Any) -> str:
         for _ in range(10):
-            stored = self.local.save(name, content)
+            stored: str = self.local.save(name, content)
             try:
                 # A savepoint, so a lost race does not break the caller's transaction.
                 with transaction.atomic(using=router.db_for_write(FileRecord)):
@@ -244,7 +263,7 @@ class QueuedStorage(Storage):
         raise SuspiciousFileOperation(f"Could not find a free name for {name!r} after 10 tries.")
 
     def _queue(self, name: str, version: str, host: str) -> None:
-        from .tasks import enqueue  # noqa: PLC0415
+        from .tasks import enqueue
 
         transaction.on_commit(
             partial(enqueue, self, name, version, host), using=router.db_for_write(FileRecord)
@@ -299,20 +318,24 @@ class QueuedStorage(Storage):
     def url(self, name: str | None) -> str:
         """The backend's URL of where the file is now, or the stable URL with ``serve_url``."""
         if name is None:
-            return self.local.url(name)
+            local_url: str = self.local.url(name)
+            return local_url
         if self.serve_url is not None:
             # Stays right when the file moves, so it may be cached in pages and CDNs.
             return urljoin(self.serve_url, filepath_to_uri(self._check(name)).lstrip("/"))
-        return self.get_storage(name).url(name)
+        url: str = self.get_storage(name).url(name)
+        return url
 
     def path(self, name: str) -> str:
         return self.get_storage(name).path(name)
 
     def get_valid_name(self, name: str) -> str:
-        return self.local.get_valid_name(name)
+        valid: str = self.local.get_valid_name(name)
+        return valid
 
-    def generate_filename(self, filename: str) -> str:
-        return self.local.generate_filename(filename)
+    def generate_filename(self, filename: str | os.PathLike[str]) -> str:
+        generated: str = self.local.generate_filename(filename)
+        return generated
 
     def get_accessed_time(self, name: str) -> datetime:
         return self.get_storage(name).get_accessed_time(name)
@@ -341,6 +364,12 @@ class QueuedStorage(Storage):
 QueuedRemoteStorage = QueuedStorage
 
 
+def _register(storage: QueuedStorage) -> None:
+    first = _registry.setdefault(storage.key, storage)
+    if first is not storage and (first.task, first.delete_local) != (storage.task, storage.delete_local):
+        _duplicates.append(storage)
+
+
 def get_storage(key: str) -> QueuedStorage:
     """The QueuedStorage with identity ``key``, from STORAGES or any model field."""
     if key not in _registry:
@@ -366,7 +395,7 @@ def _load_all() -> None:
         except ImportError:
             continue
         if isinstance(cls, type) and issubclass(cls, QueuedStorage):
-            storages[alias]  # noqa: B018 - built for its side effect
+            storages[alias]
     for model in apps.get_models():
         for field in model._meta.get_fields():
             getattr(field, "storage", None)
@@ -379,7 +408,7 @@ def declared() -> dict[str, QueuedStorage]:
     storage declared on a model field; a storage declared both ways keeps its
     alias.
     """
-    from django.apps import apps  # noqa: PLC0415
+    from django.apps import apps
 
     found: dict[str, QueuedStorage] = {}
     seen: set[str] = set()

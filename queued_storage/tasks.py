@@ -8,12 +8,12 @@ connections, for every later task.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, current_app, shared_task
-from celery.utils.time import get_exponential_backoff_interval
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
     from .storage import QueuedStorage
 
+    _Task = Task[Any, Any]
+else:
+    _Task = Task
+
 logger = logging.getLogger("queued_storage")
 
 # A publish that cannot reach the broker gives up quickly: the record stays
@@ -37,20 +41,22 @@ logger = logging.getLogger("queued_storage")
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
-def resolve_task(path: str) -> Task:
+def resolve_task(path: str) -> _Task:
     """The Celery task at dotted ``path``; a Task class is registered with the app."""
     try:
         obj = import_string(path)
     except ImportError as exc:
         raise ImproperlyConfigured(f"QueuedStorage option task={path!r} does not import: {exc}") from exc
     if isinstance(obj, type) and issubclass(obj, Task):
-        app = current_app._get_current_object()
-        name = obj.name or f"{obj.__module__}.{obj.__name__}"
+        app = current_app
+        # A subclass inherits its parent's name; it needs one of its own.
+        name = obj.__dict__.get("name") or f"{obj.__module__}.{obj.__qualname__}"
         if name not in app.tasks:
             instance = obj()
             instance.name = name
             app.register_task(instance)
-        return app.tasks[name]
+        task: _Task = app.tasks[name]
+        return task
     if isinstance(obj, Task):
         return obj
     raise ImproperlyConfigured(
@@ -77,11 +83,11 @@ def enqueue(storage: QueuedStorage, name: str, version: str, host: str | None = 
     ``host`` is the record's host (where the local copy is); ``None`` means this host.
     """
     try:
-        resolve_task(storage.task).apply_async(
-            args=[storage.key, name, version],
-            queue=queue_for(conf.HOST if host is None else host),
-            retry_policy=_PUBLISH_RETRY,
-        )
+        options: dict[str, Any] = {"retry_policy": _PUBLISH_RETRY}
+        queue = queue_for(conf.HOST if host is None else host)
+        if queue:
+            options["queue"] = queue
+        resolve_task(storage.task).apply_async((storage.key, name, version), **options)
     except Exception as exc:  # the record is the outbox: nothing is lost
         logger.warning(
             "queued_storage: could not queue the transfer of %r (%s: %s); it stays pending "
@@ -92,6 +98,16 @@ def enqueue(storage: QueuedStorage, name: str, version: str, host: str | None = 
         )
         return False
     return True
+
+
+def backoff(retries: int) -> float:
+    """Seconds before retry number ``retries + 1``: exponential, with "equal jitter".
+
+    Celery's full jitter may draw 0 every time and spend all retries within a
+    second of an outage; half the interval is always waited.
+    """
+    interval = min(conf.RETRY_DELAY * 2.0**retries, conf.RETRY_BACKOFF_MAX)
+    return interval / 2 + random.uniform(0, interval / 2)
 
 
 class _LeaseKeeper(threading.Thread):
@@ -120,7 +136,7 @@ class _LeaseKeeper(threading.Thread):
         self.join()
 
 
-class Transfer(Task):  # type: ignore[misc]
+class Transfer(_Task):
     """Copy a file to the remote storage, verify it, then switch reads to it.
 
     Override :meth:`transfer` to change how the bytes move (as in
@@ -134,7 +150,7 @@ class Transfer(Task):  # type: ignore[misc]
     delete_local = False
 
     def run(self, storage_key: str, name: str, version: str, **kwargs: Any) -> str:
-        from .storage import get_storage  # noqa: PLC0415 - storage imports this module
+        from .storage import get_storage  # storage imports this module
 
         close_old_connections()
         storage = get_storage(storage_key)
@@ -145,7 +161,7 @@ class Transfer(Task):  # type: ignore[misc]
             # Another worker copies it; come back when its lease would have lapsed.
             raise self.retry(countdown=wait, max_retries=None)
         if outcome is not Claim.CLAIMED:
-            return outcome.value
+            return str(outcome.value)
         assert record is not None
         keeper = _LeaseKeeper(storage_key, name, version)
         keeper.start()
@@ -199,7 +215,7 @@ class Transfer(Task):  # type: ignore[misc]
             },
         )
         file_transferred.send(sender=type(self), name=name, local=storage.local, remote=storage.remote)
-        return State.REMOTE.value
+        return "remote"
 
     def transfer(self, name: str, local: Storage, remote: Storage, **kwargs: Any) -> bool | Copied:
         """Copy ``name`` and verify it; the override hook of 0.8 (True done, False retry)."""
@@ -222,7 +238,7 @@ class Transfer(Task):  # type: ignore[misc]
         if record is None or (record.version == version and record.state == State.DELETED):
             storage.remote.delete(name)
             location.discard(storage.key, name, version)
-        return Claim.GONE.value
+        return str(Claim.GONE.value)
 
     def _failed(self, storage: QueuedStorage, name: str, version: str, exc: Exception) -> str:
         error = f"{type(exc).__name__}: {exc}"
@@ -236,15 +252,10 @@ class Transfer(Task):  # type: ignore[misc]
             transfer_failed.send(
                 sender=type(self), name=name, local=storage.local, remote=storage.remote, error=exc
             )
-            return State.FAILED.value
-        countdown = get_exponential_backoff_interval(
-            factor=max(1, int(conf.RETRY_DELAY)),
-            retries=self.request.retries,
-            maximum=int(conf.RETRY_BACKOFF_MAX),
-            full_jitter=True,
-        )
+            return "failed"
+        countdown = backoff(self.request.retries)
         logger.warning(
-            "queued_storage: transfer of %s failed (%s); retry %d of %d in %d s",
+            "queued_storage: transfer of %s failed (%s); retry %d of %d in %.1f s",
             name,
             error,
             self.request.retries + 1,
@@ -263,7 +274,7 @@ class TransferAndDelete(Transfer):
 
 def requeue(older_than: float = 300, *, failed: bool = False) -> int:
     """Queue again every file left pending, stuck in a dead worker's hands, or (optionally) failed."""
-    from .storage import get_storage  # noqa: PLC0415
+    from .storage import get_storage
 
     queued = 0
     for record in location.stale(older_than, failed=failed):

@@ -176,7 +176,7 @@ class _Service:
         user: int | None = None,
         group: int | None = None,
     ) -> None:
-        if self.running:
+        if self.proc is not None and self.running:
             raise ServiceError(f"{self.name} is already running (pid {self.proc.pid})")
         self._close_log()
         self._starts += 1
@@ -200,9 +200,7 @@ class _Service:
         with _live_lock:
             _live.add(self)
 
-    def _wait_until(
-        self, check: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT
-    ) -> None:
+    def _wait_until(self, check: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc is not None and self.proc.poll() is not None:
@@ -215,7 +213,7 @@ class _Service:
             try:
                 if check():
                     return
-            except Exception:  # noqa: BLE001 - keep polling until the deadline
+            except Exception:
                 pass
             if time.monotonic() > deadline:
                 self._terminate(signal.SIGKILL, 2)
@@ -303,9 +301,7 @@ class RedisServer(_Service):
 
     def start(self) -> RedisServer:
         """Start (or restart) on ``self.port`` and wait for PING -> PONG."""
-        binary = _require_binary(
-            "redis-server", "Install it with `apt-get install -y redis-server`."
-        )
+        binary = _require_binary("redis-server", "Install it with `apt-get install -y redis-server`.")
         self._spawn(
             [
                 binary,
@@ -387,7 +383,7 @@ class MotoServer(_Service):
         from botocore.config import Config
 
         config = kw.pop("config", None) or Config(s3={"addressing_style": "path"})
-        return boto3.client(
+        return boto3.client(  # type: ignore[call-overload]
             service,
             endpoint_url=endpoint_url or self.endpoint_url,
             aws_access_key_id=self.access_key,
@@ -666,14 +662,12 @@ class CeleryWorker(_Service):
         self._spawn(self.command(), env=env, cwd=self.cwd)
         self._wait_until(lambda: "ready." in self.log_text(), "'ready.' in log", timeout)
         if self.pool == "prefork":
-            self._wait_until(
-                lambda: len(self.child_pids()) >= self.concurrency, "pool processes", timeout
-            )
+            self._wait_until(lambda: len(self.child_pids()) >= self.concurrency, "pool processes", timeout)
         return self
 
     def child_pids(self) -> list[int]:
         """Pids of the pool processes (direct children of the main process)."""
-        if not self.running:
+        if self.proc is None or not self.running:
             return []
         return [pid for pid in _children_of(self.proc.pid) if _pid_alive(pid)]
 

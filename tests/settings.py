@@ -74,10 +74,15 @@ else:
 
 REDIS_URL = env("QS_REDIS_URL", "")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"{REDIS_URL}/1"}}
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"{REDIS_URL}/1"}
+    }
 else:
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(WORK / "cache")}
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(WORK / "cache"),
+        }
     }
 
 CELERY_BROKER_URL = f"{REDIS_URL}/0" if REDIS_URL else "memory://"
@@ -97,7 +102,7 @@ AWS_SECRET_ACCESS_KEY = "testing"
 AWS_S3_REGION_NAME = "us-east-1"
 AWS_STORAGE_BUCKET_NAME = "qs-bucket"
 AWS_S3_ADDRESSING_STYLE = "path"
-AWS_QUERYSTRING_AUTH = False
+AWS_QUERYSTRING_AUTH = True  # private bucket: signed URLs, as most sites run it
 
 STORAGES = {
     "default": {

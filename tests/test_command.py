@@ -89,7 +89,7 @@ def test_retry_failed_and_named(broker):
         run("retry")
 
     assert run("retry", "--failed") == "Queued 1 file(s) again.\n"
-    assert (record(failed).state, record(failed).attempts) == ("pending", 0)
+    assert (record(failed).state, record(failed).last_error) == ("pending", "")
     assert broker.llen("celery") == 1
 
     out = run("retry", pending, remote)

@@ -55,9 +55,9 @@ def have(binary: str) -> bool:
 
 def ensure_system(packages: dict[str, str]) -> None:
     missing = [pkg for pkg, binary in packages.items() if not have(binary)]
-    venv_ok = subprocess.run(
-        [sys.executable, "-c", "import ensurepip, venv"], capture_output=True
-    ).returncode == 0
+    venv_ok = (
+        subprocess.run([sys.executable, "-c", "import ensurepip, venv"], capture_output=True).returncode == 0
+    )
     if not venv_ok:
         missing.append(f"python3-venv python{sys.version_info.major}.{sys.version_info.minor}-venv")
     if not missing:
@@ -134,12 +134,17 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     test = sub.add_parser("test", help="lint, type-check and run every test on real services")
     test.add_argument("--no-matrix", action="store_true", help="skip the tox matrix")
     test.set_defaults(func=cmd_test)
-    for name, func, text in (("demo", cmd_demo, "run the example project"), ("bench", cmd_bench, "run benchmarks")):
+    for name, func, text in (
+        ("demo", cmd_demo, "run the example project"),
+        ("bench", cmd_bench, "run benchmarks"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=func)

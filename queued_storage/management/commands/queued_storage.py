@@ -59,7 +59,7 @@ class Command(BaseCommand):
         p = sub.add_parser(
             "retry",
             help="Queue failed files, or the named ones, again.",
-            description="Reset the attempt count of failed (--failed) or named files and queue their "
+            description="Clear the error of failed (--failed) or named files and queue their "
             "transfer again, routed to the same queue as any transfer (per host with "
             "QUEUED_STORAGE_HOST_QUEUE). Files already remote or being copied are left alone.",
         )
