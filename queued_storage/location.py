@@ -285,3 +285,19 @@ def stale(older_than: float, *, failed: bool = False) -> list[FileRecord]:
     if failed:
         query |= Q(state=State.FAILED)
     return list(FileRecord.objects.filter(query).order_by("updated_at"))
+
+
+def record_verification(storage: str, name: str, version: str, error: str) -> bool:
+    """Record the outcome of checking a remote copy: ``error`` is empty when it matched."""
+    return bool(
+        FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE).update(
+            last_error=error[:4000], updated_at=timezone.now()
+        )
+    )
+
+
+def is_remote(storage: str, name: str, version: str) -> bool:
+    """Whether reads of this version go to the remote copy (checked again right before a local delete)."""
+    return bool(
+        FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE).exists()
+    )

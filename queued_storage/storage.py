@@ -8,6 +8,7 @@ import os
 from datetime import datetime
 from functools import partial
 from typing import Any
+from urllib.parse import urljoin
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
@@ -15,6 +16,7 @@ from django.core.files.storage import Storage, storages
 from django.core.files.utils import validate_file_name
 from django.db import IntegrityError, router, transaction
 from django.utils.deconstruct import deconstructible
+from django.utils.encoding import filepath_to_uri
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
@@ -34,6 +36,7 @@ OPTIONS = (
     "delayed",
     "task",
     "delete_local",
+    "serve_url",
 )
 
 # Options whose values never enter a storage's identity, so rotating
@@ -104,6 +107,7 @@ class QueuedStorage(Storage):
     delayed: bool = False
     task: str = DEFAULT_TASK
     delete_local: bool = False
+    serve_url: str | None = None
 
     def __init__(
         self,
@@ -115,6 +119,7 @@ class QueuedStorage(Storage):
         delayed: bool | None = None,
         task: str | None = None,
         delete_local: bool | None = None,
+        serve_url: str | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -131,6 +136,12 @@ class QueuedStorage(Storage):
         self.delayed = cls.delayed if delayed is None else bool(delayed)
         self.task = task or cls.task
         self.delete_local = cls.delete_local if delete_local is None else bool(delete_local)
+        self.serve_url = serve_url if serve_url is not None else cls.serve_url
+        if self.serve_url is not None and not str(self.serve_url).endswith("/"):
+            raise ImproperlyConfigured(
+                f"QueuedStorage option serve_url={self.serve_url!r} must end with a slash, "
+                "like the prefix you include queued_storage.urls under (e.g. '/files/')."
+            )
 
         self._local_cls = _resolve_spec("local", self.local_path)
         self._remote_cls = _resolve_spec("remote", self.remote_path)
@@ -247,14 +258,16 @@ class QueuedStorage(Storage):
                 name = self.get_available_name(name)
                 continue
             if not self.delayed:
-                self._queue(stored, record.version)
+                self._queue(stored, record.version, record.host)
             return stored
         raise SuspiciousFileOperation(f"Could not find a free name for {name!r} after 10 tries.")
 
-    def _queue(self, name: str, version: str) -> None:
+    def _queue(self, name: str, version: str, host: str) -> None:
         from .tasks import enqueue
 
-        transaction.on_commit(partial(enqueue, self, name, version), using=router.db_for_write(FileRecord))
+        transaction.on_commit(
+            partial(enqueue, self, name, version, host), using=router.db_for_write(FileRecord)
+        )
 
     def transfer(self, name: str) -> bool:
         """Queue the copy of ``name`` now (after the transaction commits); False if already remote."""
@@ -265,7 +278,7 @@ class QueuedStorage(Storage):
             raise FileNotFoundError(f"{name!r} is not in this storage.")
         if record.state == State.REMOTE:
             return False
-        self._queue(name, record.version)
+        self._queue(name, record.version, record.host)
         return True
 
     def delete(self, name: str) -> None:
@@ -303,8 +316,14 @@ class QueuedStorage(Storage):
         return self.get_storage(name).size(name)
 
     def url(self, name: str | None) -> str:
-        storage = self.local if name is None else self.get_storage(name)
-        url: str = storage.url(name)
+        """The backend's URL of where the file is now, or the stable URL with ``serve_url``."""
+        if name is None:
+            local_url: str = self.local.url(name)
+            return local_url
+        if self.serve_url is not None:
+            # Stays right when the file moves, so it may be cached in pages and CDNs.
+            return urljoin(self.serve_url, filepath_to_uri(self._check(name)).lstrip("/"))
+        url: str = self.get_storage(name).url(name)
         return url
 
     def path(self, name: str) -> str:
@@ -380,3 +399,54 @@ def _load_all() -> None:
     for model in apps.get_models():
         for field in model._meta.get_fields():
             getattr(field, "storage", None)
+
+
+def declared() -> dict[str, QueuedStorage]:
+    """Every queued storage the project declares, by label.
+
+    The label is the ``STORAGES`` alias, or ``app_label.Model.field`` for a
+    storage declared on a model field; a storage declared both ways keeps its
+    alias.
+    """
+    from django.apps import apps
+
+    found: dict[str, QueuedStorage] = {}
+    seen: set[str] = set()
+    for alias, spec in getattr(settings, "STORAGES", {}).items():
+        try:
+            cls = import_string(spec.get("BACKEND", ""))
+        except ImportError:
+            continue
+        built = storages[alias] if isinstance(cls, type) and issubclass(cls, QueuedStorage) else None
+        if isinstance(built, QueuedStorage):
+            found[alias] = built
+            seen.add(built.key)
+    for model in apps.get_models():
+        for field in model._meta.get_fields():
+            on_field = getattr(field, "storage", None)
+            if isinstance(on_field, QueuedStorage) and on_field.key not in seen:
+                found[f"{model._meta.label}.{field.name}"] = on_field
+                seen.add(on_field.key)
+    return found
+
+
+def by_label(label: str) -> QueuedStorage:
+    """The declared queued storage called ``label`` (see :func:`declared`), or its identity."""
+    known = declared()
+    if label in known:
+        return known[label]
+    for storage in known.values():
+        if storage.key == label:
+            return storage
+    raise LookupError(
+        f"No queued storage called {label!r}; the declared ones are "
+        f"{', '.join(sorted(known)) or 'none'} (a STORAGES alias, or app_label.Model.field)."
+    )
+
+
+def label_of(key: str) -> str:
+    """The label of the storage with identity ``key``, or the key itself if none is declared."""
+    for label, storage in declared().items():
+        if storage.key == key:
+            return label
+    return key

@@ -64,12 +64,29 @@ def resolve_task(path: str) -> _Task:
     )
 
 
-def enqueue(storage: QueuedStorage, name: str, version: str) -> bool:
-    """Publish the transfer of ``name``; on failure log it and leave it to the sweeper."""
+def queue_for(host: str | None) -> str | None:
+    """The Celery queue of a transfer whose local copy is on ``host``: the one routing rule.
+
+    With ``QUEUED_STORAGE_HOST_QUEUE`` each host's files go to that host's own
+    queue, because only a worker on that host can read them; otherwise to
+    ``QUEUED_STORAGE_QUEUE`` (``None``: Celery's default queue).
+    """
+    pattern = conf.HOST_QUEUE
+    if pattern and host:
+        return pattern.format(host=host)
+    return conf.QUEUE
+
+
+def enqueue(storage: QueuedStorage, name: str, version: str, host: str | None = None) -> bool:
+    """Publish the transfer of ``name``; on failure log it and leave it to the sweeper.
+
+    ``host`` is the record's host (where the local copy is); ``None`` means this host.
+    """
     try:
         options: dict[str, Any] = {"retry_policy": _PUBLISH_RETRY}
-        if conf.QUEUE:
-            options["queue"] = conf.QUEUE
+        queue = queue_for(conf.HOST if host is None else host)
+        if queue:
+            options["queue"] = queue
         resolve_task(storage.task).apply_async((storage.key, name, version), **options)
     except Exception as exc:  # the record is the outbox: nothing is lost
         logger.warning(
@@ -176,20 +193,24 @@ class Transfer(_Task):
             storage.local.delete(name)
         seconds = time.monotonic() - started
         logger.info(
-            "queued_storage: transferred %s (%d bytes) in %.2f s, %.1f MB/s, attempt %d",
+            "queued_storage: transferred %s (%d bytes) in %.2f s, %.1f MB/s, attempt %d, by %s",
             name,
             copied.size,
             seconds,
             copied.size / 1e6 / max(seconds, 1e-9),
             record.attempts,
+            self.request.hostname,
             extra={
                 "queued_storage": {
                     "event": "transferred",
+                    "storage": storage_key,
                     "name": name,
                     "size": copied.size,
                     "seconds": round(seconds, 3),
                     "mb_per_s": round(copied.size / 1e6 / max(seconds, 1e-9), 2),
                     "attempts": record.attempts,
+                    "host": record.host,
+                    "worker": self.request.hostname,
                 }
             },
         )
@@ -264,7 +285,7 @@ def requeue(older_than: float = 300, *, failed: bool = False) -> int:
             continue
         if record.state == State.FAILED:
             location.requeue(record.storage, record.name)
-        if enqueue(storage, record.name, record.version):
+        if enqueue(storage, record.name, record.version, record.host):
             queued += 1
     return queued
 

@@ -116,3 +116,24 @@ def s3_body(s3: Any, bucket: str, key: str) -> bytes:
 
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+
+@pytest.fixture
+def broker(services: plugin.Services) -> Iterator[Any]:
+    """A redis-py client on the broker database, to look at the queues."""
+    import redis
+
+    client = redis.Redis.from_url(f"{services.redis.url}/0")
+    yield client
+    client.close()
+
+
+def transfer_now(storage: Any, name: str) -> str:
+    """Run the transfer task of ``name`` in this process, as a worker would; returns its result."""
+    from queued_storage import location
+    from queued_storage.tasks import resolve_task
+
+    record = location.get(storage.key, name)
+    assert record is not None
+    result = resolve_task(storage.task).apply(args=(storage.key, name, record.version), throw=True)
+    return str(result.get())
