@@ -18,6 +18,7 @@ _DEFAULTS: dict[str, Any] = {
     "QUEUED_STORAGE_QUEUE": None,
     "QUEUED_STORAGE_LEASE": 60,
     "QUEUED_STORAGE_HOST": None,
+    "QUEUED_STORAGE_S3_REQUEST_CHECKSUMS": True,
 }
 
 
@@ -82,6 +83,11 @@ class Settings:
     def HOST(self) -> str:
         """Name of this host, recorded with each file saved here."""
         return str(self._get("QUEUED_STORAGE_HOST") or socket.gethostname())
+
+    @property
+    def S3_REQUEST_CHECKSUMS(self) -> bool:
+        """Whether boto3 sends CRC checksums with uploads; some S3-compatible servers reject them."""
+        return bool(self._get("QUEUED_STORAGE_S3_REQUEST_CHECKSUMS"))
 
 
 conf = Settings()

@@ -154,10 +154,14 @@ def name_taken(storage: str, name: str) -> bool:
 
 
 def requeue(storage: str, name: str) -> FileRecord | None:
-    """Make a pending or failed file pending again, with a fresh attempt count."""
+    """Make a pending or failed file pending again.
+
+    ``attempts`` keeps counting: a later attempt may overwrite what an earlier
+    one left on the remote, a first attempt never does.
+    """
     now = timezone.now()
     FileRecord.objects.filter(storage=storage, name=name, state__in=[State.PENDING, State.FAILED]).update(
-        state=State.PENDING, attempts=0, last_error="", updated_at=now
+        state=State.PENDING, last_error="", updated_at=now
     )
     record = get(storage, name)
     if record is not None:

@@ -19,6 +19,7 @@ from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
 from . import location
+from .conf import conf
 from .location import FileStatus
 from .models import FileRecord, State
 
@@ -42,6 +43,8 @@ _SECRET_WORDS = ("secret", "password", "token", "key", "credential", "session")
 # Every QueuedStorage built in this process, by identity: the worker finds a
 # storage declared on a model field here as well as one from STORAGES.
 _registry: dict[str, QueuedStorage] = {}
+# Later storages whose identity was already taken, kept for the E005 check.
+_duplicates: list[QueuedStorage] = []
 
 
 def _resolve_spec(option: str, spec: Any) -> Any:
@@ -144,7 +147,7 @@ class QueuedStorage(Storage):
             }
         )
         self._connect()
-        _registry.setdefault(self.key, self)
+        _register(self)
 
     # -- the two storages, built on first use and reused (with their connections)
 
@@ -152,9 +155,21 @@ class QueuedStorage(Storage):
         self.local = SimpleLazyObject(
             partial(self._build, self._local_cls, self.local_options or {}, "local")
         )
-        self.remote = SimpleLazyObject(
-            partial(self._build, self._remote_cls, self.remote_options or {}, "remote")
-        )
+        self.remote = SimpleLazyObject(self._build_remote)
+
+    def _build_remote(self) -> Storage:
+        remote = self._build(self._remote_cls, self.remote_options or {}, "remote")
+        config = getattr(remote, "client_config", None)
+        if config is not None and not conf.S3_REQUEST_CHECKSUMS:
+            from botocore.config import Config
+
+            # Only when the operation requires one, as before boto3 1.36.
+            remote.client_config = config.merge(  # type: ignore[attr-defined]
+                Config(
+                    request_checksum_calculation="when_required", response_checksum_validation="when_required"
+                )
+            )
+        return remote
 
     def _build(self, cls: Any, options: dict[str, Any], option: str) -> Storage:
         if isinstance(cls, str):
@@ -174,7 +189,7 @@ class QueuedStorage(Storage):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._connect()
-        _registry.setdefault(self.key, self)
+        _register(self)
 
     # -- routing
 
@@ -328,6 +343,12 @@ class QueuedStorage(Storage):
 
 
 QueuedRemoteStorage = QueuedStorage
+
+
+def _register(storage: QueuedStorage) -> None:
+    first = _registry.setdefault(storage.key, storage)
+    if first is not storage and (first.task, first.delete_local) != (storage.task, storage.delete_local):
+        _duplicates.append(storage)
 
 
 def get_storage(key: str) -> QueuedStorage:

@@ -8,12 +8,12 @@ connections, for every later task.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, current_app, shared_task
-from celery.utils.time import get_exponential_backoff_interval
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
@@ -49,7 +49,8 @@ def resolve_task(path: str) -> _Task:
         raise ImproperlyConfigured(f"QueuedStorage option task={path!r} does not import: {exc}") from exc
     if isinstance(obj, type) and issubclass(obj, Task):
         app = current_app
-        name = obj.name or f"{obj.__module__}.{obj.__name__}"
+        # A subclass inherits its parent's name; it needs one of its own.
+        name = obj.__dict__.get("name") or f"{obj.__module__}.{obj.__qualname__}"
         if name not in app.tasks:
             instance = obj()
             instance.name = name
@@ -80,6 +81,16 @@ def enqueue(storage: QueuedStorage, name: str, version: str) -> bool:
         )
         return False
     return True
+
+
+def backoff(retries: int) -> float:
+    """Seconds before retry number ``retries + 1``: exponential, with "equal jitter".
+
+    Celery's full jitter may draw 0 every time and spend all retries within a
+    second of an outage; half the interval is always waited.
+    """
+    interval = min(conf.RETRY_DELAY * 2.0**retries, conf.RETRY_BACKOFF_MAX)
+    return interval / 2 + random.uniform(0, interval / 2)
 
 
 class _LeaseKeeper(threading.Thread):
@@ -221,14 +232,9 @@ class Transfer(_Task):
                 sender=type(self), name=name, local=storage.local, remote=storage.remote, error=exc
             )
             return "failed"
-        countdown = get_exponential_backoff_interval(
-            factor=max(1, int(conf.RETRY_DELAY)),
-            retries=self.request.retries,
-            maximum=int(conf.RETRY_BACKOFF_MAX),
-            full_jitter=True,
-        )
+        countdown = backoff(self.request.retries)
         logger.warning(
-            "queued_storage: transfer of %s failed (%s); retry %d of %d in %d s",
+            "queued_storage: transfer of %s failed (%s); retry %d of %d in %.1f s",
             name,
             error,
             self.request.retries + 1,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -139,6 +140,15 @@ def _s3_object(remote: Storage, name: str) -> Any | None:
     return remote.bucket.Object(remote._normalize_name(clean_name(name)))
 
 
+def _stamp(local: Storage, name: str) -> tuple[int, int] | None:
+    """Size and mtime of a file on disk, to notice it being replaced during the copy."""
+    try:
+        st = os.stat(local.path(name))
+    except (NotImplementedError, OSError):
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def _part_size(remote: Storage) -> int | None:
     config = getattr(remote, "transfer_config", None)
     return getattr(config, "multipart_chunksize", None)
@@ -176,6 +186,7 @@ def copy_file(
             "Save the file again, or delete it to drop its record."
         ) from exc
     with source:
+        before = _stamp(local, name)
         expected = local.size(name)
         if remote.exists(name):
             if not replace:
@@ -193,6 +204,11 @@ def copy_file(
                 "it is given (for S3Storage, file_overwrite=True, its default)."
             )
         md5, multipart = reader.digests()
+    if _stamp(local, name) != before:
+        raise VerificationFailed(
+            f"The local file {name!r} changed while it was copied; the copy was not switched in "
+            "and the new content will be sent."
+        )
     size, etag = remote_fingerprint(remote, name)
     if size != expected:
         raise VerificationFailed(

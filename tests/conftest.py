@@ -5,15 +5,20 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.cache import caches
 
+from queued_storage import QueuedStorage
+
 from . import plugin
+from .celery_app import app as celery_app
 from .services import CeleryWorker
 
 _worker_ids = itertools.count(1)
+FS = "django.core.files.storage.FileSystemStorage"
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +67,29 @@ def start_worker(services: plugin.Services) -> Iterator[Callable[..., CeleryWork
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def eager() -> Iterator[None]:
+    """Run transfers in this process, synchronously."""
+    celery_app.conf.task_always_eager = True
+    celery_app.conf.task_eager_propagates = False  # True would raise Retry instead of retrying
+    yield
+    celery_app.conf.task_always_eager = False
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Callable[..., QueuedStorage]:
+    """Build QueuedStorages between two local directories (a fake remote, for unit tests)."""
+
+    def make(**options) -> QueuedStorage:
+        options.setdefault("local", FS)
+        options.setdefault("remote", FS)
+        options.setdefault("local_options", {"location": str(tmp_path / "local"), "base_url": "/local/"})
+        options.setdefault("remote_options", {"location": str(tmp_path / "remote"), "base_url": "/remote/"})
+        return QueuedStorage(**options)
+
+    return make
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:

@@ -78,7 +78,7 @@ AWS_SECRET_ACCESS_KEY = "testing"
 AWS_S3_REGION_NAME = "us-east-1"
 AWS_STORAGE_BUCKET_NAME = "qs-bucket"
 AWS_S3_ADDRESSING_STYLE = "path"
-AWS_QUERYSTRING_AUTH = False
+AWS_QUERYSTRING_AUTH = True  # private bucket: signed URLs, as most sites run it
 
 STORAGES = {
     "default": {
