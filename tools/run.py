@@ -93,6 +93,11 @@ def lint() -> None:
     run(PY, "-m", "mypy", "queued_storage", "tests")
 
 
+def docs() -> None:
+    say("Documentation (Sphinx, warnings are errors)")
+    run(PY, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html")
+
+
 def pytest(*args: str, env: dict[str, str] | None = None) -> None:
     run(PY, "-m", "pytest", *args, env=env)
 
@@ -125,13 +130,16 @@ def matrix() -> None:
 
 def cmd_test(args: argparse.Namespace) -> None:
     started = time.monotonic()
-    ensure_system(SYSTEM_PACKAGES)
+    # Chromium drives the browser test of the demo (Playwright cannot download its own here).
+    ensure_system({**SYSTEM_PACKAGES, **BROWSER_PACKAGES})
     ensure_venv()
     lint()
+    docs()
     say("Test suite on SQLite")
     pytest()
     say("Test suite on PostgreSQL")
-    pytest(env={"QS_DB": "postgres"})
+    # The demo keeps its own SQLite database, so its browser test runs once, above.
+    pytest("--ignore=tests/test_browser.py", env={"QS_DB": "postgres"})
     if not args.no_matrix:
         matrix()
     say(f"All tests passed in {time.monotonic() - started:.0f} s")
