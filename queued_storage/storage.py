@@ -207,14 +207,15 @@ class QueuedStorage(Storage):
     def get_cache_key(self, name: str) -> str:
         return location.cache_key(self.key, name)
 
-    def _check(self, name: str) -> str:
+    def check_name(self, name: str) -> str:
+        """``name`` normalised, or SuspiciousFileOperation for traversal, absolute paths and NUL bytes."""
         name = str(name).replace("\\", "/")
         if "\x00" in name:
             raise SuspiciousFileOperation(f"File name {name!r} contains a NUL byte; remove it.")
         validate_file_name(name, allow_relative_path=True)
         return name
 
-    def _state(self, name: str) -> str:
+    def locate(self, name: str) -> str:
         """The file's state; a file unknown to the app is looked up once and recorded."""
         state = location.cached_state(self.key, name)
         if state is None:
@@ -232,7 +233,7 @@ class QueuedStorage(Storage):
 
     def get_storage(self, name: str) -> Storage:
         """The storage that holds ``name`` now."""
-        storage: Storage = self.remote if self._state(self._check(name)) == State.REMOTE else self.local
+        storage: Storage = self.remote if self.locate(self.check_name(name)) == State.REMOTE else self.local
         return storage
 
     def using_local(self, name: str) -> bool:
@@ -271,8 +272,8 @@ class QueuedStorage(Storage):
 
     def transfer(self, name: str) -> bool:
         """Queue the copy of ``name`` now (after the transaction commits); False if already remote."""
-        name = self._check(name)
-        self._state(name)
+        name = self.check_name(name)
+        self.locate(name)
         record = location.requeue(self.key, name)
         if record is None:
             raise FileNotFoundError(f"{name!r} is not in this storage.")
@@ -282,7 +283,7 @@ class QueuedStorage(Storage):
         return True
 
     def delete(self, name: str) -> None:
-        name = self._check(name)
+        name = self.check_name(name)
         record, tombstoned = location.forget(self.key, name)
         self.local.delete(name)
         # A worker that still copies it removes its copy itself (tombstone);
@@ -301,7 +302,7 @@ class QueuedStorage(Storage):
 
         Never asks the remote storage, so ``save()`` costs no remote request.
         """
-        name = self._check(name)
+        name = self.check_name(name)
         return location.name_taken(self.key, name) or self.local.exists(name)
 
     def listdir(self, path: str) -> tuple[list[str], list[str]]:
@@ -322,7 +323,7 @@ class QueuedStorage(Storage):
             return local_url
         if self.serve_url is not None:
             # Stays right when the file moves, so it may be cached in pages and CDNs.
-            return urljoin(self.serve_url, filepath_to_uri(self._check(name)).lstrip("/"))
+            return urljoin(self.serve_url, filepath_to_uri(self.check_name(name)).lstrip("/"))
         url: str = self.get_storage(name).url(name)
         return url
 
@@ -350,8 +351,8 @@ class QueuedStorage(Storage):
 
     def status(self, name: str) -> FileStatus:
         """Where ``name`` is and how its transfer goes."""
-        name = self._check(name)
-        self._state(name)
+        name = self.check_name(name)
+        self.locate(name)
         record = location.get(self.key, name)
         if record is None or record.state == State.DELETED:
             raise FileNotFoundError(f"{name!r} is not in this storage.")

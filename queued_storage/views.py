@@ -107,10 +107,10 @@ def serve(
 ) -> HttpResponseBase:
     """Redirect to the remote copy of ``name``, or stream its local copy (Range and 304 aware)."""
     qs = _storage(storage)
-    name = qs._check(name)  # traversal, NUL bytes, absolute paths: SuspiciousFileOperation -> 400
+    name = qs.check_name(name)  # traversal, NUL bytes, absolute paths: SuspiciousFileOperation -> 400
     if not _allowed(request, name, permission):
         raise PermissionDenied
-    state = qs._state(name)
+    state = qs.locate(name)
     if state == State.REMOTE:
         response: HttpResponseBase = HttpResponseRedirect(qs.remote.url(name))
         # Signed URLs expire: the redirect itself must not be cached.
