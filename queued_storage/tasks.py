@@ -156,8 +156,8 @@ class Transfer(_Task):
         storage = get_storage(storage_key)
         outcome, record = location.claim(storage_key, name, version, owner=self.request.hostname or "")
         if outcome is Claim.BUSY:
-            assert record is not None and record.lease_until is not None
-            wait = max(1.0, (record.lease_until.timestamp() - time.time()) + 1)
+            lease = record.lease_until if record is not None else None
+            wait = max(1.0, lease.timestamp() - time.time() + 1) if lease is not None else 1.0
             # Another worker copies it; come back when its lease would have lapsed.
             raise self.retry(countdown=wait, max_retries=None)
         if outcome is not Claim.CLAIMED:
