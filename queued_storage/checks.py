@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from .conf import conf
 
@@ -42,11 +42,21 @@ def check_cache(**kwargs: Any) -> list[Error]:
 
 @register()
 def check_storages(**kwargs: Any) -> list[Error]:
-    from .storage import _load_all, _registry
+    from .storage import _duplicates, _load_all, _registry
 
     _load_all()
     errors = []
-    for storage in _registry.values():
+    for storage in list(_registry.values()) + _duplicates:
+        first = _registry[storage.key]
+        if storage is not first and (storage.task, storage.delete_local) != (first.task, first.delete_local):
+            errors.append(
+                Error(
+                    f"Two QueuedStorages with the same local and remote storage ({storage.key}) differ "
+                    "in 'task' or 'delete_local', so a worker could not tell which one a file belongs to.",
+                    hint="Give one of them a distinct cache_prefix, or make their options equal.",
+                    id="queued_storage.E005",
+                )
+            )
         same = storage.local_path == storage.remote_path and storage.local_options == storage.remote_options
         if same:
             errors.append(
@@ -60,13 +70,17 @@ def check_storages(**kwargs: Any) -> list[Error]:
     return errors
 
 
-@register()
-def check_celery(**kwargs: Any) -> list[Error]:
-    from celery import _state
+def _celery_configured() -> bool:
+    from celery import current_app
 
     # With no app of the project's own, Celery falls back to an unconfigured
     # one named "default".
-    if _state.get_current_app().main in (None, "default"):
+    return current_app.main not in (None, "default")
+
+
+@register()
+def check_celery(**kwargs: Any) -> list[Error]:
+    if not _celery_configured():
         return [
             Error(
                 "No Celery app is configured, so transfers would be sent nowhere.",
@@ -76,3 +90,51 @@ def check_celery(**kwargs: Any) -> list[Error]:
             )
         ]
     return []
+
+
+@register()
+def check_worker_death(**kwargs: Any) -> list[CheckMessage]:
+    """Celery settings under which a killed worker would leave a transfer undone for long."""
+    from celery import current_app
+
+    from .storage import _load_all, _registry
+    from .tasks import resolve_task
+
+    messages: list[CheckMessage] = []
+    if not _celery_configured():
+        return messages  # E004 says it all
+    app_conf = current_app.conf
+    if app_conf.worker_prefetch_multiplier != 1:
+        messages.append(
+            Warning(
+                f"CELERY_WORKER_PREFETCH_MULTIPLIER is {app_conf.worker_prefetch_multiplier}: a worker "
+                "that dies holds that many reserved transfers per process until the broker redelivers them.",
+                hint="Set CELERY_WORKER_PREFETCH_MULTIPLIER = 1 (see the deployment docs).",
+                id="queued_storage.W001",
+            )
+        )
+    broker = str(app_conf.broker_url or "")
+    options = app_conf.broker_transport_options or {}
+    if broker.startswith(("redis://", "rediss://")) and "visibility_timeout" not in options:
+        messages.append(
+            Warning(
+                "The Redis broker redelivers an unacknowledged transfer after its visibility_timeout "
+                "(1 hour by default); a transfer that runs longer is started twice.",
+                hint="Set CELERY_BROKER_TRANSPORT_OPTIONS = {'visibility_timeout': N} with N longer "
+                "than your longest transfer, and run `manage.py queued_storage requeue` periodically.",
+                id="queued_storage.W002",
+            )
+        )
+    _load_all()
+    for path in sorted({storage.task for storage in _registry.values()}):
+        task = resolve_task(path)
+        if not (task.acks_late and task.reject_on_worker_lost):
+            messages.append(
+                Warning(
+                    f"The transfer task {path} does not set acks_late and reject_on_worker_lost, so a "
+                    "transfer whose worker is killed is not redelivered.",
+                    hint="Subclass queued_storage.tasks.Transfer, which sets both.",
+                    id="queued_storage.W003",
+                )
+            )
+    return messages

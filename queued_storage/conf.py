@@ -18,6 +18,9 @@ _DEFAULTS: dict[str, Any] = {
     "QUEUED_STORAGE_QUEUE": None,
     "QUEUED_STORAGE_LEASE": 60,
     "QUEUED_STORAGE_HOST": None,
+    "QUEUED_STORAGE_HOST_QUEUE": None,
+    "QUEUED_STORAGE_SERVE_PERMISSION": None,
+    "QUEUED_STORAGE_S3_REQUEST_CHECKSUMS": True,
 }
 
 
@@ -82,6 +85,30 @@ class Settings:
     def HOST(self) -> str:
         """Name of this host, recorded with each file saved here."""
         return str(self._get("QUEUED_STORAGE_HOST") or socket.gethostname())
+
+    @property
+    def HOST_QUEUE(self) -> str | None:
+        """Queue name pattern with ``{host}``: transfers go to the queue of the file's host."""
+        value = self._get("QUEUED_STORAGE_HOST_QUEUE")
+        if value is None:
+            return None
+        if not isinstance(value, str) or "{host}" not in value:
+            raise ImproperlyConfigured(
+                f"QUEUED_STORAGE_HOST_QUEUE must be a queue name containing '{{host}}', such as "
+                f"'transfers.{{host}}', or None; got {value!r}."
+            )
+        return value
+
+    @property
+    def SERVE_PERMISSION(self) -> str | None:
+        """Dotted path of ``callable(request, name) -> bool`` guarding the serving view."""
+        value = self._get("QUEUED_STORAGE_SERVE_PERMISSION")
+        return None if value is None else str(value)
+
+    @property
+    def S3_REQUEST_CHECKSUMS(self) -> bool:
+        """Whether boto3 sends CRC checksums with uploads; some S3-compatible servers reject them."""
+        return bool(self._get("QUEUED_STORAGE_S3_REQUEST_CHECKSUMS"))
 
 
 conf = Settings()

@@ -172,10 +172,14 @@ def name_taken(storage: str, name: str) -> bool:
 
 
 def requeue(storage: str, name: str) -> FileRecord | None:
-    """Make a pending or failed file pending again, with a fresh attempt count."""
+    """Make a pending or failed file pending again.
+
+    ``attempts`` keeps counting: a later attempt may overwrite what an earlier
+    one left on the remote, a first attempt never does.
+    """
     now = timezone.now()
     FileRecord.objects.filter(storage=storage, name=name, state__in=[State.PENDING, State.FAILED]).update(
-        state=State.PENDING, attempts=0, last_error="", updated_at=now
+        state=State.PENDING, last_error="", updated_at=now
     )
     record = get(storage, name)
     if record is not None:
@@ -303,3 +307,19 @@ def stale(older_than: float, *, failed: bool = False) -> list[FileRecord]:
     if failed:
         query |= Q(state=State.FAILED)
     return list(FileRecord.objects.filter(query).order_by("updated_at"))
+
+
+def record_verification(storage: str, name: str, version: str, error: str) -> bool:
+    """Record the outcome of checking a remote copy: ``error`` is empty when it matched."""
+    return bool(
+        FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE).update(
+            last_error=error[:4000], updated_at=timezone.now()
+        )
+    )
+
+
+def is_remote(storage: str, name: str, version: str) -> bool:
+    """Whether reads of this version go to the remote copy (checked again right before a local delete)."""
+    return bool(
+        FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE).exists()
+    )

@@ -8,6 +8,7 @@ import os
 from datetime import datetime
 from functools import partial
 from typing import Any
+from urllib.parse import urljoin
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
@@ -15,10 +16,12 @@ from django.core.files.storage import Storage, storages
 from django.core.files.utils import validate_file_name
 from django.db import IntegrityError, router, transaction
 from django.utils.deconstruct import deconstructible
+from django.utils.encoding import filepath_to_uri
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
 from . import location
+from .conf import conf
 from .location import FileStatus
 from .models import FileRecord, State
 
@@ -33,6 +36,7 @@ OPTIONS = (
     "delayed",
     "task",
     "delete_local",
+    "serve_url",
 )
 
 # Options whose values never enter a storage's identity, so rotating
@@ -42,6 +46,8 @@ _SECRET_WORDS = ("secret", "password", "token", "key", "credential", "session")
 # Every QueuedStorage built in this process, by identity: the worker finds a
 # storage declared on a model field here as well as one from STORAGES.
 _registry: dict[str, QueuedStorage] = {}
+# Later storages whose identity was already taken, kept for the E005 check.
+_duplicates: list[QueuedStorage] = []
 
 
 def _resolve_spec(option: str, spec: Any) -> Any:
@@ -101,6 +107,7 @@ class QueuedStorage(Storage):
     delayed: bool = False
     task: str = DEFAULT_TASK
     delete_local: bool = False
+    serve_url: str | None = None
 
     def __init__(
         self,
@@ -112,6 +119,7 @@ class QueuedStorage(Storage):
         delayed: bool | None = None,
         task: str | None = None,
         delete_local: bool | None = None,
+        serve_url: str | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -128,6 +136,12 @@ class QueuedStorage(Storage):
         self.delayed = cls.delayed if delayed is None else bool(delayed)
         self.task = task or cls.task
         self.delete_local = cls.delete_local if delete_local is None else bool(delete_local)
+        self.serve_url = serve_url if serve_url is not None else cls.serve_url
+        if self.serve_url is not None and not str(self.serve_url).endswith("/"):
+            raise ImproperlyConfigured(
+                f"QueuedStorage option serve_url={self.serve_url!r} must end with a slash, "
+                "like the prefix you include queued_storage.urls under (e.g. '/files/')."
+            )
 
         self._local_cls = _resolve_spec("local", self.local_path)
         self._remote_cls = _resolve_spec("remote", self.remote_path)
@@ -144,7 +158,7 @@ class QueuedStorage(Storage):
             }
         )
         self._connect()
-        _registry.setdefault(self.key, self)
+        _register(self)
 
     # -- the two storages, built on first use and reused (with their connections)
 
@@ -152,9 +166,21 @@ class QueuedStorage(Storage):
         self.local = SimpleLazyObject(
             partial(self._build, self._local_cls, self.local_options or {}, "local")
         )
-        self.remote = SimpleLazyObject(
-            partial(self._build, self._remote_cls, self.remote_options or {}, "remote")
-        )
+        self.remote = SimpleLazyObject(self._build_remote)
+
+    def _build_remote(self) -> Storage:
+        remote = self._build(self._remote_cls, self.remote_options or {}, "remote")
+        config = getattr(remote, "client_config", None)
+        if config is not None and not conf.S3_REQUEST_CHECKSUMS:
+            from botocore.config import Config
+
+            # Only when the operation requires one, as before boto3 1.36.
+            remote.client_config = config.merge(  # type: ignore[attr-defined]
+                Config(
+                    request_checksum_calculation="when_required", response_checksum_validation="when_required"
+                )
+            )
+        return remote
 
     def _build(self, cls: Any, options: dict[str, Any], option: str) -> Storage:
         if isinstance(cls, str):
@@ -174,21 +200,22 @@ class QueuedStorage(Storage):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._connect()
-        _registry.setdefault(self.key, self)
+        _register(self)
 
     # -- routing
 
     def get_cache_key(self, name: str) -> str:
         return location.cache_key(self.key, name)
 
-    def _check(self, name: str) -> str:
+    def check_name(self, name: str) -> str:
+        """``name`` normalised, or SuspiciousFileOperation for traversal, absolute paths and NUL bytes."""
         name = str(name).replace("\\", "/")
         if "\x00" in name:
             raise SuspiciousFileOperation(f"File name {name!r} contains a NUL byte; remove it.")
         validate_file_name(name, allow_relative_path=True)
         return name
 
-    def _state(self, name: str) -> str:
+    def locate(self, name: str) -> str:
         """The file's state; a file unknown to the app is looked up once and recorded."""
         state = location.cached_state(self.key, name)
         if state is None:
@@ -206,7 +233,7 @@ class QueuedStorage(Storage):
 
     def get_storage(self, name: str) -> Storage:
         """The storage that holds ``name`` now."""
-        storage: Storage = self.remote if self._state(self._check(name)) == State.REMOTE else self.local
+        storage: Storage = self.remote if self.locate(self.check_name(name)) == State.REMOTE else self.local
         return storage
 
     def using_local(self, name: str) -> bool:
@@ -232,29 +259,31 @@ class QueuedStorage(Storage):
                 name = self.get_available_name(name)
                 continue
             if not self.delayed:
-                self._queue(stored, record.version)
+                self._queue(stored, record.version, record.host)
             return stored
         raise SuspiciousFileOperation(f"Could not find a free name for {name!r} after 10 tries.")
 
-    def _queue(self, name: str, version: str) -> None:
+    def _queue(self, name: str, version: str, host: str) -> None:
         from .tasks import enqueue
 
-        transaction.on_commit(partial(enqueue, self, name, version), using=router.db_for_write(FileRecord))
+        transaction.on_commit(
+            partial(enqueue, self, name, version, host), using=router.db_for_write(FileRecord)
+        )
 
     def transfer(self, name: str) -> bool:
         """Queue the copy of ``name`` now (after the transaction commits); False if already remote."""
-        name = self._check(name)
-        self._state(name)
+        name = self.check_name(name)
+        self.locate(name)
         record = location.requeue(self.key, name)
         if record is None:
             raise FileNotFoundError(f"{name!r} is not in this storage.")
         if record.state == State.REMOTE:
             return False
-        self._queue(name, record.version)
+        self._queue(name, record.version, record.host)
         return True
 
     def delete(self, name: str) -> None:
-        name = self._check(name)
+        name = self.check_name(name)
         record, tombstoned = location.forget(self.key, name)
         self.local.delete(name)
         # A worker that still copies it removes its copy itself (tombstone);
@@ -273,7 +302,7 @@ class QueuedStorage(Storage):
 
         Never asks the remote storage, so ``save()`` costs no remote request.
         """
-        name = self._check(name)
+        name = self.check_name(name)
         return location.name_taken(self.key, name) or self.local.exists(name)
 
     def listdir(self, path: str) -> tuple[list[str], list[str]]:
@@ -288,8 +317,14 @@ class QueuedStorage(Storage):
         return self.get_storage(name).size(name)
 
     def url(self, name: str | None) -> str:
-        storage = self.local if name is None else self.get_storage(name)
-        url: str = storage.url(name)
+        """The backend's URL of where the file is now, or the stable URL with ``serve_url``."""
+        if name is None:
+            local_url: str = self.local.url(name)
+            return local_url
+        if self.serve_url is not None:
+            # Stays right when the file moves, so it may be cached in pages and CDNs.
+            return urljoin(self.serve_url, filepath_to_uri(self.check_name(name)).lstrip("/"))
+        url: str = self.get_storage(name).url(name)
         return url
 
     def path(self, name: str) -> str:
@@ -316,8 +351,8 @@ class QueuedStorage(Storage):
 
     def status(self, name: str) -> FileStatus:
         """Where ``name`` is and how its transfer goes."""
-        name = self._check(name)
-        self._state(name)
+        name = self.check_name(name)
+        self.locate(name)
         record = location.get(self.key, name)
         if record is None or record.state == State.DELETED:
             raise FileNotFoundError(f"{name!r} is not in this storage.")
@@ -328,6 +363,12 @@ class QueuedStorage(Storage):
 
 
 QueuedRemoteStorage = QueuedStorage
+
+
+def _register(storage: QueuedStorage) -> None:
+    first = _registry.setdefault(storage.key, storage)
+    if first is not storage and (first.task, first.delete_local) != (storage.task, storage.delete_local):
+        _duplicates.append(storage)
 
 
 def get_storage(key: str) -> QueuedStorage:
@@ -359,3 +400,54 @@ def _load_all() -> None:
     for model in apps.get_models():
         for field in model._meta.get_fields():
             getattr(field, "storage", None)
+
+
+def declared() -> dict[str, QueuedStorage]:
+    """Every queued storage the project declares, by label.
+
+    The label is the ``STORAGES`` alias, or ``app_label.Model.field`` for a
+    storage declared on a model field; a storage declared both ways keeps its
+    alias.
+    """
+    from django.apps import apps
+
+    found: dict[str, QueuedStorage] = {}
+    seen: set[str] = set()
+    for alias, spec in getattr(settings, "STORAGES", {}).items():
+        try:
+            cls = import_string(spec.get("BACKEND", ""))
+        except ImportError:
+            continue
+        built = storages[alias] if isinstance(cls, type) and issubclass(cls, QueuedStorage) else None
+        if isinstance(built, QueuedStorage):
+            found[alias] = built
+            seen.add(built.key)
+    for model in apps.get_models():
+        for field in model._meta.get_fields():
+            on_field = getattr(field, "storage", None)
+            if isinstance(on_field, QueuedStorage) and on_field.key not in seen:
+                found[f"{model._meta.label}.{field.name}"] = on_field
+                seen.add(on_field.key)
+    return found
+
+
+def by_label(label: str) -> QueuedStorage:
+    """The declared queued storage called ``label`` (see :func:`declared`), or its identity."""
+    known = declared()
+    if label in known:
+        return known[label]
+    for storage in known.values():
+        if storage.key == label:
+            return storage
+    raise LookupError(
+        f"No queued storage called {label!r}; the declared ones are "
+        f"{', '.join(sorted(known)) or 'none'} (a STORAGES alias, or app_label.Model.field)."
+    )
+
+
+def label_of(key: str) -> str:
+    """The label of the storage with identity ``key``, or the key itself if none is declared."""
+    for label, storage in declared().items():
+        if storage.key == key:
+            return label
+    return key

@@ -8,12 +8,12 @@ connections, for every later task.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, current_app, shared_task
-from celery.utils.time import get_exponential_backoff_interval
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
@@ -49,7 +49,8 @@ def resolve_task(path: str) -> _Task:
         raise ImproperlyConfigured(f"QueuedStorage option task={path!r} does not import: {exc}") from exc
     if isinstance(obj, type) and issubclass(obj, Task):
         app = current_app
-        name = obj.name or f"{obj.__module__}.{obj.__name__}"
+        # A subclass inherits its parent's name; it needs one of its own.
+        name = obj.__dict__.get("name") or f"{obj.__module__}.{obj.__qualname__}"
         if name not in app.tasks:
             instance = obj()
             instance.name = name
@@ -63,12 +64,29 @@ def resolve_task(path: str) -> _Task:
     )
 
 
-def enqueue(storage: QueuedStorage, name: str, version: str) -> bool:
-    """Publish the transfer of ``name``; on failure log it and leave it to the sweeper."""
+def queue_for(host: str | None) -> str | None:
+    """The Celery queue of a transfer whose local copy is on ``host``: the one routing rule.
+
+    With ``QUEUED_STORAGE_HOST_QUEUE`` each host's files go to that host's own
+    queue, because only a worker on that host can read them; otherwise to
+    ``QUEUED_STORAGE_QUEUE`` (``None``: Celery's default queue).
+    """
+    pattern = conf.HOST_QUEUE
+    if pattern and host:
+        return pattern.format(host=host)
+    return conf.QUEUE
+
+
+def enqueue(storage: QueuedStorage, name: str, version: str, host: str | None = None) -> bool:
+    """Publish the transfer of ``name``; on failure log it and leave it to the sweeper.
+
+    ``host`` is the record's host (where the local copy is); ``None`` means this host.
+    """
     try:
         options: dict[str, Any] = {"retry_policy": _PUBLISH_RETRY}
-        if conf.QUEUE:
-            options["queue"] = conf.QUEUE
+        queue = queue_for(conf.HOST if host is None else host)
+        if queue:
+            options["queue"] = queue
         resolve_task(storage.task).apply_async((storage.key, name, version), **options)
     except Exception as exc:  # the record is the outbox: nothing is lost
         logger.warning(
@@ -80,6 +98,16 @@ def enqueue(storage: QueuedStorage, name: str, version: str) -> bool:
         )
         return False
     return True
+
+
+def backoff(retries: int) -> float:
+    """Seconds before retry number ``retries + 1``: exponential, with "equal jitter".
+
+    Celery's full jitter may draw 0 every time and spend all retries within a
+    second of an outage; half the interval is always waited.
+    """
+    interval = min(conf.RETRY_DELAY * 2.0**retries, conf.RETRY_BACKOFF_MAX)
+    return interval / 2 + random.uniform(0, interval / 2)
 
 
 class _LeaseKeeper(threading.Thread):
@@ -128,8 +156,8 @@ class Transfer(_Task):
         storage = get_storage(storage_key)
         outcome, record = location.claim(storage_key, name, version, owner=self.request.hostname or "")
         if outcome is Claim.BUSY:
-            assert record is not None and record.lease_until is not None
-            wait = max(1.0, (record.lease_until.timestamp() - time.time()) + 1)
+            lease = record.lease_until if record is not None else None
+            wait = max(1.0, lease.timestamp() - time.time() + 1) if lease is not None else 1.0
             # Another worker copies it; come back when its lease would have lapsed.
             raise self.retry(countdown=wait, max_retries=None)
         if outcome is not Claim.CLAIMED:
@@ -165,20 +193,24 @@ class Transfer(_Task):
             storage.local.delete(name)
         seconds = time.monotonic() - started
         logger.info(
-            "queued_storage: transferred %s (%d bytes) in %.2f s, %.1f MB/s, attempt %d",
+            "queued_storage: transferred %s (%d bytes) in %.2f s, %.1f MB/s, attempt %d, by %s",
             name,
             copied.size,
             seconds,
             copied.size / 1e6 / max(seconds, 1e-9),
             record.attempts,
+            self.request.hostname,
             extra={
                 "queued_storage": {
                     "event": "transferred",
+                    "storage": storage_key,
                     "name": name,
                     "size": copied.size,
                     "seconds": round(seconds, 3),
                     "mb_per_s": round(copied.size / 1e6 / max(seconds, 1e-9), 2),
                     "attempts": record.attempts,
+                    "host": record.host,
+                    "worker": self.request.hostname,
                 }
             },
         )
@@ -221,14 +253,9 @@ class Transfer(_Task):
                 sender=type(self), name=name, local=storage.local, remote=storage.remote, error=exc
             )
             return "failed"
-        countdown = get_exponential_backoff_interval(
-            factor=max(1, int(conf.RETRY_DELAY)),
-            retries=self.request.retries,
-            maximum=int(conf.RETRY_BACKOFF_MAX),
-            full_jitter=True,
-        )
+        countdown = backoff(self.request.retries)
         logger.warning(
-            "queued_storage: transfer of %s failed (%s); retry %d of %d in %d s",
+            "queued_storage: transfer of %s failed (%s); retry %d of %d in %.1f s",
             name,
             error,
             self.request.retries + 1,
@@ -258,7 +285,7 @@ def requeue(older_than: float = 300, *, failed: bool = False) -> int:
             continue
         if record.state == State.FAILED:
             location.requeue(record.storage, record.name)
-        if enqueue(storage, record.name, record.version):
+        if enqueue(storage, record.name, record.version, record.host):
             queued += 1
     return queued
 

@@ -142,6 +142,15 @@ def _s3_object(remote: Storage, name: str) -> Any | None:
     return remote.bucket.Object(remote._normalize_name(clean_name(name)))
 
 
+def _stamp(local: Storage, name: str) -> tuple[int, int] | None:
+    """Size and mtime of a file on disk, to notice it being replaced during the copy."""
+    try:
+        st = os.stat(local.path(name))
+    except (NotImplementedError, OSError):
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def _part_size(remote: Storage) -> int | None:
     config = getattr(remote, "transfer_config", None)
     return getattr(config, "multipart_chunksize", None)
@@ -359,6 +368,7 @@ def copy_file(
     direct = _direct_s3(local, remote, name)
     if direct is not None:
         path, client = direct
+        before = _stamp(local, name)
         try:
             copied = _upload_s3(
                 name,
@@ -373,12 +383,15 @@ def copy_file(
         except FileNotFoundError as exc:
             raise _missing(name) from exc
         if copied is not None:
+            if _stamp(local, name) != before:
+                raise _changed(name)
             return copied
     try:
         source = local.open(name, "rb")
     except FileNotFoundError as exc:
         raise _missing(name) from exc
     with source:
+        before = _stamp(local, name)
         expected = local.size(name)
         if remote.exists(name):
             if not replace:
@@ -393,6 +406,8 @@ def copy_file(
                 "it is given (for S3Storage, file_overwrite=True, its default)."
             )
         md5, multipart = reader.digests()
+    if _stamp(local, name) != before:
+        raise _changed(name)
     return _verified(name, remote, expected, md5, multipart, verify_checksum=verify_checksum)
 
 
@@ -400,6 +415,13 @@ def _missing(name: str) -> LocalFileMissing:
     return LocalFileMissing(
         f"The local copy of {name!r} is gone, so it cannot be sent to the remote storage. "
         "Save the file again, or delete it to drop its record."
+    )
+
+
+def _changed(name: str) -> VerificationFailed:
+    return VerificationFailed(
+        f"The local file {name!r} changed while it was copied; the copy was not switched in "
+        "and the new content will be sent."
     )
 
 

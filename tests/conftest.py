@@ -5,15 +5,20 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.cache import caches
 
+from queued_storage import QueuedStorage
+
 from . import plugin
+from .celery_app import app as celery_app
 from .services import CeleryWorker
 
 _worker_ids = itertools.count(1)
+FS = "django.core.files.storage.FileSystemStorage"
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +69,29 @@ def start_worker(services: plugin.Services) -> Iterator[Callable[..., CeleryWork
         worker.stop()
 
 
+@pytest.fixture
+def eager() -> Iterator[None]:
+    """Run transfers in this process, synchronously."""
+    celery_app.conf.task_always_eager = True
+    celery_app.conf.task_eager_propagates = False  # True would raise Retry instead of retrying
+    yield
+    celery_app.conf.task_always_eager = False
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Callable[..., QueuedStorage]:
+    """Build QueuedStorages between two local directories (a fake remote, for unit tests)."""
+
+    def make(**options) -> QueuedStorage:
+        options.setdefault("local", FS)
+        options.setdefault("remote", FS)
+        options.setdefault("local_options", {"location": str(tmp_path / "local"), "base_url": "/local/"})
+        options.setdefault("remote_options", {"location": str(tmp_path / "remote"), "base_url": "/remote/"})
+        return QueuedStorage(**options)
+
+    return make
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -88,3 +116,24 @@ def s3_body(s3: Any, bucket: str, key: str) -> bytes:
 
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+
+@pytest.fixture
+def broker(services: plugin.Services) -> Iterator[Any]:
+    """A redis-py client on the broker database, to look at the queues."""
+    import redis
+
+    client = redis.Redis.from_url(f"{services.redis.url}/0")
+    yield client
+    client.close()
+
+
+def transfer_now(storage: Any, name: str) -> str:
+    """Run the transfer task of ``name`` in this process, as a worker would; returns its result."""
+    from queued_storage import location
+    from queued_storage.tasks import resolve_task
+
+    record = location.get(storage.key, name)
+    assert record is not None
+    result = resolve_task(storage.task).apply(args=(storage.key, name, record.version), throw=True)
+    return str(result.get())

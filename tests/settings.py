@@ -20,10 +20,33 @@ USE_TZ = True
 ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "queued_storage",
     "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
 ]
 
 if env("QS_DB") == "postgres":
@@ -68,7 +91,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
-MEDIA_ROOT = str(WORK / "media")
+# A worker may play another web host, with its own disk (tests/test_hosts.py).
+MEDIA_ROOT = env("QS_MEDIA_ROOT") or str(WORK / "media")
 MEDIA_URL = "/media/"
 
 S3_ENDPOINT = env("QS_S3_ENDPOINT", "http://127.0.0.1:1")
@@ -78,7 +102,7 @@ AWS_SECRET_ACCESS_KEY = "testing"
 AWS_S3_REGION_NAME = "us-east-1"
 AWS_STORAGE_BUCKET_NAME = "qs-bucket"
 AWS_S3_ADDRESSING_STYLE = "path"
-AWS_QUERYSTRING_AUTH = False
+AWS_QUERYSTRING_AUTH = True  # private bucket: signed URLs, as most sites run it
 
 STORAGES = {
     "default": {
@@ -94,6 +118,18 @@ STORAGES = {
 QUEUED_STORAGE_RETRIES = int(env("QS_RETRIES", "3"))
 QUEUED_STORAGE_RETRY_DELAY = 1
 QUEUED_STORAGE_LEASE = float(env("QS_LEASE", "6"))
+QUEUED_STORAGE_HOST = env("QS_HOST") or None
+QUEUED_STORAGE_HOST_QUEUE = env("QS_HOST_QUEUE") or None
+
+if env("QS_S3_SMALL_PARTS") == "1":
+    # 5 MB parts, one in memory at a time: a copy reads the local file only as
+    # fast as the (throttled) upload goes, so progress shows mid-way.
+    from boto3.s3.transfer import TransferConfig
+
+    AWS_S3_TRANSFER_CONFIG = TransferConfig(
+        multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20, max_concurrency=1
+    )
+    AWS_S3_TRANSFER_CONFIG.max_in_memory_upload_chunks = 1
 
 LOGGING = {
     "version": 1,

@@ -30,7 +30,7 @@ def test_save_then_worker_switches_url_to_s3(start_worker, services, s3):
     assert sha256(s3_body(s3, "qs-bucket", name)) == sha256(data)
     with default_storage.open(name) as fh:
         assert fh.read() == data
-    status = default_storage.status(name)  # type: ignore[attr-defined]
+    status = default_storage.status(name)
     assert (status.state, status.size, status.attempts) == ("remote", len(data), 1)
 
 
@@ -67,3 +67,95 @@ def test_field_declared_storage_with_signed_urls_and_delete_local(start_worker, 
     assert "Signature=" in url or "X-Amz-Signature=" in url
     wait_for(lambda: not __import__("os").path.exists(local_path), what="local copy deleted")
     assert s3_body(s3, "qs-photos", photo.image.name) == buf.getvalue()
+
+
+def test_save_sends_nothing_to_s3(services):
+    services.s3_proxy.reset_counts()
+    for i in range(5):
+        default_storage.save("same.txt", ContentFile(b"x" * i))
+    assert services.s3_proxy.count() == 0
+    assert FileRecord.objects.filter(state="pending").count() == 5
+
+
+def test_s3_outage_shorter_than_the_retries_recovers(start_worker, services, s3):
+    services.s3_proxy.refuse()
+    start_worker()
+    name = default_storage.save("outage.txt", ContentFile(b"survives"))
+    wait_for(lambda: FileRecord.objects.get(name=name).last_error, what="a failed attempt")
+    # During the outage the local copy serves every read.
+    assert default_storage.url(name) == f"/media/{name}"
+    with default_storage.open(name) as fh:
+        assert fh.read() == b"survives"
+    services.s3_proxy.accept()
+    wait_for(lambda: state_of(default_storage, name) == "remote", timeout=30, what="remote")
+    assert FileRecord.objects.get(name=name).attempts >= 2
+    assert s3_body(s3, "qs-bucket", name) == b"survives"
+
+
+def test_s3_down_for_good_fails_visibly_then_requeue_recovers(start_worker, services, s3):
+    from django.core.management import call_command
+
+    services.s3_proxy.refuse()
+    start_worker(env={"QS_RETRIES": "1"})
+    name = default_storage.save("down.txt", ContentFile(b"later"))
+    wait_for(lambda: state_of(default_storage, name) == "failed", timeout=30, what="failed")
+    record = FileRecord.objects.get(name=name)
+    assert record.attempts == 2 and record.last_error
+    assert default_storage.url(name) == f"/media/{name}"
+    services.s3_proxy.accept()
+    call_command("queued_storage", "requeue", "--failed")
+    wait_for(lambda: state_of(default_storage, name) == "remote", what="remote after requeue")
+    assert s3_body(s3, "qs-bucket", name) == b"later"
+
+
+def test_task_message_carries_no_option_or_secret(services):
+    import json
+
+    import redis
+
+    from .testapp.models import photos
+
+    photos.save("secret.png", ContentFile(b"x" * 5_000_000))
+    client = redis.Redis.from_url(services.redis.url + "/0")
+    raw = client.lrange("celery", 0, -1)
+    assert len(raw) == 1
+    message = raw[0]
+    assert b"s3cr3t-in-options" not in message and b"qs-photos" not in message
+    envelope = json.loads(message)
+    import base64
+
+    body = base64.b64decode(envelope["body"])
+    assert len(body) < 512
+    args = json.loads(body)[0]
+    assert args[0] == photos.key and args[1] == "secret.png" and len(args) == 3
+
+
+@pytest.mark.parametrize("name", ["ünïcödé ✓.txt", "with space.txt", "100%.txt", "a+b=c&d.txt", "empty.bin"])
+def test_awkward_names_round_trip_to_s3_keys_and_urls(start_worker, s3, name):
+    import urllib.request
+
+    start_worker()
+    data = b"" if name == "empty.bin" else name.encode() * 10
+    saved = default_storage.save(f"odd/{name}", ContentFile(data))
+    assert saved == f"odd/{name}"
+    wait_for(lambda: state_of(default_storage, saved) == "remote", what="remote")
+    assert s3_body(s3, "qs-bucket", saved) == data  # the S3 key is the name, unmangled
+    with urllib.request.urlopen(default_storage.url(saved)) as response:
+        assert response.read() == data
+
+
+def test_delayed_storage_moves_only_on_transfer(start_worker):
+    import time
+
+    from .testapp.models import Legacy
+
+    start_worker()
+    obj = Legacy.objects.create(file=ContentFile(b"wait for it", name="later.txt"))
+    storage = obj.file.storage
+    time.sleep(1.5)
+    assert storage.status(obj.file.name).state == "pending"
+    assert obj.file.transfer() is True
+    wait_for(lambda: storage.status(obj.file.name).state == "remote", what="remote")
+    assert not storage.local.exists(obj.file.name)  # TransferAndDelete
+    with storage.open(obj.file.name) as fh:
+        assert fh.read() == b"wait for it"

@@ -93,30 +93,53 @@ def lint() -> None:
     run(PY, "-m", "mypy", "queued_storage", "tests", "benchmarks")
 
 
+def docs() -> None:
+    say("Documentation (Sphinx, warnings are errors)")
+    run(PY, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html")
+
+
 def pytest(*args: str, env: dict[str, str] | None = None) -> None:
     run(PY, "-m", "pytest", *args, env=env)
 
 
+def find_interpreter(name: str) -> str | None:
+    """``name`` on PATH if it runs, else a pyenv build of it (pyenv shims only run the active one)."""
+    candidates = [shutil.which(name)]
+    candidates += [str(p) for p in sorted(Path.home().glob(f".pyenv/versions/*/bin/{name}"), reverse=True)]
+    for path in filter(None, candidates):
+        if subprocess.run([path, "-c", "pass"], capture_output=True).returncode == 0:
+            return path
+    return None
+
+
 def matrix() -> None:
     say("tox matrix on the interpreters this machine has")
-    envs, skipped = [], []
+    envs, found, skipped = [], [], []
     for env, interpreter in MATRIX:
-        (envs if shutil.which(interpreter) else skipped).append(env)
+        path = find_interpreter(interpreter)
+        if path:
+            envs.append(env)
+            found.append(path)
+        else:
+            skipped.append(f"{env} ({interpreter} not found)")
     if skipped:
-        print(f"Not run here (interpreter missing): {', '.join(skipped)}", flush=True)
+        print(f"Not run on this machine: {', '.join(skipped)}", flush=True)
     if envs:
-        run(PY, "-m", "tox", "run-parallel", "-p", "2", "-e", ",".join(envs))
+        run(PY, "-m", "tox", "run-parallel", "-p", "2", "-e", ",".join(envs), "--discover", *found)
 
 
 def cmd_test(args: argparse.Namespace) -> None:
     started = time.monotonic()
-    ensure_system(SYSTEM_PACKAGES)
+    # Chromium drives the browser test of the demo (Playwright cannot download its own here).
+    ensure_system({**SYSTEM_PACKAGES, **BROWSER_PACKAGES})
     ensure_venv()
     lint()
+    docs()
     say("Test suite on SQLite")
     pytest()
     say("Test suite on PostgreSQL")
-    pytest(env={"QS_DB": "postgres"})
+    # The demo keeps its own SQLite database, so its browser test runs once, above.
+    pytest("--ignore=tests/test_browser.py", env={"QS_DB": "postgres"})
     if not args.no_matrix:
         matrix()
     say(f"All tests passed in {time.monotonic() - started:.0f} s")

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 
 from queued_storage import QueuedStorage
+from queued_storage.backends import QueuedFileSystemStorage
+from queued_storage.fields import QueuedFileField
 
 photos = QueuedStorage(
     local="django.core.files.storage.FileSystemStorage",
@@ -22,3 +24,18 @@ class Document(models.Model):
 
 class Photo(models.Model):
     image = models.ImageField(upload_to="img", storage=photos)
+
+
+legacy = QueuedFileSystemStorage(
+    remote="django.core.files.storage.FileSystemStorage",
+    local_options={"location": f"{settings.MEDIA_ROOT}/legacy-local"},
+    remote_options={"location": f"{settings.MEDIA_ROOT}/legacy-remote"},
+    delayed=True,
+    task="queued_storage.tasks.TransferAndDelete",
+)
+
+
+class Legacy(models.Model):
+    """A model written for django-queued-storage 0.8, unchanged."""
+
+    file = QueuedFileField(upload_to="legacy", storage=legacy)

@@ -3,18 +3,70 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from queued_storage import operations
+from queued_storage.models import FileRecord, State
+from queued_storage.storage import QueuedStorage, by_label, declared
 from queued_storage.tasks import requeue
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError  # unreachable
+
+
+def _age(seconds: float) -> str:
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 class Command(BaseCommand):
-    help = "Operate queued storages: requeue stuck transfers (see each subcommand's --help)."
+    help = (
+        "Operate queued storages: status, retry, requeue, transfer-existing, cleanup-local "
+        "(see each subcommand's --help)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="subcommand", required=True, parser_class=argparse.ArgumentParser)
+
+        p = sub.add_parser(
+            "status",
+            help="Counts per storage and state, bytes waiting, the oldest waiting file, the last errors.",
+            description="Show how many files each queued storage has in each state (pending, "
+            "transferring, remote, failed) and their size, the bytes not yet on the remote, the age "
+            "of the oldest file not yet on the remote, and the most recent errors. Reads the "
+            "database only; never contacts a storage.",
+        )
+        p.add_argument(
+            "--json",
+            action="store_true",
+            dest="as_json",
+            help="Print one JSON object, for scripts and monitoring.",
+        )
+        p.add_argument(
+            "--errors", type=int, default=5, metavar="N", help="Show the N latest errors (default: 5)."
+        )
+
+        p = sub.add_parser(
+            "retry",
+            help="Queue failed files, or the named ones, again.",
+            description="Clear the error of failed (--failed) or named files and queue their "
+            "transfer again, routed to the same queue as any transfer (per host with "
+            "QUEUED_STORAGE_HOST_QUEUE). Files already remote or being copied are left alone.",
+        )
+        p.add_argument("names", nargs="*", metavar="NAME", help="File names, as stored (e.g. docs/a.pdf).")
+        p.add_argument("--failed", action="store_true", help="Retry every failed file.")
+        p.add_argument("--storage", metavar="ALIAS", help="Only files of this storage (see `status`).")
+
         p = sub.add_parser(
             "requeue",
             help="Queue again files left pending (broker was down), stuck with a dead worker, or failed.",
@@ -31,9 +83,132 @@ class Command(BaseCommand):
         )
         p.add_argument("--failed", action="store_true", help="Also queue files that failed for good.")
 
+        p = sub.add_parser(
+            "transfer-existing",
+            help="Adopt local files that have no record (saved before the app was installed) and queue them.",
+            description="Walk the local storage of each queued storage (or of --storage) and record "
+            "every file the app does not know yet. Each is looked up once on the remote: a file "
+            "already there is recorded as remote, any other is queued for transfer. The local "
+            "directories of other queued storages nested inside are skipped. Shows a progress bar "
+            "on a terminal, one line per file otherwise.",
+        )
+        p.add_argument("--storage", metavar="ALIAS", help="A STORAGES alias or app_label.Model.field.")
+        p.add_argument("--dry-run", action="store_true", help="List the files; record and queue nothing.")
+
+        p = sub.add_parser(
+            "cleanup-local",
+            help="Delete local copies of files whose remote copy is verified.",
+            description="For every remote file transferred more than --older-than days ago that "
+            "still has a local copy, check the remote copy again (size, and MD5 where the ETag is "
+            "one) and delete the local copy only if it matches. Reads already go to the remote.",
+        )
+        p.add_argument(
+            "--older-than",
+            type=float,
+            default=7,
+            metavar="DAYS",
+            help="Only files transferred at least this long ago (default: 7; 0 for all).",
+        )
+        p.add_argument("--dry-run", action="store_true", help="Verify and list; delete nothing.")
+
     def handle(self, *args: Any, **options: Any) -> None:
         getattr(self, "handle_" + options["subcommand"].replace("-", "_"))(**options)
+
+    def _storage(self, label: str) -> QueuedStorage:
+        try:
+            return by_label(label)
+        except LookupError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _storages(self, label: str | None) -> dict[str, QueuedStorage]:
+        return declared() if label is None else {label: self._storage(label)}
+
+    # -- subcommands
+
+    def handle_status(self, *, as_json: bool, errors: int, **options: Any) -> None:
+        report = operations.summary(last_errors=errors)
+        if as_json:
+            self.stdout.write(json.dumps(report, indent=2, sort_keys=True))
+            return
+        if not report["storages"]:
+            self.stdout.write("No files recorded yet.")
+        for entry in report["storages"]:
+            self.stdout.write(f"{entry['label']} ({entry['storage']})")
+            for state, counts in sorted(entry["states"].items()):
+                self.stdout.write(f"  {state:<13}{counts['files']:>8} files {_size(counts['bytes']):>10}")
+        totals = ", ".join(f"{files} {state}" for state, files in report["totals"].items())
+        self.stdout.write(f"Total: {totals}.")
+        self.stdout.write(f"Waiting for transfer: {_size(report['bytes_pending'])}.")
+        oldest = report["oldest_pending_seconds"]
+        self.stdout.write(f"Oldest file waiting: {_age(oldest) if oldest is not None else 'none'}.")
+        if report["last_errors"]:
+            self.stdout.write("Last errors:")
+            for error in report["last_errors"]:
+                self.stdout.write(
+                    f"  {error['at']} {error['storage']} {error['name']} "
+                    f"({error['state']}, {error['attempts']} attempts): {error['error']}"
+                )
+
+    def handle_retry(self, *, names: list[str], failed: bool, storage: str | None, **options: Any) -> None:
+        if not names and not failed:
+            raise CommandError("Name the files to retry, or pass --failed to retry every failed file.")
+        records = FileRecord.objects.all()
+        if storage is not None:
+            records = records.filter(storage=self._storage(storage).key)
+        chosen = list(records.filter(name__in=names)) if names else []
+        if failed:
+            chosen += [r for r in records.filter(state=State.FAILED) if r.name not in names]
+        unknown = sorted(set(names) - {r.name for r in chosen})
+        outcome = operations.retry(chosen)
+        for name in unknown:
+            outcome.skip("unknown", name)
+            self.stderr.write(f"No record of {name!r}.")
+        skipped = outcome.describe_skipped()
+        self.stdout.write(
+            f"Queued {len(outcome.done)} file(s) again" + (f"; skipped {skipped}." if skipped else ".")
+        )
+        if unknown:
+            raise CommandError(f"{len(unknown)} name(s) not found.", returncode=2)
 
     def handle_requeue(self, *, older_than: float, failed: bool, **options: Any) -> None:
         queued = requeue(older_than, failed=failed)
         self.stdout.write(f"Queued {queued} file(s) again.")
+
+    def handle_transfer_existing(self, *, storage: str | None, dry_run: bool, **options: Any) -> None:
+        tty = self.stdout.isatty()
+        adopted = queued = 0
+        for label, qs in self._storages(storage).items():
+            names = list(operations.unrecorded(qs))
+            self.stdout.write(f"{label}: {len(names)} local file(s) without a record.")
+            states: dict[str, int] = {}
+            for i, name in enumerate(names, 1):
+                if dry_run:
+                    self.stdout.write(f"  would adopt {name}")
+                    continue
+                state = operations.adopt(qs, name)
+                states[state] = states.get(state, 0) + 1
+                if tty:
+                    done = int(30 * i / len(names))
+                    self.stdout.write(f"\r  [{'#' * done}{' ' * (30 - done)}] {i}/{len(names)}", ending="")
+                else:
+                    self.stdout.write(f"  {'queued' if state == State.PENDING else state}: {name}")
+            if tty and names and not dry_run:
+                self.stdout.write("")
+            adopted += sum(states.values())
+            queued += states.get(State.PENDING, 0)
+        if dry_run:
+            self.stdout.write("Dry run: nothing recorded or queued.")
+        else:
+            self.stdout.write(
+                f"Adopted {adopted} file(s): queued {queued}, found {adopted - queued} already on the remote."
+            )
+
+    def handle_cleanup_local(self, *, older_than: float, dry_run: bool, **options: Any) -> None:
+        candidates = operations.cleanup_candidates(older_than)
+        outcome = operations.cleanup_local(candidates, dry_run=dry_run, report=self.stdout.write)
+        verb = "Would delete" if dry_run else "Deleted"
+        skipped = outcome.describe_skipped()
+        self.stdout.write(
+            f"{verb} {len(outcome.done)} local copies ({_size(outcome.bytes_freed)}) of "
+            f"{len(candidates)} remote file(s)" + (f"; skipped {skipped}." if skipped else ".")
+        )

@@ -1,0 +1,69 @@
+"""The demo's transfer task: the built-in one, optionally slowed down to watch its progress.
+
+It shows the ``task`` option and the ``transfer()`` hook of
+``queued_storage.tasks.Transfer``: the copy, its verification and the switch
+are still the library's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.files.storage import Storage
+
+from queued_storage.tasks import Transfer
+
+CHUNK = 64 * 1024
+
+
+class _SlowFile:
+    """Reads at most ``rate`` bytes per second, in small chunks."""
+
+    def __init__(self, raw: IO[bytes], rate: int) -> None:
+        self._raw = raw
+        self._rate = rate
+        self._started = time.monotonic()
+        self._read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(CHUNK if size is None or size < 0 else min(size, CHUNK))
+        self._read += len(data)
+        ahead = self._read / self._rate - (time.monotonic() - self._started)
+        if ahead > 0:
+            time.sleep(ahead)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def __enter__(self) -> _SlowFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._raw.close()
+
+
+class _SlowStorage:
+    """The local storage as the transfer sees it: same files, slower reads."""
+
+    def __init__(self, storage: Storage, rate: int) -> None:
+        self._storage = storage
+        self._rate = rate
+
+    def open(self, name: str, mode: str = "rb") -> _SlowFile:
+        return _SlowFile(self._storage.open(name, mode), self._rate)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+
+class DemoTransfer(Transfer):
+    name = "uploads.tasks.DemoTransfer"
+
+    def transfer(self, name: str, local: Storage, remote: Storage, **kwargs: Any) -> Any:
+        rate = settings.DEMO_BANDWIDTH
+        if rate > 0:
+            local = _SlowStorage(local, rate)  # type: ignore[assignment]
+        return super().transfer(name, local, remote, **kwargs)

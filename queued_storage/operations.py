@@ -1,0 +1,290 @@
+"""Operations on many files at once, shared by the admin and the ``queued_storage`` command.
+
+Every state change still goes through :mod:`queued_storage.location`; this
+module only decides which files to act on and reports what it did.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count, Max, Min, Q, Sum
+from django.utils import timezone
+
+from . import location
+from .models import FileRecord, State
+from .storage import QueuedStorage, declared, get_storage, label_of
+from .transfer import remote_fingerprint
+
+NOT_REMOTE = [State.PENDING, State.TRANSFERRING, State.FAILED]
+
+
+# -- status
+
+
+def summary(last_errors: int = 5) -> dict[str, Any]:
+    """Counts and bytes per storage and state, the oldest file not yet remote, the last errors."""
+    now = timezone.now()
+    live = FileRecord.objects.exclude(state=State.DELETED)
+    storages: dict[str, dict[str, Any]] = {}
+    rows = live.values("storage", "state").annotate(files=Count("id"), bytes=Sum("size")).order_by("storage")
+    for row in rows:
+        entry = storages.setdefault(
+            row["storage"], {"storage": row["storage"], "label": label_of(row["storage"]), "states": {}}
+        )
+        entry["states"][row["state"]] = {"files": row["files"], "bytes": row["bytes"] or 0}
+    totals = {state: 0 for state in (State.PENDING, State.TRANSFERRING, State.REMOTE, State.FAILED)}
+    for entry in storages.values():
+        for state, counts in entry["states"].items():
+            totals[state] = totals.get(state, 0) + counts["files"]
+    waiting = live.filter(state__in=[State.PENDING, State.TRANSFERRING]).aggregate(
+        bytes=Sum("size"), oldest=Min("created_at")
+    )
+    errors = live.exclude(last_error="").order_by("-updated_at")[:last_errors]
+    last_transfer = live.aggregate(at=Max("transferred_at"))["at"]
+    return {
+        "storages": list(storages.values()),
+        "totals": {str(state): files for state, files in totals.items()},
+        "bytes_pending": waiting["bytes"] or 0,
+        "oldest_pending_seconds": (
+            round((now - waiting["oldest"]).total_seconds(), 1) if waiting["oldest"] else None
+        ),
+        "last_errors": [
+            {
+                "storage": label_of(record.storage),
+                "name": record.name,
+                "state": record.state,
+                "attempts": record.attempts,
+                "error": record.last_error,
+                "at": record.updated_at.isoformat(),
+            }
+            for record in errors
+        ],
+        "last_transfer": last_transfer.isoformat() if last_transfer else None,
+    }
+
+
+# -- retry
+
+
+@dataclass
+class Outcome:
+    """What a bulk operation did, by file name."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, name: str) -> None:
+        self.skipped.setdefault(reason, []).append(name)
+
+    def describe_skipped(self) -> str:
+        return ", ".join(f"{len(names)} {reason}" for reason, names in sorted(self.skipped.items()))
+
+
+def _storage_of(record: FileRecord, outcome: Outcome) -> QueuedStorage | None:
+    try:
+        return get_storage(record.storage)
+    except LookupError:
+        outcome.skip("of an unknown storage", record.name)
+        return None
+
+
+def retry(records: Iterable[FileRecord]) -> Outcome:
+    """Queue the transfer of each pending or failed file again (its error cleared).
+
+    Routed like every transfer (:func:`queued_storage.tasks.queue_for`), and
+    published once the surrounding transaction commits.
+    """
+    outcome = Outcome()
+    now = timezone.now()
+    for record in records:
+        if record.state == State.REMOTE:
+            outcome.skip("already remote", record.name)
+            continue
+        if record.state == State.DELETED:
+            outcome.skip("deleted", record.name)
+            continue
+        if record.state == State.TRANSFERRING and record.lease_until and record.lease_until > now:
+            outcome.skip("being copied now", record.name)
+            continue
+        storage = _storage_of(record, outcome)
+        if storage is None:
+            continue
+        fresh = location.requeue(record.storage, record.name)
+        if fresh is None or fresh.state == State.REMOTE:
+            outcome.skip("already remote", record.name)
+            continue
+        storage._queue(fresh.name, fresh.version, fresh.host)
+        outcome.done.append(record.name)
+    return outcome
+
+
+def failed_records() -> list[FileRecord]:
+    return list(FileRecord.objects.filter(state=State.FAILED).order_by("updated_at"))
+
+
+# -- verification
+
+
+@dataclass(frozen=True)
+class Verification:
+    name: str
+    ok: bool
+    detail: str
+    recorded: bool  # False when nothing could be concluded (not remote, or the check itself failed)
+
+
+def _is_missing(exc: Exception) -> bool:
+    if isinstance(exc, FileNotFoundError):
+        return True
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _checksum_mismatch(checksum: str, etag: str | None) -> bool:
+    if not etag or not checksum:
+        return False
+    kind, _, value = checksum.partition(":")
+    if kind == "etag":
+        return value != etag
+    # An MD5 of the whole file equals the ETag of a single-part, unencrypted upload only.
+    single_part_md5 = len(etag) == 32 and "-" not in etag
+    return kind == "md5" and single_part_md5 and value != etag
+
+
+def verify(record: FileRecord) -> Verification:
+    """Check the remote copy against the record (size, and MD5 where the ETag is one); record it."""
+    if record.state != State.REMOTE:
+        return Verification(record.name, False, f"is {record.state}, not on the remote yet", False)
+    try:
+        storage = get_storage(record.storage)
+        size, etag = remote_fingerprint(storage.remote, record.name)
+    except Exception as exc:
+        if not _is_missing(exc):
+            # Not a verdict on the copy (network down, storage unknown): record nothing.
+            return Verification(
+                record.name, False, f"could not be checked: {type(exc).__name__}: {exc}", False
+            )
+        error = "Verification failed: the remote copy is missing."
+    else:
+        if record.size is not None and size != record.size:
+            error = f"Verification failed: the remote copy has {size} bytes, the record {record.size}."
+        elif _checksum_mismatch(record.checksum, etag):
+            error = f"Verification failed: the remote ETag {etag} does not match {record.checksum}."
+        else:
+            error = ""
+    recorded = location.record_verification(record.storage, record.name, record.version, error)
+    return Verification(record.name, not error, error or "remote copy matches", recorded)
+
+
+# -- adopting files saved before the app was installed
+
+
+def _other_roots(storage: QueuedStorage) -> set[str]:
+    """Local directories of the other queued storages, which a walk must not adopt."""
+    roots = set()
+    for other in declared().values():
+        location_ = getattr(other.local, "location", None)
+        if other.key != storage.key and location_:
+            roots.add(os.path.realpath(location_))
+    return roots
+
+
+def unrecorded(storage: QueuedStorage) -> Iterator[str]:
+    """Names of the local files of ``storage`` that have no record yet, directory by directory."""
+    skip = _other_roots(storage)
+    local = storage.local
+    pending = [""]
+    while pending:
+        directory = pending.pop()
+        try:
+            dirs, files = local.listdir(directory)
+        except FileNotFoundError:
+            continue
+        for sub in sorted(dirs, reverse=True):
+            path = f"{directory}/{sub}" if directory else sub
+            try:
+                real = os.path.realpath(local.path(path))
+            except NotImplementedError:
+                real = ""
+            if real not in skip:
+                pending.append(path)
+        names = [f"{directory}/{name}" if directory else name for name in sorted(files)]
+        known = set(
+            FileRecord.objects.filter(storage=storage.key, name__in=names).values_list("name", flat=True)
+        )
+        yield from (name for name in names if name not in known)
+
+
+def adopt(storage: QueuedStorage, name: str) -> str:
+    """Record a local file saved before the app knew it, and queue it; returns its state.
+
+    One request asks the remote first, as a read of an unknown file does: a
+    file already there (moved by another tool) is recorded as remote.
+    """
+    state = location.remember_unknown(
+        storage.key,
+        name,
+        on_remote=storage.remote.exists(name),
+        on_local=True,
+        size=storage.local.size(name),
+    )
+    if state == State.PENDING:
+        record = location.get(storage.key, name)
+        assert record is not None
+        storage._queue(name, record.version, record.host)
+    return state
+
+
+# -- deleting local copies
+
+
+def cleanup_candidates(older_than_days: float) -> list[FileRecord]:
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    return list(
+        FileRecord.objects.filter(state=State.REMOTE)
+        .filter(Q(transferred_at__lte=cutoff) | Q(transferred_at__isnull=True, updated_at__lte=cutoff))
+        .order_by("transferred_at")
+    )
+
+
+@dataclass
+class Cleanup(Outcome):
+    bytes_freed: int = 0
+
+
+def cleanup_local(
+    records: Iterable[FileRecord], *, dry_run: bool, report: Callable[[str], None] | None = None
+) -> Cleanup:
+    """Delete the local copy of each remote file, each only after its remote copy verifies now."""
+    outcome = Cleanup()
+    for record in records:
+        storage = _storage_of(record, outcome)
+        if storage is None:
+            continue
+        if not storage.local.exists(record.name):
+            outcome.skip("without a local copy", record.name)
+            continue
+        check = verify(record)
+        if not check.ok:
+            outcome.skip("kept: remote copy not verified", record.name)
+            if report:
+                report(f"kept {record.name}: {check.detail}")
+            continue
+        size = storage.local.size(record.name)
+        # Checked again just before deleting: a file deleted and saved anew
+        # since has a new version whose only copy is the local one.
+        if not dry_run:
+            if not location.is_remote(record.storage, record.name, record.version):
+                outcome.skip("changed meanwhile", record.name)
+                continue
+            storage.local.delete(record.name)
+        outcome.done.append(record.name)
+        outcome.bytes_freed += size
+        if report:
+            report(f"{'would delete' if dry_run else 'deleted'} {record.name} ({size} bytes)")
+    return outcome

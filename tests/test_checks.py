@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import pytest
+from django.core.checks import run_checks
+
+from queued_storage import QueuedStorage
+from queued_storage.storage import _registry
+
+FS = "django.core.files.storage.FileSystemStorage"
+
+
+def ids(**kwargs):
+    return sorted(e.id for e in run_checks(**kwargs) if e.id.startswith("queued_storage."))
+
+
+def test_the_test_project_is_clean():
+    assert ids() == []
+
+
+def test_missing_cache_alias(settings):
+    settings.QUEUED_STORAGE_CACHE = "nope"
+    assert ids() == ["queued_storage.E001"]
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["django.core.cache.backends.locmem.LocMemCache", "django.core.cache.backends.dummy.DummyCache"],
+)
+def test_process_local_cache(settings, backend):
+    settings.CACHES = {"default": {"BACKEND": backend}}
+    assert ids() == ["queued_storage.E002"]
+
+
+def test_same_local_and_remote():
+    storage = QueuedStorage(
+        local=FS, remote=FS, local_options={"location": "/tmp/same"}, remote_options={"location": "/tmp/same"}
+    )
+    try:
+        assert ids() == ["queued_storage.E003"]
+    finally:
+        del _registry[storage.key]
+
+
+def test_no_celery_app(monkeypatch):
+    from celery import _state
+
+    monkeypatch.setattr(_state._tls, "current_app", None)
+    monkeypatch.setattr(_state, "default_app", None)
+    assert ids() == ["queued_storage.E004"]
+
+
+def test_same_identity_but_different_behaviour():
+    from queued_storage.storage import _duplicates
+
+    options = {
+        "local": FS,
+        "remote": FS,
+        "local_options": {"location": "/tmp/l5"},
+        "remote_options": {"location": "/tmp/r5"},
+    }
+    first = QueuedStorage(**options)
+    QueuedStorage(**options)  # identical: fine
+    QueuedStorage(**options, delete_local=True)
+    try:
+        assert ids() == ["queued_storage.E005"]
+    finally:
+        del _registry[first.key]
+        _duplicates.clear()
+
+
+def test_prefetch_above_one_warns(monkeypatch):
+    from .celery_app import app
+
+    monkeypatch.setitem(app.conf, "worker_prefetch_multiplier", 4)
+    assert ids() == ["queued_storage.W001"]
+
+
+def test_redis_broker_without_visibility_timeout_warns(monkeypatch):
+    from .celery_app import app
+
+    monkeypatch.setitem(app.conf, "broker_url", "redis://127.0.0.1:1/0")
+    monkeypatch.setitem(app.conf, "broker_transport_options", {})
+    assert ids() == ["queued_storage.W002"]
+
+
+def test_task_without_acks_late_warns():
+    storage = QueuedStorage(
+        local=FS, remote=FS, remote_options={"location": "/tmp/w3"}, task="queued_storage.tasks.requeue_stale"
+    )
+    try:
+        assert ids() == ["queued_storage.W003"]
+    finally:
+        del _registry[storage.key]

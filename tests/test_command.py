@@ -1,0 +1,189 @@
+"""``manage.py queued_storage``: every subcommand's output and effect."""
+
+from __future__ import annotations
+
+import json
+import os
+from io import StringIO
+from pathlib import Path
+from typing import cast
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage as _default_storage
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+
+from queued_storage import QueuedStorage, location
+from queued_storage.models import FileRecord
+
+from .conftest import transfer_now
+from .testapp.models import photos
+
+default_storage = cast(QueuedStorage, _default_storage)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command("queued_storage", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def record(name: str, storage: QueuedStorage = default_storage) -> FileRecord:
+    return FileRecord.objects.get(storage=storage.key, name=name)
+
+
+def fail(name: str, error: str = "ConnectionError: S3 is down") -> None:
+    rec = record(name)
+    location.claim(rec.storage, name, rec.version, owner="test")
+    location.release(rec.storage, name, rec.version, error=error, failed=True)
+
+
+@pytest.mark.parametrize("sub", ["status", "retry", "requeue", "transfer-existing", "cleanup-local"])
+def test_every_subcommand_explains_itself(sub, capsys):
+    with pytest.raises(SystemExit):
+        call_command("queued_storage", sub, "--help")
+    text = capsys.readouterr().out
+    assert f"queued_storage {sub}" in text and len(text) > 300
+
+
+def test_status_text_and_json():
+    assert "No files recorded yet." in run("status")
+    remote = default_storage.save("cmd/remote.txt", ContentFile(b"r" * 100))
+    transfer_now(default_storage, remote)
+    default_storage.save("cmd/pending.txt", ContentFile(b"p" * 1000))
+    failed = default_storage.save("cmd/failed.txt", ContentFile(b"f" * 10))
+    fail(failed)
+    photos.save("cmd/photo.png", ContentFile(b"png"))
+
+    text = run("status")
+    assert f"default ({default_storage.key})" in text
+    assert "testapp.Photo.image" in text
+    assert "Total: 2 pending, 0 transferring, 1 remote, 1 failed." in text
+    assert "Waiting for transfer: 1.0 KB." in text  # 1000 + 3 bytes
+    assert "Oldest file waiting: " in text and "none" not in text
+    assert "cmd/failed.txt (failed, 1 attempts): ConnectionError: S3 is down" in text
+
+    report = json.loads(run("status", "--json"))
+    assert report["totals"] == {"pending": 2, "transferring": 0, "remote": 1, "failed": 1}
+    assert report["bytes_pending"] == 1003
+    assert report["oldest_pending_seconds"] >= 0
+    default = next(s for s in report["storages"] if s["label"] == "default")
+    assert default["states"]["remote"] == {"files": 1, "bytes": 100}
+    assert default["states"]["failed"] == {"files": 1, "bytes": 10}
+    assert report["last_errors"][0]["name"] == "cmd/failed.txt"
+    assert report["last_transfer"] is not None
+
+
+def test_retry_failed_and_named(broker):
+    failed = default_storage.save("cmd/f1.txt", ContentFile(b"1"))
+    fail(failed)
+    pending = default_storage.save("cmd/p1.txt", ContentFile(b"2"))
+    remote = default_storage.save("cmd/r1.txt", ContentFile(b"3"))
+    transfer_now(default_storage, remote)
+    broker.flushdb()
+
+    with pytest.raises(CommandError, match="--failed"):
+        run("retry")
+
+    assert run("retry", "--failed") == "Queued 1 file(s) again.\n"
+    assert (record(failed).state, record(failed).last_error) == ("pending", "")
+    assert broker.llen("celery") == 1
+
+    out = run("retry", pending, remote)
+    assert out == "Queued 1 file(s) again; skipped 1 already remote.\n"
+    assert broker.llen("celery") == 2
+
+    with pytest.raises(CommandError, match="1 name"):
+        run("retry", "cmd/nope.txt")
+    with pytest.raises(CommandError, match="No queued storage called 'nope'"):
+        run("retry", "--storage", "nope", pending)
+
+
+def test_requeue_routes_and_counts(broker):
+    default_storage.save("cmd/stale.txt", ContentFile(b"s"))
+    broker.flushdb()
+    assert run("requeue", "--older-than", "0") == "Queued 1 file(s) again.\n"
+    assert broker.llen("celery") == 1
+
+
+@pytest.fixture
+def media(tmp_path):
+    """An existing media folder, with the photos storage's folder nested inside it (as a symlink)."""
+    root = tmp_path / "media"
+    (root / "old" / "deep").mkdir(parents=True)
+    (root / "old" / "a.txt").write_bytes(b"aaa")
+    (root / "old" / "deep" / "b.bin").write_bytes(b"b" * 2048)
+    (root / "on-s3.txt").write_bytes(b"already moved")
+    Path(photos.local.location).mkdir(parents=True, exist_ok=True)
+    (Path(photos.local.location) / "not-mine.png").write_bytes(b"png")
+    os.symlink(photos.local.location, root / "photos")
+    with override_settings(MEDIA_ROOT=str(root)):
+        yield root
+
+
+def test_transfer_existing(media, s3, broker):
+    s3.put_object(Bucket="qs-bucket", Key="on-s3.txt", Body=b"already moved")
+    known = default_storage.save("known.txt", ContentFile(b"k"))
+    broker.flushdb()
+
+    dry = run("transfer-existing", "--storage", "default", "--dry-run")
+    assert "default: 3 local file(s) without a record." in dry
+    assert "would adopt old/deep/b.bin" in dry and "photos/" not in dry
+    assert "Dry run: nothing recorded or queued." in dry
+    assert FileRecord.objects.count() == 1 and broker.llen("celery") == 0
+
+    out = run("transfer-existing", "--storage", "default")
+    assert "  queued: old/a.txt" in out  # plain lines, not a terminal
+    assert "Adopted 3 file(s): queued 2, found 1 already on the remote." in out
+    assert record("old/a.txt").state == "pending" and record("old/a.txt").size == 3
+    assert record("old/deep/b.bin").size == 2048
+    assert record("on-s3.txt").state == "remote"
+    assert not FileRecord.objects.filter(name__contains="not-mine").exists()
+    assert broker.llen("celery") == 2
+    assert record(known).state == "pending"
+
+    again = run("transfer-existing", "--storage", "default")
+    assert "Adopted 0 file(s)" in again
+
+
+def test_transfer_existing_progress_bar_on_a_terminal(media):
+    class Tty(StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    call_command("queued_storage", "transfer-existing", "--storage", "default", stdout=out)
+    text = out.getvalue()
+    assert "\r  [##########" in text and "] 3/3" in text
+    assert "queued: " not in text
+
+
+def test_cleanup_local_deletes_only_verified_copies(s3):
+    good = default_storage.save("cmd/good.txt", ContentFile(b"good"))
+    bad = default_storage.save("cmd/bad.txt", ContentFile(b"bad"))
+    local_only = default_storage.save("cmd/local.txt", ContentFile(b"local"))
+    for name in (good, bad):
+        transfer_now(default_storage, name)
+    s3.put_object(Bucket="qs-bucket", Key=bad, Body=b"truncated!")
+
+    assert "Deleted 0 local copies" in run("cleanup-local")  # default: older than 7 days
+
+    dry = run("cleanup-local", "--older-than", "0", "--dry-run")
+    assert "would delete cmd/good.txt (4 bytes)" in dry
+    assert (
+        "Would delete 1 local copies (4 B) of 2 remote file(s); skipped 1 kept: remote copy not verified."
+        in dry
+    )
+    assert default_storage.local.exists(good)
+
+    out = run("cleanup-local", "--older-than", "0")
+    assert "kept cmd/bad.txt: Verification failed: the remote copy has 10 bytes, the record 3." in out
+    assert "Deleted 1 local copies (4 B) of 2 remote file(s)" in out
+    assert not default_storage.local.exists(good)
+    assert default_storage.local.exists(bad) and default_storage.local.exists(local_only)
+    with default_storage.open(good) as fh:  # still readable, from the remote
+        assert fh.read() == b"good"
+    assert "Deleted 0 local copies" in run("cleanup-local", "--older-than", "0")

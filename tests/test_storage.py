@@ -1,0 +1,249 @@
+"""QueuedStorage in one process: routing, naming, options, pickling.
+
+The remote here is a second FileSystemStorage and transfers run eagerly in
+this process; test_integration.py covers the same flow on a real worker and S3.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.db.migrations.writer import MigrationWriter
+
+from queued_storage import QueuedRemoteStorage, QueuedStorage
+from queued_storage.location import cache_key
+from queued_storage.models import FileRecord
+from queued_storage.storage import get_storage
+
+from .conftest import FS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_save_is_local_and_pending_until_transferred(make):
+    storage = make(delayed=True)
+    name = storage.save("a.txt", ContentFile(b"abc"))
+    assert storage.using_local(name)
+    assert storage.url(name) == "/local/a.txt"
+    status = storage.status(name)
+    assert (status.state, status.size, status.attempts, status.last_error) == ("pending", 3, 0, "")
+    assert not storage.remote.exists(name)
+
+
+def test_transfer_switches_reads_to_remote(make, eager):
+    storage = make(delayed=True)
+    name = storage.save("a.txt", ContentFile(b"abc"))
+    assert storage.transfer(name) is True
+    assert storage.using_remote(name)
+    assert storage.url(name) == "/remote/a.txt"
+    assert storage.status(name).state == "remote"
+    assert storage.status(name).checksum == "md5:900150983cd24fb0d6963f7d28e17f72"
+    with storage.open(name) as fh:
+        assert fh.read() == b"abc"
+    assert storage.transfer(name) is False  # already remote: nothing queued
+    assert storage.local.exists(name)  # delete_local is off
+
+
+def test_delete_local_removes_the_local_copy_after_the_switch(make, eager):
+    storage = make(delete_local=True)
+    name = storage.save("a.txt", ContentFile(b"abc"))
+    assert storage.using_remote(name)
+    assert not storage.local.exists(name)
+    assert storage.size(name) == 3
+
+
+def test_rolled_back_save_queues_nothing(make, eager):
+    storage = make()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        name = storage.save("a.txt", ContentFile(b"abc"))
+        raise RuntimeError("rollback")
+    assert not FileRecord.objects.filter(name=name).exists()
+    assert not storage.remote.exists(name)
+
+
+def test_queued_only_after_commit(make, eager):
+    storage = make()
+    with transaction.atomic():
+        name = storage.save("a.txt", ContentFile(b"abc"))
+        assert storage.status(name).state == "pending"
+        assert not storage.remote.exists(name)
+    assert storage.status(name).state == "remote"
+
+
+def test_names_are_free_on_both_sides_without_asking_the_remote(make, eager):
+    storage = make(delete_local=True)
+    first = storage.save("a.txt", ContentFile(b"one"))
+    assert not storage.local.exists(first) and storage.remote.exists(first)
+    second = storage.save("a.txt", ContentFile(b"two"))
+    assert second != first
+    with storage.remote.open(first) as fh:
+        assert fh.read() == b"one"
+
+
+def test_unknown_file_is_looked_up_once_then_recorded(make):
+    storage = make()
+    storage.remote.save("old.txt", ContentFile(b"from before"))
+    assert storage.using_remote("old.txt")
+    assert FileRecord.objects.get(name="old.txt").state == "remote"
+    storage.local.save("legacy.txt", ContentFile(b"local only"))
+    assert storage.using_local("legacy.txt")
+    assert FileRecord.objects.get(name="legacy.txt").state == "pending"
+    assert not storage.exists("nowhere.txt")
+
+
+def test_exists_and_delete_cover_both_sides(make, eager):
+    storage = make()
+    name = storage.save("a.txt", ContentFile(b"abc"))
+    assert storage.exists(name)
+    storage.delete(name)
+    assert not storage.exists(name)
+    assert not storage.local.exists(name) and not storage.remote.exists(name)
+    assert not FileRecord.objects.filter(name=name).exists()
+    with pytest.raises(FileNotFoundError):
+        storage.status(name)
+
+
+def test_listdir_merges_both_sides(make, eager):
+    storage = make(delete_local=True)
+    storage.save("d/remote.txt", ContentFile(b"r"))
+    storage.local.save("d/local.txt", ContentFile(b"l"))
+    assert storage.listdir("d") == ([], ["local.txt", "remote.txt"])
+
+
+def test_times_and_path_follow_the_file(make):
+    storage = make(delayed=True)
+    name = storage.save("a.txt", ContentFile(b"abc"))
+    assert storage.path(name) == storage.local.path(name)
+    assert storage.get_modified_time(name) == storage.local.get_modified_time(name)
+    assert storage.get_created_time(name) and storage.get_accessed_time(name)
+
+
+def test_zero_byte_file(make, eager):
+    storage = make()
+    name = storage.save("empty.bin", ContentFile(b""))
+    assert storage.status(name).state == "remote"
+    assert storage.size(name) == 0
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "a/../../evil.txt", "/etc/passwd", "a\x00b.txt"])
+def test_bad_names_are_refused_and_nothing_is_written(make, tmp_path, name):
+    storage = make()
+    with pytest.raises(SuspiciousFileOperation):
+        storage.save(name, ContentFile(b"x"))
+    with pytest.raises(SuspiciousFileOperation):
+        storage.url(name)
+    assert not (tmp_path / "evil.txt").exists()
+    assert not FileRecord.objects.exists()
+
+
+def test_over_long_name_gets_a_clear_error(make):
+    storage = make()
+    with pytest.raises(OSError, match="too long"):
+        storage.save("x" * 300 + ".txt", ContentFile(b"x"))
+    assert not FileRecord.objects.exists()
+
+
+@pytest.mark.parametrize("name", ["ünïcödé ✓.txt", "with space.txt", "100%.txt", "a+b.txt"])
+def test_awkward_but_valid_names_round_trip(make, eager, name):
+    storage = make()
+    saved = storage.save(name, ContentFile(b"ok"))
+    assert saved == name
+    assert storage.using_remote(saved)
+    with storage.open(saved) as fh:
+        assert fh.read() == b"ok"
+
+
+def test_unknown_option_names_the_key_and_the_valid_ones(make):
+    with pytest.raises(ImproperlyConfigured, match=r"'colour'.*valid options are local, remote"):
+        make(colour="blue")
+
+
+@pytest.mark.parametrize("option", ["local", "remote", "task"])
+def test_path_that_does_not_import_is_named(make, option):
+    with pytest.raises(ImproperlyConfigured, match=f"{option}='nope.Missing'"):
+        make(**{option: "nope.Missing"})
+
+
+def test_storages_alias_as_local(settings, tmp_path):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "scratch": {"BACKEND": FS, "OPTIONS": {"location": str(tmp_path / "scratch")}},
+    }
+    storage = QueuedStorage(local="scratch", remote=FS, remote_options={"location": str(tmp_path / "r")})
+    assert storage.local.location == str(tmp_path / "scratch")
+
+
+def test_deconstruct_and_migration_serialisation(make):
+    storage = make(delayed=True)
+    path, args, kwargs = storage.deconstruct()
+    assert path == "queued_storage.QueuedStorage"
+    assert kwargs["delayed"] is True and kwargs["local"] == FS
+    rebuilt = QueuedStorage(*args, **kwargs)
+    assert rebuilt.key == storage.key
+    code, imports = MigrationWriter.serialize(storage)
+    assert code.startswith("queued_storage.QueuedStorage(") and "import queued_storage" in imports
+
+
+def test_pickle_round_trip_drops_connections(make, eager):
+    storage = make()
+    storage.local.exists("x")  # build the inner storage
+    clone = pickle.loads(pickle.dumps(storage))
+    assert clone.key == storage.key
+    name = clone.save("p.txt", ContentFile(b"p"))
+    assert storage.using_remote(name)
+
+
+def test_alias_and_identity():
+    assert QueuedRemoteStorage is QueuedStorage
+
+
+def test_identity_ignores_secrets_but_not_the_bucket(make):
+    a = make(remote_options={"location": "/tmp/x", "secret_key": "one"})
+    b = make(remote_options={"location": "/tmp/x", "secret_key": "two"})
+    c = make(remote_options={"location": "/tmp/y", "secret_key": "one"})
+    assert a.key == b.key != c.key
+    assert "one" not in a.key
+
+
+def test_storages_with_different_options_coexist_and_are_found(make, tmp_path, eager):
+    a = make(
+        local_options={"location": str(tmp_path / "la")}, remote_options={"location": str(tmp_path / "ra")}
+    )
+    b = make(
+        local_options={"location": str(tmp_path / "lb")}, remote_options={"location": str(tmp_path / "rb")}
+    )
+    assert a.key != b.key
+    assert get_storage(a.key) is a and get_storage(b.key) is b
+    name_a = a.save("same.txt", ContentFile(b"a"))
+    name_b = b.save("same.txt", ContentFile(b"b"))
+    assert name_a == name_b == "same.txt"
+    assert a.get_cache_key(name_a) != b.get_cache_key(name_b) == cache_key(b.key, "same.txt")
+    with a.remote.open(name_a) as fa, b.remote.open(name_b) as fb:
+        assert (fa.read(), fb.read()) == (b"a", b"b")
+
+
+def test_field_declared_storage_is_found_by_identity():
+    from .testapp.models import Photo, photos
+
+    assert Photo._meta.get_field("image").storage is photos
+    assert get_storage(photos.key) is photos
+
+
+def test_unknown_identity_says_what_to_check():
+    with pytest.raises(LookupError, match="INSTALLED_APPS"):
+        get_storage("nope-123")
+
+
+def test_requeue_task_for_celery_beat_queues_stale_files(make, eager):
+    from queued_storage.tasks import requeue_stale
+
+    storage = make()
+    name = storage.save("stale.txt", ContentFile(b"s"))
+    FileRecord.objects.filter(name=name).update(state="failed", last_error="boom")
+    assert requeue_stale.apply(kwargs={"older_than": 0}).get() == 0  # failed ones only with failed=True
+    assert requeue_stale.apply(kwargs={"older_than": 0, "failed": True}).get() == 1
+    assert storage.status(name).state == "remote"
