@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.files.storage import default_storage, storages
 from django.http import FileResponse, HttpRequest, HttpResponse
-from django.urls import URLPattern, path
+from django.urls import URLPattern, URLResolver, include, path
 
 
 def _local_path(name: str) -> str:
@@ -29,8 +29,9 @@ def serve_naive(request: HttpRequest, name: str) -> HttpResponse:
     return HttpResponse(open(_local_path(name), "rb"))
 
 
-urlpatterns: list[URLPattern] = [
+urlpatterns: list[URLPattern | URLResolver] = [
     path("upload/<str:alias>/", upload),
+    path("files/", include("queued_storage.urls")),
     path("serve/file-response/<path:name>", serve_file_response),
     path("serve/naive/<path:name>", serve_naive),
 ]
