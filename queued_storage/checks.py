@@ -67,6 +67,15 @@ def check_storages(**kwargs: Any) -> list[Error]:
                     id="queued_storage.E003",
                 )
             )
+        if getattr(storage.remote, "gzip", False) is True:
+            errors.append(
+                Error(
+                    f"QueuedStorage {storage.key} has a remote storage with gzip=True: the remote copy "
+                    "would differ from the local file, so no transfer could be verified.",
+                    hint="Set gzip=False in remote_options (compress files before saving them if needed).",
+                    id="queued_storage.E006",
+                )
+            )
     return errors
 
 

@@ -91,3 +91,13 @@ def test_task_without_acks_late_warns():
         assert ids() == ["queued_storage.W003"]
     finally:
         del _registry[storage.key]
+
+
+def test_gzip_remote_cannot_be_verified():
+    storage = QueuedStorage(
+        local=FS, remote="storages.backends.s3.S3Storage", remote_options={"bucket_name": "gz", "gzip": True}
+    )
+    try:
+        assert ids() == ["queued_storage.E006"]
+    finally:
+        del _registry[storage.key]
