@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from .conf import conf
+from .tasks import celery_configured
 
 _PROCESS_LOCAL_CACHES = (
     "django.core.cache.backends.locmem.LocMemCache",
@@ -79,17 +80,9 @@ def check_storages(**kwargs: Any) -> list[Error]:
     return errors
 
 
-def _celery_configured() -> bool:
-    from celery import current_app
-
-    # With no app of the project's own, Celery falls back to an unconfigured
-    # one named "default".
-    return current_app.main not in (None, "default")
-
-
 @register()
 def check_celery(**kwargs: Any) -> list[Error]:
-    if not _celery_configured():
+    if not celery_configured():
         return [
             Error(
                 "No Celery app is configured, so transfers would be sent nowhere.",
@@ -110,7 +103,7 @@ def check_worker_death(**kwargs: Any) -> list[CheckMessage]:
     from .tasks import resolve_task
 
     messages: list[CheckMessage] = []
-    if not _celery_configured():
+    if not celery_configured():
         return messages  # E004 says it all
     app_conf = current_app.conf
     if app_conf.worker_prefetch_multiplier != 1:

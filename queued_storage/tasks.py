@@ -64,6 +64,11 @@ def resolve_task(path: str) -> _Task:
     )
 
 
+def celery_configured() -> bool:
+    """Whether this process has the project's Celery app, not Celery's unconfigured fallback."""
+    return current_app.main not in (None, "default")
+
+
 def queue_for(host: str | None) -> str | None:
     """The Celery queue of a transfer whose local copy is on ``host``: the one routing rule.
 
@@ -82,6 +87,14 @@ def enqueue(storage: QueuedStorage, name: str, version: str, host: str | None = 
 
     ``host`` is the record's host (where the local copy is); ``None`` means this host.
     """
+    if not celery_configured():
+        logger.error(
+            "queued_storage: no Celery app is configured in this process, so the transfer of %r "
+            "stays pending. Import your project's Celery app in proj/__init__.py (Celery's "
+            "'First steps with Django'), then run `manage.py queued_storage requeue`.",
+            name,
+        )
+        return False
     try:
         options: dict[str, Any] = {"retry_policy": _PUBLISH_RETRY}
         queue = queue_for(conf.HOST if host is None else host)

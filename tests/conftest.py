@@ -79,8 +79,11 @@ def eager() -> Iterator[None]:
 
 
 @pytest.fixture
-def make(tmp_path: Path) -> Callable[..., QueuedStorage]:
+def make(tmp_path: Path) -> Iterator[Callable[..., QueuedStorage]]:
     """Build QueuedStorages between two local directories (a fake remote, for unit tests)."""
+    from queued_storage.storage import _duplicates, _registry
+
+    before = dict(_registry)
 
     def make(**options) -> QueuedStorage:
         options.setdefault("local", FS)
@@ -89,7 +92,11 @@ def make(tmp_path: Path) -> Callable[..., QueuedStorage]:
         options.setdefault("remote_options", {"location": str(tmp_path / "remote"), "base_url": "/remote/"})
         return QueuedStorage(**options)
 
-    return make
+    yield make
+    # Later tests (the system checks) see only the project's own storages.
+    _registry.clear()
+    _registry.update(before)
+    _duplicates.clear()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:

@@ -247,3 +247,13 @@ def test_requeue_task_for_celery_beat_queues_stale_files(make, eager):
     assert requeue_stale.apply(kwargs={"older_than": 0}).get() == 0  # failed ones only with failed=True
     assert requeue_stale.apply(kwargs={"older_than": 0, "failed": True}).get() == 1
     assert storage.status(name).state == "remote"
+
+
+def test_without_a_celery_app_the_save_stays_pending_with_a_clear_error(make, monkeypatch, caplog):
+    from celery import _state
+
+    monkeypatch.setattr(_state._tls, "current_app", None)
+    monkeypatch.setattr(_state, "default_app", None)
+    name = make().save("orphan.txt", ContentFile(b"o"))
+    assert FileRecord.objects.get(name=name).state == "pending"
+    assert "no Celery app is configured" in caplog.text
