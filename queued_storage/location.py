@@ -123,7 +123,7 @@ def cached_state(storage: str, name: str) -> str | None:
     found = row.first()
     if found is None:
         return None
-    _cache_set(key, found)
+    _cache_fill(key, found)
     return str(found)
 
 

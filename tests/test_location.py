@@ -45,6 +45,21 @@ def test_a_reader_filling_the_cache_never_overwrites_a_newer_transition():
     assert caches["default"].get(key) == "remote"
 
 
+def test_a_read_racing_the_switch_leaves_the_switch_in_the_cache(monkeypatch):
+    name = default_storage.save("race2.txt", ContentFile(b"x"))
+    key = default_storage.get_cache_key(name)
+    real_get = location._cache_get
+
+    def miss_then_switch(k):
+        value = real_get(k)
+        caches["default"].set(k, "remote")  # the worker's switch lands right after our miss
+        return None if k == key else value
+
+    monkeypatch.setattr(location, "_cache_get", miss_then_switch)
+    assert location.cached_state(default_storage.key, name) == "pending"  # the row as read
+    assert caches["default"].get(key) == "remote"  # not overwritten by the stale read
+
+
 @override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
 def test_delete_leaves_a_short_tombstone_so_a_racing_reader_cannot_refill():
     name = default_storage.save("gone.txt", ContentFile(b"x"))
