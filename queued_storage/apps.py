@@ -10,8 +10,12 @@ class QueuedStorageConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401 - registers the system checks
-        from .storage import _load_all
+        from .storage import _load_all, _registry
+        from .tasks import celery_configured, resolve_task
 
-        # Build every declared queued storage now, so a worker has registered
-        # each one's task before the first message arrives.
+        # Build every declared queued storage now and register its task, so a
+        # worker knows each one before the first message arrives.
         _load_all()
+        if celery_configured():
+            for storage in list(_registry.values()):
+                resolve_task(storage.task)

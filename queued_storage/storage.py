@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -14,7 +15,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.storage import Storage, storages
 from django.core.files.utils import validate_file_name
+from django.core.signals import setting_changed
 from django.db import IntegrityError, router, transaction
+from django.dispatch import receiver
 from django.utils.deconstruct import deconstructible
 from django.utils.encoding import filepath_to_uri
 from django.utils.functional import SimpleLazyObject
@@ -145,9 +148,10 @@ class QueuedStorage(Storage):
 
         self._local_cls = _resolve_spec("local", self.local_path)
         self._remote_cls = _resolve_spec("remote", self.remote_path)
-        from .tasks import resolve_task  # tasks imports this module
+        from .tasks import import_task  # tasks imports this module
 
-        resolve_task(self.task)
+        # Imported, not registered: the project's Celery app may not exist yet.
+        import_task(self.task)
         self.key = _identity(
             {
                 "local": self.local_path,
@@ -402,6 +406,7 @@ def _load_all() -> None:
             getattr(field, "storage", None)
 
 
+@functools.cache
 def declared() -> dict[str, QueuedStorage]:
     """Every queued storage the project declares, by label.
 
@@ -451,3 +456,10 @@ def label_of(key: str) -> str:
         if storage.key == key:
             return label
     return key
+
+
+@receiver(setting_changed)
+def _forget_declared(*, setting: str, **kwargs: Any) -> None:
+    # Model fields never change at run time; STORAGES may, under override_settings.
+    if setting == "STORAGES":
+        declared.cache_clear()

@@ -41,13 +41,28 @@ logger = logging.getLogger("queued_storage")
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
-def resolve_task(path: str) -> _Task:
-    """The Celery task at dotted ``path``; a Task class is registered with the app."""
+def import_task(path: str) -> Any:
+    """The Celery task or Task subclass at dotted ``path``, or ImproperlyConfigured naming it."""
     try:
         obj = import_string(path)
     except ImportError as exc:
         raise ImproperlyConfigured(f"QueuedStorage option task={path!r} does not import: {exc}") from exc
-    if isinstance(obj, type) and issubclass(obj, Task):
+    if isinstance(obj, Task) or (isinstance(obj, type) and issubclass(obj, Task)):
+        return obj
+    raise ImproperlyConfigured(
+        f"QueuedStorage option task={path!r} is {obj!r}, not a Celery task or Task subclass."
+    )
+
+
+def resolve_task(path: str) -> _Task:
+    """The Celery task at dotted ``path``; a Task class is registered with the current app.
+
+    Only called once the project's Celery app exists (``celery_configured()``):
+    registering binds the class to an app, and Celery's unconfigured fallback
+    app would keep it.
+    """
+    obj = import_task(path)
+    if isinstance(obj, type):
         app = current_app
         # A subclass inherits its parent's name; it needs one of its own.
         name = obj.__dict__.get("name") or f"{obj.__module__}.{obj.__qualname__}"
@@ -57,11 +72,8 @@ def resolve_task(path: str) -> _Task:
             app.register_task(instance)
         task: _Task = app.tasks[name]
         return task
-    if isinstance(obj, Task):
-        return obj
-    raise ImproperlyConfigured(
-        f"QueuedStorage option task={path!r} is {obj!r}, not a Celery task or Task subclass."
-    )
+    shared: _Task = obj
+    return shared
 
 
 def celery_configured() -> bool:

@@ -257,3 +257,14 @@ def test_without_a_celery_app_the_save_stays_pending_with_a_clear_error(make, mo
     name = make().save("orphan.txt", ContentFile(b"o"))
     assert FileRecord.objects.get(name=name).state == "pending"
     assert "no Celery app is configured" in caplog.text
+
+
+def test_storage_built_before_the_celery_app_still_uses_it(make, eager, monkeypatch):
+    from celery import _state
+
+    with monkeypatch.context() as m:  # as when models load before proj/celery.py is imported
+        m.setattr(_state._tls, "current_app", None)
+        m.setattr(_state, "default_app", None)
+        storage = make()  # the built-in Transfer, already registered with the project app
+    name = storage.save("late.txt", ContentFile(b"l"))
+    assert storage.status(name).state == "remote"
