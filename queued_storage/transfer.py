@@ -306,7 +306,13 @@ def _put_small(
         code = exc.response.get("Error", {}).get("Code")
         if code == "PreconditionFailed":
             raise _conflict(name) from exc
-        raise
+        if code != "NotImplemented" or replace:
+            raise
+        # An S3-compatible server without conditional writes: look, then write.
+        if _s3_key_exists(client, bucket, key):
+            raise _conflict(name) from exc
+        del request["IfNoneMatch"]
+        response = client.put_object(**request)
     if progress is not None:
         progress(len(data))
     md5 = digest.hexdigest()
@@ -317,6 +323,18 @@ def _put_small(
             "it was not switched in and will be sent again."
         )
     return Copied(size=len(data), checksum=f"md5:{md5}")
+
+
+def _s3_key_exists(client: Any, bucket: str, key: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
 
 
 def _conflict(name: str) -> RemoteConflict:

@@ -72,3 +72,35 @@ def test_gzip_remote_still_goes_through_s3storage_save(local):
 def test_missing_local_file_is_permanent(local):
     with pytest.raises(LocalFileMissing, match="gone"):
         copy_file("never/saved.bin", local, S3Storage())
+
+
+def _without_conditional_writes(client):
+    """A client whose server answers If-None-Match with 501, as some S3-compatible servers do."""
+    from botocore.exceptions import ClientError
+
+    real = client.put_object
+
+    def put_object(**kwargs):
+        if "IfNoneMatch" in kwargs:
+            raise ClientError({"Error": {"Code": "NotImplemented", "Message": "no"}}, "PutObject")
+        return real(**kwargs)
+
+    return mock.patch.object(client, "put_object", side_effect=put_object)
+
+
+def test_server_without_conditional_writes_still_gets_the_file(local, s3):
+    remote = S3Storage()
+    name = local.save("small/plain-server.bin", ContentFile(b"ours"))
+    with _without_conditional_writes(remote.connection.meta.client):
+        copied = copy_file(name, local, remote)
+    assert copied.size == 4
+    assert s3_body(s3, "qs-bucket", name) == b"ours"
+
+
+def test_server_without_conditional_writes_still_never_overwrites(local, s3):
+    s3.put_object(Bucket="qs-bucket", Key="small/theirs.bin", Body=b"theirs")
+    remote = S3Storage()
+    name = local.save("small/theirs.bin", ContentFile(b"ours"))
+    with _without_conditional_writes(remote.connection.meta.client), pytest.raises(RemoteConflict):
+        copy_file(name, local, remote)
+    assert s3_body(s3, "qs-bucket", "small/theirs.bin") == b"theirs"
