@@ -20,9 +20,6 @@ from .models import FileRecord, State
 from .storage import QueuedStorage, declared, get_storage, label_of
 from .transfer import remote_fingerprint
 
-NOT_REMOTE = [State.PENDING, State.TRANSFERRING, State.FAILED]
-
-
 # -- status
 
 
@@ -121,10 +118,6 @@ def retry(records: Iterable[FileRecord]) -> Outcome:
         storage._queue(fresh.name, fresh.version, fresh.host)
         outcome.done.append(record.name)
     return outcome
-
-
-def failed_records() -> list[FileRecord]:
-    return list(FileRecord.objects.filter(state=State.FAILED).order_by("updated_at"))
 
 
 # -- verification

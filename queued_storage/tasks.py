@@ -142,7 +142,6 @@ class _LeaseKeeper(threading.Thread):
         super().__init__(daemon=True, name=f"queued_storage lease {name}")
         self.args_ = (storage, name, version)
         self.bytes_done = 0
-        self.still_ours = True
         self._stop_event = threading.Event()
 
     def progress(self, done: int) -> None:
@@ -152,7 +151,7 @@ class _LeaseKeeper(threading.Thread):
         interval = conf.LEASE / 3
         try:
             while not self._stop_event.wait(interval):
-                self.still_ours = location.heartbeat(*self.args_, self.bytes_done)
+                location.heartbeat(*self.args_, self.bytes_done)
         finally:
             connection.close()
 
