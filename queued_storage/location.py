@@ -26,8 +26,8 @@ from .models import FileRecord, State
 logger = logging.getLogger("queued_storage")
 
 # Cached for files that exist nowhere, so probing a missing name stays cheap.
-_ABSENT = "absent"
-_ABSENT_TIMEOUT = 60
+ABSENT = "absent"
+ABSENT_TIMEOUT = 60
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def _cache_fill(key: str, value: str) -> None:
 
 def _cache_forget(key: str) -> None:
     """Mark a name as gone (briefly), so a reader racing the delete cannot refill its old state."""
-    _cache_set(key, _ABSENT, _ABSENT_TIMEOUT)
+    _cache_set(key, ABSENT, ABSENT_TIMEOUT)
 
 
 def _mirror(storage: str, name: str, state: str) -> None:
@@ -131,8 +131,8 @@ def remember_unknown(storage: str, name: str, *, on_remote: bool, on_local: bool
     """Record a file saved before this app knew of it, as found by one lookup."""
     key = cache_key(storage, name)
     if not (on_remote or on_local):
-        _cache_set(key, _ABSENT, _ABSENT_TIMEOUT)
-        return _ABSENT
+        _cache_set(key, ABSENT, ABSENT_TIMEOUT)
+        return ABSENT
     state = State.REMOTE if on_remote else State.PENDING
     record, _ = FileRecord.objects.get_or_create(
         storage=storage,
@@ -250,8 +250,8 @@ def switch_to_remote(storage: str, name: str, version: str, *, size: int, checks
     return bool(won)
 
 
-def release(storage: str, name: str, version: str, *, error: str, failed: bool) -> None:
-    """Give the lease back after an attempt that did not succeed."""
+def release(storage: str, name: str, version: str, *, error: str, failed: bool) -> FileRecord | None:
+    """Give the lease back after an attempt that did not succeed; returns the row as it is now."""
     FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.TRANSFERRING).update(
         state=State.FAILED if failed else State.PENDING,
         last_error=error[:4000],
@@ -261,6 +261,7 @@ def release(storage: str, name: str, version: str, *, error: str, failed: bool) 
     record = get(storage, name)
     if record is not None:
         _mirror(storage, name, record.state)
+    return record
 
 
 def forget(storage: str, name: str) -> tuple[FileRecord | None, bool]:

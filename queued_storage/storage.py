@@ -356,8 +356,9 @@ class QueuedStorage(Storage):
     def status(self, name: str) -> FileStatus:
         """Where ``name`` is and how its transfer goes."""
         name = self.check_name(name)
-        self.locate(name)
         record = location.get(self.key, name)
+        if record is None and self.locate(name) != location.ABSENT:
+            record = location.get(self.key, name)  # unknown until now: recorded by locate()
         if record is None or record.state == State.DELETED:
             raise FileNotFoundError(f"{name!r} is not in this storage.")
         return FileStatus.of(record)

@@ -267,8 +267,7 @@ class Transfer(_Task):
     def _failed(self, storage: QueuedStorage, name: str, version: str, exc: Exception) -> str:
         error = f"{type(exc).__name__}: {exc}"
         final = isinstance(exc, PermanentTransferError) or self.request.retries >= conf.RETRIES
-        location.release(storage.key, name, version, error=error, failed=final)
-        record = location.get(storage.key, name)
+        record = location.release(storage.key, name, version, error=error, failed=final)
         if record is None or record.version != version or record.state == State.DELETED:
             return self._orphaned(storage, name, version)
         if final:
