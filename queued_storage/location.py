@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
 from django.core.cache import caches
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -85,11 +88,13 @@ def _cache_get(key: str) -> Any:
         return None
 
 
-def _cache_set(key: str, value: str, timeout: int | None = None) -> None:
+def _cache_set(key: str, value: str, timeout: int | None = None) -> bool:
     try:
         caches[conf.CACHE].set(key, value, conf.CACHE_TIMEOUT if timeout is None else timeout)
     except Exception as exc:  # a stale cache entry is refreshed on the next change
         logger.warning("queued_storage: cache write failed (%s)", exc)
+        return False
+    return True
 
 
 def _cache_fill(key: str, value: str) -> None:
@@ -109,8 +114,8 @@ def _cache_forget(key: str) -> None:
     _cache_set(key, ABSENT, ABSENT_TIMEOUT)
 
 
-def _mirror(storage: str, name: str, state: str) -> None:
-    _cache_set(cache_key(storage, name), state)
+def _mirror(storage: str, name: str, state: str) -> bool:
+    return _cache_set(cache_key(storage, name), state)
 
 
 def cached_state(storage: str, name: str) -> str | None:
@@ -319,8 +324,18 @@ def record_verification(storage: str, name: str, version: str, error: str) -> bo
     )
 
 
-def is_remote(storage: str, name: str, version: str) -> bool:
-    """Whether reads of this version go to the remote copy (checked again right before a local delete)."""
-    return bool(
-        FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE).exists()
-    )
+@contextmanager
+def local_copy_removable(storage: str, name: str, version: str) -> Iterator[bool]:
+    """Lock a remote file's row while its local copy is deleted; yields whether to delete it.
+
+    Yes only if this version is still the remote one and the cache says so too:
+    a cache left at ``transferring`` (its write failed at the switch) would
+    send reads to a local copy that is gone.  The row stays locked until the
+    block ends, so a delete of the name, and with it a new save under the same
+    name, waits instead of losing its fresh local file to this delete.
+    """
+    with transaction.atomic():
+        # An UPDATE, not SELECT FOR UPDATE: SQLite locks on writes only.
+        row = FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE)
+        held = row.update(updated_at=timezone.now())
+        yield bool(held) and _mirror(storage, name, State.REMOTE)

@@ -269,13 +269,15 @@ def cleanup_local(
                 report(f"kept {record.name}: {check.detail}")
             continue
         size = storage.local.size(record.name)
-        # Checked again just before deleting: a file deleted and saved anew
-        # since has a new version whose only copy is the local one.
+        # Checked again, under a row lock, just before deleting: a file deleted
+        # and saved anew since has a new version whose only copy is the local one.
         if not dry_run:
-            if not location.is_remote(record.storage, record.name, record.version):
-                outcome.skip("changed meanwhile", record.name)
+            with location.local_copy_removable(record.storage, record.name, record.version) as removable:
+                if removable:
+                    storage.local.delete(record.name)
+            if not removable:
+                outcome.skip("changed meanwhile, or the cache is unreachable", record.name)
                 continue
-            storage.local.delete(record.name)
         outcome.done.append(record.name)
         outcome.bytes_freed += size
         if report:

@@ -214,7 +214,15 @@ class Transfer(_Task):
         ):
             return self._orphaned(storage, name, version)
         if self.delete_local or storage.delete_local:
-            storage.local.delete(name)
+            with location.local_copy_removable(storage_key, name, version) as removable:
+                if removable:
+                    storage.local.delete(name)
+                else:
+                    logger.warning(
+                        "queued_storage: kept the local copy of %s: the file changed or the cache "
+                        "could not be updated; 'queued_storage cleanup-local' removes it later",
+                        name,
+                    )
         seconds = time.monotonic() - started
         logger.info(
             "queued_storage: transferred %s (%d bytes) in %.2f s, %.1f MB/s, attempt %d, by %s",

@@ -56,6 +56,62 @@ def test_delete_local_removes_the_local_copy_after_the_switch(make, eager):
     assert storage.size(name) == 3
 
 
+def test_delete_local_keeps_the_copy_when_the_cache_still_says_local(make, eager, monkeypatch):
+    from django.core.cache import caches
+
+    cache = caches["default"]
+    real_set = cache.set
+
+    def set_failing_on_remote(key, value, *args, **kwargs):
+        if value == "remote":
+            raise ConnectionError("cache down at the switch")
+        return real_set(key, value, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "set", set_failing_on_remote)
+    storage = make(delete_local=True)
+    name = storage.save("a.txt", ContentFile(b"abc"))
+    assert FileRecord.objects.get(name=name).state == "remote"
+    # The cache still says "transferring", so reads go local: that copy must stay.
+    assert cache.get(cache_key(storage.key, name)) == "transferring"
+    assert storage.local.exists(name)
+    with storage.open(name) as fh:
+        assert fh.read() == b"abc"
+
+
+def test_local_delete_holds_the_row_so_a_delete_and_new_save_wait(make):
+    import threading
+
+    from queued_storage import location
+
+    storage = make(delayed=True)
+    name = storage.save("a.txt", ContentFile(b"abc"))
+    record = FileRecord.objects.get(name=name)
+    FileRecord.objects.filter(pk=record.pk).update(state="remote")
+    storage.remote.save(name, ContentFile(b"abc"))
+    deleted = threading.Event()
+
+    def delete() -> None:
+        from django.db import connection
+
+        try:
+            storage.delete(name)
+            deleted.set()
+        finally:
+            connection.close()
+
+    with location.local_copy_removable(storage.key, name, record.version) as removable:
+        assert removable
+        thread = threading.Thread(target=delete)
+        thread.start()
+        assert not deleted.wait(0.5), "the delete did not wait for the row lock"
+        storage.local.delete(name)
+    thread.join(10)
+    assert deleted.is_set()
+    assert not FileRecord.objects.filter(name=name).exists()
+    with location.local_copy_removable(storage.key, name, record.version) as removable:
+        assert not removable  # gone, or saved anew under another version
+
+
 def test_rolled_back_save_queues_nothing(make, eager):
     storage = make()
     with pytest.raises(RuntimeError), transaction.atomic():
