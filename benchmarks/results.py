@@ -182,6 +182,7 @@ def chart(results: Results, path: Path, sizes: list[tuple[str, int]]) -> None:
     styles = {
         "FileSystemStorage.save()": ("tab:green", "o", "-"),
         "QueuedStorage.save()": ("tab:blue", "s", "-"),
+        "QueuedStorage.save() background publish": ("tab:blue", "D", ":"),
         "S3Storage.save() direct": ("tab:red", "^", "-"),
         "S3Storage.save() WAN": ("tab:red", "v", "--"),
     }

@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -27,6 +28,7 @@ from django.core.files.storage import default_storage as _default_storage
 from django.core.files.storage import storages
 from django.test import override_settings
 
+from queued_storage import publishing
 from queued_storage.models import FileRecord, State
 
 from .harness import BUCKET, PARKED, Services, kib, reset_peak
@@ -108,9 +110,10 @@ TINY = Plan(
     serve_reps=1,
 )
 
-FS, QUEUED, S3, S3_WAN = (
+FS, QUEUED, QUEUED_BG, S3, S3_WAN = (
     "FileSystemStorage.save()",
     "QueuedStorage.save()",
+    "QueuedStorage.save() background publish",
     "S3Storage.save() direct",
     "S3Storage.save() WAN",
 )
@@ -191,25 +194,42 @@ def save_latency(services: Services, results: Results, plan: Plan) -> None:
     subjects: dict[str, Any] = {
         FS: storages["fs"],
         QUEUED: default_storage,
+        QUEUED_BG: default_storage,
         S3: storages["s3"],
         S3_WAN: storages["s3_wan"],
     }
+
+    def setup(subject: str) -> contextlib.AbstractContextManager[Any]:
+        if subject == QUEUED_BG:
+            return override_settings(QUEUED_STORAGE_PUBLISH_IN_BACKGROUND=True)
+        return contextlib.nullcontext()
+
     with parked(services):
-        for storage in subjects.values():  # connections, imports, first-use costs
-            for _ in range(3):
-                storage.save(f"warmup/{uuid.uuid4().hex}.bin", ContentFile(b"w" * 100))
+        for subject, storage in subjects.items():  # connections, imports, first-use costs
+            with setup(subject):
+                for _ in range(3):
+                    storage.save(f"warmup/{uuid.uuid4().hex}.bin", ContentFile(b"w" * 100))
+        publishing.flush()
         for label, size in plan.save_sizes.items():
             data = _random(size)
             samples: dict[str, list[float]] = {s: [] for s in subjects}
             for rep in range(plan.save_reps[label]):
-                for subject, storage in subjects.items():
+                # A new order each round: no subject always follows another's
+                # writes (dirty pages, warm code paths).
+                order = list(subjects.items())
+                random.Random(rep).shuffle(order)
+                for subject, storage in order:
                     if subject == S3_WAN and rep >= plan.wan_reps[label]:
                         continue
                     content = ContentFile(data)
                     name = f"s1/{uuid.uuid4().hex}.bin"
-                    started = time.perf_counter()
-                    storage.save(name, content)
-                    samples[subject].append(time.perf_counter() - started)
+                    with setup(subject):
+                        started = time.perf_counter()
+                        storage.save(name, content)
+                        samples[subject].append(time.perf_counter() - started)
+                    # The thread's publish runs after save() returned, as it
+                    # would while the view renders; not during the next subject.
+                    publishing.flush()
             for subject in subjects:
                 results.add(
                     Row(
@@ -228,25 +248,31 @@ def save_latency(services: Services, results: Results, plan: Plan) -> None:
 
 
 def _save_verdicts(results: Results, plan: Plan) -> None:
+    """Each target is judged for both ways of publishing; the S3 rows say ``inline / background``."""
     for label, size in plan.save_sizes.items():
         fs = results.find("1 save", label, FS)
-        queued = results.find("1 save", label, QUEUED)
+        queued = [results.find("1 save", label, subject) for subject in (QUEUED, QUEUED_BG)]
         s3 = results.find("1 save", label, S3)
         wan = results.find("1 save", label, S3_WAN)
-        if size < MB:
-            added = queued.median - fs.median
-            queued.target = f"≤ 1 ms added (+{added:.2f} ms)"
-            queued.ok = added <= 1.0
-        else:
-            queued.target = "≤ 1.1× FileSystemStorage"
-            queued.ok = queued.median <= 1.1 * fs.median
-        s3.target = f"≥ 10× QueuedStorage ({s3.median / queued.median:.0f}×)"
-        s3.ok = s3.median >= 10 * queued.median
+        for row in queued:
+            if size < MB:
+                added = row.median - fs.median
+                row.target = f"≤ 1 ms added (+{added:.2f} ms)"
+                row.ok = added <= 1.0
+            else:
+                row.target = "≤ 1.1× FileSystemStorage"
+                row.ok = row.median <= 1.1 * fs.median
+        s3.target, s3.ok = _versus(s3, queued, 10)
         if size <= 10 * MB:
-            wan.target = f"≥ 100× QueuedStorage ({wan.median / queued.median:.0f}×)"
-            wan.ok = wan.median >= 100 * queued.median
+            wan.target, wan.ok = _versus(wan, queued, 100)
         else:
-            wan.target = f"({wan.median / queued.median:.0f}× QueuedStorage)"
+            wan.target = _versus(wan, queued, 100)[0].replace("≥ 100× ", "")
+
+
+def _versus(row: Row, queued: list[Row], factor: int) -> tuple[str, bool]:
+    ratios = [row.median / q.median for q in queued]
+    shown = " / ".join(f"{r:.0f}×" for r in ratios)
+    return f"≥ {factor}× QueuedStorage ({shown})", all(r >= factor for r in ratios)
 
 
 # -- 2. upload request through a real WSGI server ------------------------------------------------

@@ -21,6 +21,7 @@ _DEFAULTS: dict[str, Any] = {
     "QUEUED_STORAGE_HOST_QUEUE": None,
     "QUEUED_STORAGE_SERVE_PERMISSION": None,
     "QUEUED_STORAGE_S3_REQUEST_CHECKSUMS": True,
+    "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND": False,
 }
 
 
@@ -109,6 +110,11 @@ class Settings:
     def S3_REQUEST_CHECKSUMS(self) -> bool:
         """Whether boto3 sends CRC checksums with uploads; some S3-compatible servers reject them."""
         return bool(self._get("QUEUED_STORAGE_S3_REQUEST_CHECKSUMS"))
+
+    @property
+    def PUBLISH_IN_BACKGROUND(self) -> bool:
+        """Whether a commit hands transfer messages to a background thread instead of sending them."""
+        return bool(self._get("QUEUED_STORAGE_PUBLISH_IN_BACKGROUND"))
 
 
 conf = Settings()

@@ -23,7 +23,7 @@ from django.utils.encoding import filepath_to_uri
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
-from . import location
+from . import location, publishing
 from .conf import conf
 from .location import FileStatus
 from .models import FileRecord, State
@@ -268,10 +268,8 @@ class QueuedStorage(Storage):
         raise SuspiciousFileOperation(f"Could not find a free name for {name!r} after 10 tries.")
 
     def _queue(self, name: str, version: str, host: str) -> None:
-        from .tasks import enqueue
-
         transaction.on_commit(
-            partial(enqueue, self, name, version, host), using=router.db_for_write(FileRecord)
+            partial(publishing.publish, self, name, version, host), using=router.db_for_write(FileRecord)
         )
 
     def transfer(self, name: str) -> bool:

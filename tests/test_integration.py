@@ -19,11 +19,14 @@ def state_of(storage, name):
     return FileRecord.objects.get(storage=storage.key, name=name).state
 
 
-def test_save_then_worker_switches_url_to_s3(start_worker, services, s3):
+@pytest.mark.parametrize("background", [False, True], ids=["inline-publish", "background-publish"])
+def test_save_then_worker_switches_url_to_s3(start_worker, services, s3, settings, background):
+    settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = background
     start_worker()
     data = b"hello queued world\n" * 1000
-    name = default_storage.save("docs/hello world+%.txt", ContentFile(data))
-    assert default_storage.url(name) == "/media/docs/hello%20world%2B%25.txt"
+    folder = "bg" if background else "docs"
+    name = default_storage.save(f"{folder}/hello world+%.txt", ContentFile(data))
+    assert default_storage.url(name) == f"/media/{folder}/hello%20world%2B%25.txt"
     wait_for(lambda: state_of(default_storage, name) == "remote", what="remote")
     url = default_storage.url(name)
     assert url.startswith(services.s3_proxy.endpoint_url + "/qs-bucket/")

@@ -168,10 +168,12 @@ def main() -> None:
         ("demo", cmd_demo, "run the example project"),
         ("bench", cmd_bench, "run benchmarks"),
     ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p = sub.add_parser(name, help=text, description=f"{text}; other options go to it as they are")
         p.set_defaults(func=func)
-    args = parser.parse_args()
+    # Known args only: ``bench --only 1,3`` passes its options on (REMAINDER would not take them).
+    args, args.rest = parser.parse_known_args()
+    if args.rest and args.command == "test":
+        parser.error(f"unrecognized arguments: {' '.join(args.rest)}")
     args.func(args)
 
 
