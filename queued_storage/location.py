@@ -211,11 +211,8 @@ def claim(storage: str, name: str, version: str, owner: str) -> tuple[Claim, Fil
     )
     record = get(storage, name)
     if won:
-        # Reads route every state but ``remote`` alike, but this write also
-        # makes a fresh worker open its cache connection (and import the
-        # client) here, not between the switch's commit and its mirror, where
-        # a reader would see ``remote`` in the row and ``pending`` in the cache.
-        _mirror(storage, name, State.TRANSFERRING)
+        # Not mirrored: reads route ``pending`` and ``transferring`` alike, and
+        # status() reads the row; a cache write here would cost every task.
         logger.debug("queued_storage: %s claimed %s", owner, name)
         return Claim.CLAIMED, record
     if record is None or record.version != version or record.state == State.DELETED:

@@ -42,7 +42,7 @@ class VerificationFailed(TransferError):
 @dataclass(frozen=True)
 class Copied:
     size: int
-    checksum: str  # "md5:<hex>" of the bytes sent
+    checksum: str  # "md5:<hex>" of the bytes sent, or "etag:<S3 multipart ETag>"
 
 
 Progress = Callable[[int], None]
@@ -182,17 +182,31 @@ class _ProgressSubscriber:
         self._progress(done)
 
 
-def _file_digests(path: str, part_size: int | None) -> tuple[str, str | None]:
-    """MD5 of the file and its S3 multipart ETag for ``part_size`` parts, reading 1 MiB at a time."""
-    reader = _MeteredReader(open(path, "rb"), part_size, None)  # noqa: SIM115 - closed below
-    try:
-        while reader.read(1024 * 1024):
-            pass
-    finally:
-        reader._raw.close()
-    md5, multipart = reader.digests()
-    assert md5 is not None  # read in order, never rewound
-    return md5, multipart
+def _multipart_etag(path: str, part_size: int) -> str:
+    """The ETag S3 gives a multipart upload of ``path`` in ``part_size`` parts: one MD5 pass.
+
+    Only the parts' MD5s, not the whole file's as well: hashing is the CPU this
+    transfer spends beyond what raw boto3 does.
+    """
+    digests = []
+    buffer = memoryview(bytearray(1024 * 1024))
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            part = hashlib.md5(usedforsecurity=False)
+            left = part_size
+            while left:
+                n = fh.readinto(buffer[: min(left, len(buffer))])
+                if not n:
+                    break
+                part.update(buffer[:n])
+                left -= n
+            if left == part_size:
+                break
+            digests.append(part.digest())
+            if left:
+                break
+    joined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+    return f"{joined}-{len(digests)}"
 
 
 def _direct_s3(local: Storage, remote: Storage, name: str) -> tuple[str, Any] | None:
@@ -269,10 +283,14 @@ def _upload_s3(
     subscribers: list[Any] = [_ProgressSubscriber(progress)]
     with create_transfer_manager(client, config) as manager:
         future = manager.upload(path, remote.bucket_name, key, extra_args=params, subscribers=subscribers)
-        # Hash while the parts go out; hashlib releases the GIL on large buffers.
-        md5, multipart = _file_digests(path, config.multipart_chunksize)
+        # Hash while the parts go out (hashlib releases the GIL on large
+        # buffers), with the part size s3transfer itself settles on.
+        from s3transfer.utils import ChunksizeAdjuster
+
+        part_size = ChunksizeAdjuster().adjust_chunksize(config.multipart_chunksize, expected)
+        multipart = _multipart_etag(path, part_size)
         future.result()
-    return _verified(name, remote, expected, md5, multipart, verify_checksum=verify_checksum)
+    return _verified(name, remote, expected, None, multipart, verify_checksum=verify_checksum)
 
 
 def _put_small(
@@ -360,12 +378,14 @@ def _verified(
             f"The remote copy of {name!r} has {size} bytes, the local file {expected}; "
             "it was not switched in and will be sent again."
         )
-    if verify_checksum and etag and md5 and _comparable(etag, multipart) and etag not in (md5, multipart):
+    sent = md5 or multipart
+    if verify_checksum and etag and sent and _comparable(etag, multipart) and etag not in (md5, multipart):
         raise VerificationFailed(
-            f"The remote copy of {name!r} has ETag {etag}, but the bytes sent hash to {md5}; "
+            f"The remote copy of {name!r} has ETag {etag}, but the bytes sent hash to {sent}; "
             "it was not switched in and will be sent again."
         )
-    return Copied(size=size, checksum=f"md5:{md5}" if md5 else "")
+    checksum = f"md5:{md5}" if md5 else f"etag:{multipart}" if multipart else ""
+    return Copied(size=size, checksum=checksum)
 
 
 def copy_file(

@@ -68,11 +68,13 @@ def test_delete_local_keeps_the_copy_when_the_cache_still_says_local(make, eager
         return real_set(key, value, *args, **kwargs)
 
     monkeypatch.setattr(cache, "set", set_failing_on_remote)
-    storage = make(delete_local=True)
+    storage = make(delayed=True, delete_local=True)
     name = storage.save("a.txt", ContentFile(b"abc"))
+    assert storage.url(name) == "/local/a.txt"  # a read put "pending" in the cache
+    storage.transfer(name)
     assert FileRecord.objects.get(name=name).state == "remote"
-    # The cache still says "transferring", so reads go local: that copy must stay.
-    assert cache.get(cache_key(storage.key, name)) == "transferring"
+    # The cache still says "pending", so reads go local: that copy must stay.
+    assert cache.get(cache_key(storage.key, name)) == "pending"
     assert storage.local.exists(name)
     with storage.open(name) as fh:
         assert fh.read() == b"abc"

@@ -12,7 +12,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage
 from storages.backends.s3 import S3Storage
 
-from queued_storage.transfer import LocalFileMissing, RemoteConflict, copy_file
+from queued_storage.transfer import LocalFileMissing, RemoteConflict, VerificationFailed, copy_file
 
 from .conftest import s3_body
 
@@ -53,10 +53,12 @@ def test_large_file_goes_multipart_from_the_path_not_through_a_buffered_stream(l
     with mock.patch("boto3.s3.inject.upload_fileobj", side_effect=AssertionError("buffered path")):
         copied = copy_file(name, local, S3Storage(transfer_config=config), progress=progress.append)
     assert copied.size == len(data)
-    assert copied.checksum == "md5:" + hashlib.md5(data).hexdigest()
+    parts = [hashlib.md5(data[i : i + 5 * MiB]).digest() for i in range(0, len(data), 5 * MiB)]
+    etag = hashlib.md5(b"".join(parts)).hexdigest() + "-3"
+    assert copied.checksum == "etag:" + etag  # verifiable later against the object's ETag
     assert progress[-1] == len(data)
     head = s3.head_object(Bucket="qs-bucket", Key=name)
-    assert head["ETag"].strip('"').endswith("-3")
+    assert head["ETag"].strip('"') == etag
     assert head["ContentType"] == "application/octet-stream"
     assert s3_body(s3, "qs-bucket", name) == data
 
@@ -104,3 +106,12 @@ def test_server_without_conditional_writes_still_never_overwrites(local, s3):
     with _without_conditional_writes(remote.connection.meta.client), pytest.raises(RemoteConflict):
         copy_file(name, local, remote)
     assert s3_body(s3, "qs-bucket", "small/theirs.bin") == b"theirs"
+
+
+def test_large_file_whose_parts_do_not_match_is_not_verified(local, s3):
+    name = local.save("big/bad.bin", ContentFile(os.urandom(11 * MiB)))
+    config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    wrong = "0" * 32 + "-3"  # as if the bytes S3 stored were not the bytes of the file
+    patched = mock.patch("queued_storage.transfer._multipart_etag", return_value=wrong)
+    with patched, pytest.raises(VerificationFailed, match=wrong):
+        copy_file(name, local, S3Storage(transfer_config=config))
