@@ -149,7 +149,10 @@ def remember_unknown(storage: str, name: str, *, on_remote: bool, on_local: bool
 
 
 def record_saved(storage: str, name: str, size: int | None) -> FileRecord:
-    """Create the pending record of a file just written locally.
+    """Create the pending record of a file about to be written locally.
+
+    The unique (storage, name) constraint makes it the name's reservation: a
+    name recorded in any state raises IntegrityError here.
 
     Not mirrored in the cache: that round trip would sit in every save().  The
     first read fills the cache from this row (without overwriting a newer
@@ -159,6 +162,13 @@ def record_saved(storage: str, name: str, size: int | None) -> FileRecord:
     record: FileRecord = FileRecord.objects.create(
         storage=storage, name=name, state=State.PENDING, version=new_version(), size=size, host=conf.HOST
     )
+    return record
+
+
+def rename(record: FileRecord, name: str) -> FileRecord:
+    """Move a just-created record to the name the local storage actually used."""
+    FileRecord.objects.filter(pk=record.pk).update(name=name)
+    record.name = name
     return record
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import json
@@ -45,6 +46,9 @@ OPTIONS = (
 # Options whose values never enter a storage's identity, so rotating
 # credentials does not orphan the records of every file.
 _SECRET_WORDS = ("secret", "password", "token", "key", "credential", "session")
+
+# True inside QueuedStorage.save(), where the record's INSERT checks the name.
+_saving: contextvars.ContextVar[bool] = contextvars.ContextVar("queued_storage_saving", default=False)
 
 # Every QueuedStorage built in this process, by identity: the worker finds a
 # storage declared on a model field here as well as one from STORAGES.
@@ -248,19 +252,44 @@ class QueuedStorage(Storage):
 
     # -- writing
 
+    def save(self, name: str | None, content: Any, max_length: int | None = None) -> str:
+        token = _saving.set(True)
+        try:
+            return str(super().save(name, content, max_length=max_length))
+        finally:
+            _saving.reset(token)
+
+    def is_name_available(self, name: str, max_length: int | None = None) -> bool:
+        if not _saving.get():
+            return bool(super().is_name_available(name, max_length=max_length))
+        # Within save() only the local disk is asked: the INSERT of the record
+        # in _save() is the check against every recorded name (a SELECT less).
+        name = self.check_name(name)
+        return not (max_length and len(name) > max_length) and not self.local.exists(name)
+
     def _save(self, name: str, content: Any) -> str:
+        size = getattr(content, "size", None)
         for _ in range(10):
-            stored: str = self.local.save(name, content)
+            stored = ""
             try:
                 # A savepoint, so a lost race does not break the caller's transaction.
                 with transaction.atomic(using=router.db_for_write(FileRecord)):
-                    record = location.record_saved(self.key, stored, self.local.size(stored))
+                    # The record first: it reserves the name before any byte is written.
+                    record = location.record_saved(self.key, name, size)
+                    stored = str(self.local.save(name, content))
+                    if stored != name:  # a local file of that name appeared meanwhile
+                        record = location.rename(record, stored)
             except IntegrityError:
-                # Another process recorded this name between our check and our
-                # write: keep its file, pick another name for ours.
-                self.local.delete(stored)
+                # The name is recorded already (a remote-only file, or another
+                # process won the race): nothing of ours was kept, try another.
+                if stored:
+                    self.local.delete(stored)
                 content.seek(0)
-                name = self.get_available_name(name)
+                token = _saving.set(False)
+                try:
+                    name = self.get_available_name(name)
+                finally:
+                    _saving.reset(token)
                 continue
             if not self.delayed:
                 self._queue(stored, record.version, record.host)

@@ -142,6 +142,37 @@ def test_names_are_free_on_both_sides_without_asking_the_remote(make, eager):
         assert fh.read() == b"one"
 
 
+def test_a_recorded_name_is_never_written_locally_again(make, eager, monkeypatch):
+    storage = make(delete_local=True)
+    first = storage.save("a.txt", ContentFile(b"one"))  # now remote only
+    assert storage.get_available_name(first) != first  # the public check asks the records
+    written = []
+    real_save = storage.local.save
+    monkeypatch.setattr(
+        storage.local, "save", lambda name, content: written.append(name) or real_save(name, content)
+    )
+    second = storage.save("a.txt", ContentFile(b"two"))
+    assert second != first
+    assert written == [second]  # the INSERT refused "a.txt" before any byte was written
+    with storage.open(second) as fh:
+        assert fh.read() == b"two"
+
+
+def test_a_local_file_appearing_after_the_check_moves_the_record(make, monkeypatch):
+    storage = make(delayed=True)
+    storage.local.save("a.txt", ContentFile(b"someone else's"))
+    real_exists = storage.local.exists
+    answers = iter([False])  # the first check misses it, as in a race
+    monkeypatch.setattr(storage.local, "exists", lambda name: next(answers, None) or real_exists(name))
+    name = storage.save("a.txt", ContentFile(b"ours"))
+    assert name != "a.txt"
+    assert list(FileRecord.objects.values_list("name", flat=True)) == [name]
+    with storage.open(name) as fh:
+        assert fh.read() == b"ours"
+    with storage.local.open("a.txt") as fh:
+        assert fh.read() == b"someone else's"
+
+
 def test_unknown_file_is_looked_up_once_then_recorded(make):
     storage = make()
     storage.remote.save("old.txt", ContentFile(b"from before"))
