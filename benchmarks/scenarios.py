@@ -223,6 +223,10 @@ def save_latency(services: Services, results: Results, plan: Plan) -> None:
                         continue
                     content = ContentFile(data)
                     name = f"s1/{uuid.uuid4().hex}.bin"
+                    if size >= 10 * MB:
+                        # Earlier writes' dirty pages would otherwise be flushed
+                        # (and throttle) inside whichever save comes next.
+                        os.sync()
                     with setup(subject):
                         started = time.perf_counter()
                         storage.save(name, content)
