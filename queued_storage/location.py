@@ -19,7 +19,7 @@ from enum import Enum
 from typing import Any
 
 from django.core.cache import caches
-from django.db import transaction
+from django.db import router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -341,7 +341,7 @@ def local_copy_removable(storage: str, name: str, version: str) -> Iterator[bool
     block ends, so a delete of the name, and with it a new save under the same
     name, waits instead of losing its fresh local file to this delete.
     """
-    with transaction.atomic():
+    with transaction.atomic(using=router.db_for_write(FileRecord)):
         # An UPDATE, not SELECT FOR UPDATE: SQLite locks on writes only.
         row = FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE)
         held = row.update(updated_at=timezone.now())
