@@ -8,6 +8,7 @@ PostgreSQL alike.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
@@ -118,6 +119,17 @@ def _mirror(storage: str, name: str, state: str) -> bool:
     return _cache_set(cache_key(storage, name), state)
 
 
+@functools.cache
+def _connect_cache() -> None:
+    """Open this process's cache connection once, before its first switch.
+
+    Otherwise a fresh worker would connect (and import the client) between the
+    switch's commit and its cache write, where a reader sees ``remote`` in the
+    row but still ``pending`` in the cache: a wider window of stale local URLs.
+    """
+    _cache_get(f"{conf.CACHE_PREFIX}:connect")
+
+
 def cached_state(storage: str, name: str) -> str | None:
     """The state as the cache and then the database know it, without touching storages."""
     key = cache_key(storage, name)
@@ -223,6 +235,7 @@ def claim(storage: str, name: str, version: str, owner: str) -> tuple[Claim, Fil
     if won:
         # Not mirrored: reads route ``pending`` and ``transferring`` alike, and
         # status() reads the row; a cache write here would cost every task.
+        _connect_cache()
         logger.debug("queued_storage: %s claimed %s", owner, name)
         return Claim.CLAIMED, record
     if record is None or record.version != version or record.state == State.DELETED:
