@@ -150,7 +150,7 @@ def _checksum_mismatch(checksum: str, etag: str | None) -> bool:
 
 
 def verify(record: FileRecord) -> Verification:
-    """Check the remote copy against the record (size, and MD5 where the ETag is one); record it."""
+    """Check the remote copy against the record (size, and the recorded MD5 or multipart ETag); record it."""
     if record.state != State.REMOTE:
         return Verification(record.name, False, f"is {record.state}, not on the remote yet", False)
     try:

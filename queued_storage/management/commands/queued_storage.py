@@ -99,8 +99,9 @@ class Command(BaseCommand):
             "cleanup-local",
             help="Delete local copies of files whose remote copy is verified.",
             description="For every remote file transferred more than --older-than days ago that "
-            "still has a local copy, check the remote copy again (size, and MD5 where the ETag is "
-            "one) and delete the local copy only if it matches. Reads already go to the remote.",
+            "still has a local copy, check the remote copy again (size, and the MD5 or multipart ETag "
+            "recorded at transfer where S3 gives a comparable ETag) and delete the local copy "
+            "only if it matches. Reads already go to the remote.",
         )
         p.add_argument(
             "--older-than",
