@@ -216,33 +216,63 @@ def requeue(storage: str, name: str) -> FileRecord | None:
 
 def claim(storage: str, name: str, version: str, owner: str) -> tuple[Claim, FileRecord | None]:
     """Take the lease on ``name`` at ``version`` so this worker alone copies it."""
+    return claim_many(storage, [(name, version)], owner)[0]
+
+
+def claim_many(
+    storage: str, files: list[tuple[str, str]], owner: str
+) -> list[tuple[Claim, FileRecord | None]]:
+    """Take the leases on several ``(name, version)``: one ``UPDATE`` and one ``SELECT`` in all.
+
+    Returns each file's outcome and row, in the order given.  A row is ours
+    when it carries the lease expiry this call wrote: ``now + LEASE`` plus a
+    random number of microseconds, so no other claim writes the same value
+    (one chance in a million even within the same microsecond).
+    """
     now = timezone.now()
+    lease = now + timedelta(seconds=conf.LEASE, microseconds=secrets.randbelow(1_000_000))
+    versions = Q()
+    for name, version in files:
+        versions |= Q(name=name, version=version)
     free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
     won = FileRecord.objects.filter(
+        versions,
         free,
         storage=storage,
-        name=name,
-        version=version,
         state__in=[State.PENDING, State.TRANSFERRING, State.FAILED],
     ).update(
         state=State.TRANSFERRING,
-        lease_until=now + timedelta(seconds=conf.LEASE),
+        lease_until=lease,
         attempts=F("attempts") + 1,
         bytes_done=0,
         updated_at=now,
     )
-    record = get(storage, name)
+    rows = (
+        {}
+        if not files
+        else {
+            record.name: record
+            for record in FileRecord.objects.filter(storage=storage, name__in=[name for name, _ in files])
+        }
+    )
     if won:
         # Not mirrored: reads route ``pending`` and ``transferring`` alike, and
         # status() reads the row; a cache write here would cost every task.
         _connect_cache()
-        logger.debug("queued_storage: %s claimed %s", owner, name)
-        return Claim.CLAIMED, record
-    if record is None or record.version != version or record.state == State.DELETED:
-        return Claim.GONE, record
-    if record.state == State.REMOTE:
-        return Claim.DONE, record
-    return Claim.BUSY, record
+    outcomes: list[tuple[Claim, FileRecord | None]] = []
+    for name, version in files:
+        record = rows.get(name)
+        if record is not None and record.version == version and record.lease_until == lease:
+            # Ours even if deleted since: the lease holder removes what it copied.
+            logger.debug("queued_storage: %s claimed %s", owner, name)
+            outcomes.append((Claim.CLAIMED, record))
+        elif record is None or record.version != version or record.state == State.DELETED:
+            outcomes.append((Claim.GONE, record))
+        elif record.state == State.REMOTE:
+            outcomes.append((Claim.DONE, record))
+        else:
+            outcomes.append((Claim.BUSY, record))
+    return outcomes
 
 
 def heartbeat(storage: str, name: str, version: str, bytes_done: int) -> bool:

@@ -115,7 +115,7 @@ def retry(records: Iterable[FileRecord]) -> Outcome:
         if fresh is None or fresh.state == State.REMOTE:
             outcome.skip("already remote", record.name)
             continue
-        storage._queue(fresh.name, fresh.version, fresh.host)
+        storage._queue(fresh.name, fresh.version, fresh.host, fresh.size)
         outcome.done.append(record.name)
     return outcome
 
@@ -229,7 +229,7 @@ def adopt(storage: QueuedStorage, name: str) -> str:
     if state == State.PENDING:
         record = location.get(storage.key, name)
         assert record is not None
-        storage._queue(name, record.version, record.host)
+        storage._queue(name, record.version, record.host, record.size)
     return state
 
 

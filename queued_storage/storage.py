@@ -292,13 +292,14 @@ class QueuedStorage(Storage):
                     _saving.reset(token)
                 continue
             if not self.delayed:
-                self._queue(stored, record.version, record.host)
+                self._queue(stored, record.version, record.host, size)
             return stored
         raise SuspiciousFileOperation(f"Could not find a free name for {name!r} after 10 tries.")
 
-    def _queue(self, name: str, version: str, host: str) -> None:
+    def _queue(self, name: str, version: str, host: str, size: int | None) -> None:
         transaction.on_commit(
-            partial(publishing.publish, self, name, version, host), using=router.db_for_write(FileRecord)
+            partial(publishing.publish, self, name, version, host, size),
+            using=router.db_for_write(FileRecord),
         )
 
     def transfer(self, name: str) -> bool:
@@ -310,7 +311,7 @@ class QueuedStorage(Storage):
             raise FileNotFoundError(f"{name!r} is not in this storage.")
         if record.state == State.REMOTE:
             return False
-        self._queue(name, record.version, record.host)
+        self._queue(name, record.version, record.host, record.size)
         return True
 
     def delete(self, name: str) -> None:

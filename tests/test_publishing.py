@@ -15,16 +15,21 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def slow_broker(monkeypatch):
-    """enqueue() blocks until released, and records what it was asked to send."""
+    """enqueue() and enqueue_many() block until released, and record each message's names."""
     release = threading.Event()
-    sent: list[tuple[str, str]] = []
+    sent: list[tuple[list[str], str]] = []
 
-    def enqueue(storage, name, version, host=None):
+    def enqueue_many(storage, files, host=None):
         release.wait(10)
-        sent.append((name, threading.current_thread().name))
+        sent.append(([name for name, _ in files], threading.current_thread().name))
         return True
 
-    monkeypatch.setattr(tasks, "enqueue", enqueue)
+    monkeypatch.setattr(
+        tasks,
+        "enqueue",
+        lambda storage, name, version, host=None: enqueue_many(storage, [(name, version)], host),
+    )
+    monkeypatch.setattr(tasks, "enqueue_many", enqueue_many)
     yield release, sent
     release.set()
     publishing.flush()
@@ -39,29 +44,80 @@ def test_background_save_returns_before_the_message_is_sent(make, settings, slow
     assert publishing.flush(0.2) is False
     release.set()
     assert publishing.flush(5) is True
-    assert sent == [(name, "queued_storage publisher") for name in names]  # all, in commit order
+    assert [name for names_, _ in sent for name in names_] == names  # all, in commit order
+    assert {thread for _, thread in sent} == {"queued_storage publisher"}
+
+
+def test_a_burst_of_small_saves_goes_out_in_fewer_messages(make, settings, slow_broker, monkeypatch):
+    release, sent = slow_broker
+    settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True
+    monkeypatch.setattr(publishing, "BATCH_MAX_SIZE", 100)
+    storage = make()
+    names = [storage.save(f"{i}.txt", ContentFile(b"x")) for i in range(24)]
+    large = storage.save("large.bin", ContentFile(b"x" * 101))
+    release.set()
+    assert publishing.flush(5) is True
+    # The first message holds what came within LINGER; the rest queued meanwhile.
+    small = [batch for batch, _ in sent if batch != [large]]
+    assert [name for batch in small for name in batch] == names
+    assert all(len(batch) <= publishing.BATCH_FILES for batch in small)
+    assert len(small) <= 4  # 1 + ceil(23 / 10) at most, instead of 24
+    assert [large] in [batch for batch, _ in sent]  # a large file travels alone
+
+
+def test_coalesce_groups_small_files_by_storage_and_host(make, tmp_path):
+    one = make()
+    other = make(local_options={"location": str(tmp_path / "other"), "base_url": "/other/"})
+    big = publishing.BATCH_MAX_SIZE + 1
+    messages = [
+        (one, "a", "1", "web1", 10),
+        (other, "b", "1", "web1", 10),
+        (one, "c", "1", "web2", 10),
+        (one, "d", "1", "web1", big),
+        (one, "e", "1", "web1", None),
+        (one, "f", "1", "web1", 10),
+    ] + [(one, f"n{i}", "1", "web1", 10) for i in range(publishing.BATCH_FILES)]
+    groups = [
+        (storage.key, [name for name, _ in files], host)
+        for storage, files, host in publishing._coalesce(messages)
+    ]
+    first = ["a", "f"] + [f"n{i}" for i in range(publishing.BATCH_FILES - 2)]
+    assert groups == [
+        (one.key, first, "web1"),
+        (other.key, ["b"], "web1"),
+        (one.key, ["c"], "web2"),
+        (one.key, ["d"], "web1"),
+        (one.key, ["e"], "web1"),
+        (one.key, [f"n{i}" for i in range(publishing.BATCH_FILES - 2, publishing.BATCH_FILES)], "web1"),
+    ]
 
 
 def test_inline_is_the_default(make, slow_broker):
     release, sent = slow_broker
     release.set()
     name = make().save("a.txt", ContentFile(b"x"))
-    assert sent == [(name, threading.current_thread().name)]
+    assert sent == [([name], threading.current_thread().name)]
 
 
 def test_a_failing_message_does_not_stop_the_thread(make, settings, monkeypatch):
     settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True
     sent = []
 
-    def enqueue(storage, name, version, host=None):
-        if name == "bad.txt":
+    def enqueue_many(storage, files, host=None):
+        if any(name == "bad.txt" for name, _ in files):
             raise RuntimeError("boom")
-        sent.append(name)
+        sent.extend(name for name, _ in files)
         return True
 
-    monkeypatch.setattr(tasks, "enqueue", enqueue)
+    monkeypatch.setattr(
+        tasks,
+        "enqueue",
+        lambda storage, name, version, host=None: enqueue_many(storage, [(name, version)], host),
+    )
+    monkeypatch.setattr(tasks, "enqueue_many", enqueue_many)
     storage = make()
     storage.save("bad.txt", ContentFile(b"x"))
+    assert publishing.flush(5) is True
     good = storage.save("good.txt", ContentFile(b"x"))
     assert publishing.flush(5) is True
     assert sent == [good]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import time
+from typing import Any, ClassVar
 
 from queued_storage.tasks import Transfer
 
@@ -22,3 +24,34 @@ class NeverDone(Transfer):
 class Confused(Transfer):
     def transfer(self, name: str, local: Any, remote: Any, **kwargs: Any) -> Any:
         return "yes"
+
+
+class FailsOnBad(Transfer):
+    """Copies every file except those named bad*, which it reports as not done."""
+
+    def transfer(self, name: str, local: Any, remote: Any, **kwargs: Any) -> Any:
+        if name.startswith("bad"):
+            return False
+        return super().transfer(name, local, remote, **kwargs)
+
+
+class Watched(Transfer):
+    """Records how many copies run at once and which thread runs them."""
+
+    running = 0
+    most = 0
+    threads: ClassVar[set[str]] = set()
+    lock = threading.Lock()
+
+    def transfer(self, name: str, local: Any, remote: Any, **kwargs: Any) -> Any:
+        cls = type(self)
+        with cls.lock:
+            cls.running += 1
+            cls.most = max(cls.most, cls.running)
+            cls.threads.add(threading.current_thread().name)
+        try:
+            time.sleep(0.02)
+            return super().transfer(name, local, remote, **kwargs)
+        finally:
+            with cls.lock:
+                cls.running -= 1

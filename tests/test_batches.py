@@ -1,0 +1,83 @@
+"""A message of several files (the background publisher's bursts): each file as if alone."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.base import ContentFile
+
+from queued_storage.models import FileRecord
+from queued_storage.tasks import resolve_task
+
+from .testapp.tasks import Watched
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _saved(storage, names):
+    """Save ``names`` without queueing them (delayed), and return their [name, version] pairs."""
+    files = []
+    for name in names:
+        stored = storage.save(name, ContentFile(name.encode() * 10))
+        files.append([stored, FileRecord.objects.get(storage=storage.key, name=stored).version])
+    return files
+
+
+def _run(storage, files):
+    return resolve_task(storage.task).apply(args=(storage.key,), kwargs={"files": files}).get()
+
+
+def test_every_file_of_a_message_is_transferred_and_switched(make, eager):
+    storage = make(delayed=True)
+    files = _saved(storage, ["a.txt", "b.txt", "c.txt"])
+    files.append(["gone.txt", "no-such-version"])
+    assert _run(storage, files) == "remote: 3, gone: 1"
+    for name, _ in files[:3]:
+        status = storage.status(name)
+        assert (status.state, status.attempts) == ("remote", 1)
+        with storage.remote.open(name) as fh:
+            assert fh.read() == name.encode() * 10
+        assert storage.url(name).startswith("/remote/")
+
+
+def test_a_second_delivery_finds_them_done(make, eager):
+    storage = make(delayed=True)
+    files = _saved(storage, ["a.txt", "b.txt"])
+    _run(storage, files)
+    assert _run(storage, files) == "done: 2"  # redelivered after a worker died: nothing copied twice
+
+
+def test_a_failing_file_retries_alone_and_the_others_are_done(make, eager, settings):
+    settings.QUEUED_STORAGE_RETRIES = 2
+    storage = make(delayed=True, task="tests.testapp.tasks.FailsOnBad")
+    files = _saved(storage, ["a.txt", "bad.txt", "c.txt"])
+    assert _run(storage, files) == "remote: 2, retrying: 1"
+    assert [storage.status(n).state for n, _ in files] == ["remote", "failed", "remote"]
+    bad = storage.status("bad.txt")
+    # The batch's attempt counts: 1 in the batch, then RETRIES one-file retries.
+    assert bad.attempts == 3 and "returned False" in bad.last_error
+
+
+def test_a_vanished_local_file_fails_at_once_without_stopping_the_rest(make, eager):
+    storage = make(delayed=True)
+    files = _saved(storage, ["a.txt", "lost.txt", "c.txt"])
+    storage.local.delete("lost.txt")
+    assert _run(storage, files) == "remote: 2, failed: 1"
+    lost = storage.status("lost.txt")
+    assert (lost.state, lost.attempts) == ("failed", 1) and "is gone" in lost.last_error
+
+
+def test_one_copy_at_a_time_in_one_upload_thread(make, eager):
+    Watched.running = Watched.most = 0
+    Watched.threads.clear()
+    storage = make(delayed=True, task="tests.testapp.tasks.Watched")
+    files = _saved(storage, [f"{i}.txt" for i in range(6)])
+    assert _run(storage, files) == "remote: 6"
+    assert Watched.most == 1  # the same parallelism towards the remote as a one-file task
+    assert len(Watched.threads) == 1 and next(iter(Watched.threads)).startswith("queued_storage upload")
+
+
+def test_delete_local_applies_to_each_file(make, eager):
+    storage = make(delayed=True, delete_local=True)
+    files = _saved(storage, ["a.txt", "b.txt"])
+    assert _run(storage, files) == "remote: 2"
+    assert not any(storage.local.exists(name) for name, _ in files)
