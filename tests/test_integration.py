@@ -39,6 +39,26 @@ def test_save_then_worker_switches_url_to_s3(start_worker, services, s3, setting
     assert (status.state, status.size, status.attempts) == ("remote", len(data), 1)
 
 
+def test_a_burst_of_background_saves_travels_in_fewer_messages(start_worker, services, s3, settings):
+    import re
+
+    from queued_storage import publishing
+
+    settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True
+    worker = start_worker()
+    files = {f"burst/{i:02d}.txt": f"file {i}\n".encode() * 100 for i in range(25)}
+    names = [default_storage.save(name, ContentFile(data)) for name, data in files.items()]
+    assert publishing.flush(5)
+    wait_for(lambda: all(state_of(default_storage, n) == "remote" for n in names), what="all remote")
+    for name, data in files.items():
+        assert s3_body(s3, "qs-bucket", name) == data
+        assert default_storage.status(name).attempts == 1
+    # Celery logs each task's result: "remote" for one file, "remote: N" for N.
+    results = re.findall(r"succeeded in [\d.]+s: '([^']*)'", worker.log_text())
+    copied = [1 if r == "remote" else int(re.search(r"remote: (\d+)", r)[1]) for r in results]
+    assert sum(copied) == len(files) and max(copied) > 1 and len(copied) < len(files)
+
+
 def test_cache_flush_answers_from_database_without_s3_requests(start_worker, services):
     worker = start_worker()
     remote = default_storage.save("a.txt", ContentFile(b"a"))
