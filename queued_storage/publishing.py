@@ -10,10 +10,11 @@ again.  Normal interpreter exit waits for the thread (up to
 
 The thread also sends a burst of small files in fewer messages: it waits up to
 ``LINGER`` seconds for more saves, then sends up to ``BATCH_FILES`` files of
-one storage and host, each under ``BATCH_MAX_SIZE``, as one task.  Celery's
-cost per message (about 2 ms of the worker's time here, as long as a PUT of
-16 KB to a local S3) is then paid once for the lot; a file alone, or a large
-one, still gets its own message.
+one storage and host, each under ``BATCH_MAX_SIZE``, as one task.  Celery
+costs a worker about 2 ms per message here, half the time of a 16 KB PUT to
+a local S3; that is then paid once for the lot.  A file alone, or a large
+one, still gets its own message.  The sweeper groups its backlog the same way
+(:func:`coalesce`).
 """
 
 from __future__ import annotations
@@ -36,14 +37,16 @@ logger = logging.getLogger("queued_storage")
 
 FLUSH_TIMEOUT = 10.0
 LINGER = 0.01
+# Ten files at most, so a burst still spreads over several worker processes;
+# only small ones, so a long copy never holds others back.
 BATCH_FILES = 10
 BATCH_MAX_SIZE = 1024 * 1024
 
 # storage, name, version, host, size
-_Message = tuple["QueuedStorage", str, str, "str | None", "int | None"]
+Message = tuple["QueuedStorage", str, str, "str | None", "int | None"]
 
 
-def _coalesce(messages: list[_Message]) -> list[tuple[QueuedStorage, list[tuple[str, str]], str | None]]:
+def coalesce(messages: list[Message]) -> list[tuple[QueuedStorage, list[tuple[str, str]], str | None]]:
     """Group small files of the same storage and host into messages of up to BATCH_FILES.
 
     Groups keep the order of their first file; a large file (or one of
@@ -68,11 +71,11 @@ class _Publisher:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._messages: deque[_Message] = deque()
+        self._messages: deque[Message] = deque()
         self._unsent = 0
         self._thread: threading.Thread | None = None
 
-    def submit(self, message: _Message) -> None:
+    def submit(self, message: Message) -> None:
         with self._cond:
             if self._thread is None or not self._thread.is_alive():
                 thread = threading.Thread(target=self._run, name="queued_storage publisher", daemon=True)
@@ -92,13 +95,9 @@ class _Publisher:
                 self._cond.wait_for(lambda: len(self._messages) >= BATCH_FILES, LINGER)
                 messages = list(self._messages)
                 self._messages.clear()
-            for storage, files, host in _coalesce(messages):
+            for storage, files, host in coalesce(messages):
                 try:
-                    # Each logs its own failures; the sweeper covers them.
-                    if len(files) == 1:
-                        tasks.enqueue(storage, *files[0], host)
-                    else:
-                        tasks.enqueue_many(storage, files, host)
+                    tasks.enqueue_many(storage, files, host)  # logs its failures; the sweeper covers them
                 except Exception:  # keep the thread alive whatever one message does
                     logger.exception("queued_storage: publishing the transfer of %r failed", files[0][0])
             with self._cond:

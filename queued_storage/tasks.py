@@ -233,12 +233,7 @@ def _upload_thread() -> ThreadPoolExecutor:
 def _forget_upload_threads() -> None:
     # A forked child does not have the parent's threads.
     global _uploaders
-    # Files claimed by one UPDATE in a several-file message; their leases run from then on.
-
-
-CLAIM_CHUNK = 50
-
-_uploaders = threading.local()
+    _uploaders = threading.local()
 
 
 os.register_at_fork(after_in_child=_forget_upload_threads)
@@ -321,7 +316,7 @@ class Transfer(_Task):
                     if outcome is Claim.CLAIMED:
                         assert record is not None
                         progress = keeper.add(name, version)
-                        future = uploader.submit(self._copy, storage, name, record, progress)
+                        future = uploader.submit(self._copy_as, self.request, storage, name, record, progress)
                         if flight is not None:
                             outcomes[self._land(storage, keeper, *flight)] += 1
                         flight = (name, version, record, future)
@@ -352,6 +347,16 @@ class Transfer(_Task):
         copied, seconds = future.result()
         keeper.discard(name)
         return self._settle(storage, name, version, record, copied, seconds, alone=False)
+
+    def _copy_as(
+        self, request: Any, storage: QueuedStorage, name: str, record: FileRecord, progress: Progress
+    ) -> tuple[Copied | Exception, float]:
+        """:meth:`_copy` in the upload thread, where ``self.request`` is the message's too."""
+        self.request_stack.push(request)
+        try:
+            return self._copy(storage, name, record, progress)
+        finally:
+            self.request_stack.pop()
 
     def _copy(
         self, storage: QueuedStorage, name: str, record: FileRecord, progress: Progress
@@ -489,10 +494,15 @@ class TransferAndDelete(Transfer):
 
 
 def requeue(older_than: float = 300, *, failed: bool = False) -> int:
-    """Queue again every file left pending, stuck in a dead worker's hands, or (optionally) failed."""
+    """Queue again every file left pending, stuck in a dead worker's hands, or (optionally) failed.
+
+    Small files go as messages of several, as the background publisher sends
+    them: after an outage the backlog costs a tenth of the messages.
+    """
+    from .publishing import Message, coalesce
     from .storage import get_storage
 
-    queued = 0
+    messages: list[Message] = []
     for record in location.stale(older_than, failed=failed):
         try:
             storage = get_storage(record.storage)
@@ -501,8 +511,11 @@ def requeue(older_than: float = 300, *, failed: bool = False) -> int:
             continue
         if record.state == State.FAILED:
             location.requeue(record.storage, record.name)
-        if enqueue(storage, record.name, record.version, record.host):
-            queued += 1
+        messages.append((storage, record.name, record.version, record.host, record.size))
+    queued = 0
+    for storage, files, host in coalesce(messages):
+        if enqueue_many(storage, files, host):
+            queued += len(files)
     return queued
 
 

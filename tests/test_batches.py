@@ -69,11 +69,14 @@ def test_a_vanished_local_file_fails_at_once_without_stopping_the_rest(make, eag
 def test_one_copy_at_a_time_in_one_upload_thread(make, eager):
     Watched.running = Watched.most = 0
     Watched.threads.clear()
+    Watched.task_ids.clear()
     storage = make(delayed=True, task="tests.testapp.tasks.Watched")
     files = _saved(storage, [f"{i}.txt" for i in range(6)])
-    assert _run(storage, files) == "remote: 6"
+    result = resolve_task(storage.task).apply(args=(storage.key,), kwargs={"files": files})
+    assert result.get() == "remote: 6"
     assert Watched.most == 1  # the same parallelism towards the remote as a one-file task
     assert len(Watched.threads) == 1 and next(iter(Watched.threads)).startswith("queued_storage upload")
+    assert Watched.task_ids == {result.id}  # the hook sees the message's request there too
 
 
 def test_delete_local_applies_to_each_file(make, eager):
@@ -81,3 +84,22 @@ def test_delete_local_applies_to_each_file(make, eager):
     files = _saved(storage, ["a.txt", "b.txt"])
     assert _run(storage, files) == "remote: 2"
     assert not any(storage.local.exists(name) for name, _ in files)
+
+
+def test_a_forked_child_gets_its_own_upload_thread():
+    import os
+
+    from queued_storage import tasks
+
+    parent = tasks._upload_thread()
+    assert parent.submit(lambda: 1).result(5) == 1
+    pid = os.fork()
+    if pid == 0:  # the parent's thread does not exist here; a new one must be started
+        ok = False
+        try:
+            child = tasks._upload_thread()
+            ok = child is not parent and child.submit(lambda: 2).result(5) == 2
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -109,6 +109,23 @@ def test_requeue_routes_and_counts(broker):
     assert broker.llen("celery") == 1
 
 
+def test_requeue_sends_a_backlog_of_small_files_ten_per_message(broker):
+    import base64
+
+    names = [default_storage.save(f"cmd/backlog/{i:02d}.txt", ContentFile(b"s")) for i in range(23)]
+    large = default_storage.save("cmd/backlog/large.bin", ContentFile(b"x" * (1024 * 1024 + 1)))
+    broker.flushdb()
+    assert run("requeue", "--older-than", "0") == "Queued 24 file(s) again.\n"
+    bodies = [json.loads(base64.b64decode(json.loads(raw)["body"])) for raw in broker.lrange("celery", 0, -1)]
+    sent = [
+        [name for name, _ in kwargs["files"]] if "files" in kwargs else [args[1]]
+        for args, kwargs, _ in bodies
+    ]
+    assert sorted(n for batch in sent for n in batch) == sorted([*names, large])
+    assert sorted(len(batch) for batch in sent) == [1, 3, 10, 10]  # the large file alone
+    assert [large] in sent
+
+
 @pytest.fixture
 def media(tmp_path):
     """An existing media folder, with the photos storage's folder nested inside it (as a symlink)."""

@@ -79,7 +79,7 @@ def test_coalesce_groups_small_files_by_storage_and_host(make, tmp_path):
     ] + [(one, f"n{i}", "1", "web1", 10) for i in range(publishing.BATCH_FILES)]
     groups = [
         (storage.key, [name for name, _ in files], host)
-        for storage, files, host in publishing._coalesce(messages)
+        for storage, files, host in publishing.coalesce(messages)
     ]
     first = ["a", "f"] + [f"n{i}" for i in range(publishing.BATCH_FILES - 2)]
     assert groups == [

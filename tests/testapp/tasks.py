@@ -36,11 +36,12 @@ class FailsOnBad(Transfer):
 
 
 class Watched(Transfer):
-    """Records how many copies run at once and which thread runs them."""
+    """Records how many copies run at once, which thread runs them and for which message."""
 
     running = 0
     most = 0
     threads: ClassVar[set[str]] = set()
+    task_ids: ClassVar[set[str]] = set()
     lock = threading.Lock()
 
     def transfer(self, name: str, local: Any, remote: Any, **kwargs: Any) -> Any:
@@ -49,6 +50,7 @@ class Watched(Transfer):
             cls.running += 1
             cls.most = max(cls.most, cls.running)
             cls.threads.add(threading.current_thread().name)
+            cls.task_ids.add(self.request.id)
         try:
             time.sleep(0.02)
             return super().transfer(name, local, remote, **kwargs)
