@@ -41,7 +41,7 @@ class Watched(Transfer):
     running = 0
     most = 0
     threads: ClassVar[set[str]] = set()
-    task_ids: ClassVar[set[str]] = set()
+    task_ids: ClassVar[set[str | None]] = set()
     lock = threading.Lock()
 
     def transfer(self, name: str, local: Any, remote: Any, **kwargs: Any) -> Any:
