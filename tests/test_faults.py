@@ -84,6 +84,30 @@ def test_worker_child_killed_mid_copy(start_worker, services, s3):
     verify(s3, files, "worker child SIGKILLed mid-copy")
 
 
+def test_worker_child_killed_mid_batch(start_worker, services, s3, settings):
+    from queued_storage import publishing
+
+    settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True  # a burst goes as several-file messages
+    services.s3_proxy.bandwidth = 1_000_000
+    worker = start_worker()
+    with transaction.atomic():  # one commit: the ten go out as one message
+        files = save_many(10, 200_000, "kill-batch")
+    assert publishing.flush(5)
+    names = list(files)
+    # Killed with some files of its message copied and the rest still to go.
+    wait_for(
+        lambda: 0 < FileRecord.objects.filter(name__in=names, state="remote").count() < 8, what="halfway"
+    )
+    old = worker.child_pids()
+    worker.kill_child()
+    worker.wait_for_new_child(old)
+    services.s3_proxy.bandwidth = None
+    # Redelivered: the copied files are done, the rest come back when their leases lapse.
+    wait_for(lambda: all_remote(names), timeout=60, what="all remote after the child was killed")
+    assert max(record(name).attempts for name in names) >= 2
+    verify(s3, files, "worker child SIGKILLed mid-way through a several-file message")
+
+
 def test_whole_worker_killed_mid_copy_recovered_by_sweeper(start_worker, services, s3):
     services.s3_proxy.bandwidth = 1_000_000
     worker = start_worker()
