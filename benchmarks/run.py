@@ -9,7 +9,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .harness import Services
+from .harness import Services, prefault_memory
 from .results import Results, chart, machine, table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +46,9 @@ def run(
                 print(f"\n[{time.monotonic() - started:6.1f} s] scenario {number}: {title}", flush=True)
             return number in scenarios
 
+        if plan.prefault:
+            size, seconds = prefault_memory()
+            print(f"Touched {size / 2**30:.1f} GiB of free memory once, in {seconds:.0f} s.", flush=True)
         # Scenarios that time the request path run first, with no worker competing for the CPU.
         if step(1, "save latency"):
             s.save_latency(services, results, plan)
