@@ -126,6 +126,8 @@ def enqueue_many(storage: QueuedStorage, files: list[tuple[str, str]], host: str
 def _publish(
     storage: QueuedStorage, files: list[tuple[str, str]], host: str | None, extra: dict[str, Any]
 ) -> bool:
+    if not files:
+        return True
     what = repr(files[0][0]) if len(files) == 1 else f"{len(files)} files ({files[0][0]!r}, ...)"
     if not celery_configured():
         logger.error(
@@ -304,6 +306,7 @@ class Transfer(_Task):
         keeper.start()
         outcomes: Counter[str] = Counter()
         flight: tuple[str, str, FileRecord, Future[tuple[Copied | Exception, float]]] | None = None
+        latest: Future[tuple[Copied | Exception, float]] | None = None
         uploader = _upload_thread()
         owner = self.request.hostname or ""
         files = list(dict.fromkeys(files))  # a name twice would be copied twice
@@ -316,10 +319,10 @@ class Transfer(_Task):
                     if outcome is Claim.CLAIMED:
                         assert record is not None
                         progress = keeper.add(name, version)
-                        future = uploader.submit(self._copy_as, self.request, storage, name, record, progress)
+                        latest = uploader.submit(self._copy_as, self.request, storage, name, record, progress)
                         if flight is not None:
                             outcomes[self._land(storage, keeper, *flight)] += 1
-                        flight = (name, version, record, future)
+                        flight = (name, version, record, latest)
                     elif outcome is Claim.BUSY:
                         assert record is not None
                         enqueue(storage, name, version, record.host, countdown=_busy_wait(record))
@@ -330,6 +333,12 @@ class Transfer(_Task):
                 outcomes[self._land(storage, keeper, *flight)] += 1
             # A transfer() override may have used the database in that thread.
             uploader.submit(close_old_connections).result()
+        except BaseException:
+            # A copy not started yet is not started at all: its lease lapses
+            # and the sweeper queues it, as for a worker that died here.
+            if latest is not None:
+                latest.cancel()
+            raise
         finally:
             keeper.stop()
         return ", ".join(f"{outcome}: {count}" for outcome, count in outcomes.items())

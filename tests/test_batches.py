@@ -103,3 +103,21 @@ def test_a_forked_child_gets_its_own_upload_thread():
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_database_error_stops_the_message_and_leaves_the_rest_to_the_sweeper(make, eager, monkeypatch):
+    from queued_storage import location, tasks
+
+    storage = make(delayed=True)
+    files = _saved(storage, ["a.txt", "b.txt", "c.txt"])
+
+    def down(*args, **kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(location, "switch_to_remote", down)
+    result = resolve_task(storage.task).apply(args=(storage.key,), kwargs={"files": files})
+    assert result.failed() and "database went away" in str(result.result)
+    tasks._upload_thread().submit(lambda: None).result(5)  # whatever was running has finished
+    assert not storage.remote.exists("c.txt")  # never started once the message failed
+    # Still claimed: the leases lapse and the sweeper queues them again.
+    assert {storage.status(name).state for name, _ in files} == {"transferring"}
