@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
 from .conf import conf
 from .tasks import celery_configured
@@ -77,6 +78,18 @@ def check_storages(**kwargs: Any) -> list[Error]:
                     id="queued_storage.E006",
                 )
             )
+    return errors
+
+
+@register()
+def check_settings(**kwargs: Any) -> list[Error]:
+    """Every QUEUED_STORAGE_* setting that has a valid range, read once now."""
+    errors = []
+    for name in ("RETRIES", "RETRY_DELAY", "RETRY_BACKOFF_MAX", "LEASE", "HOST_QUEUE", "BATCH_FILES"):
+        try:
+            getattr(conf, name)
+        except ImproperlyConfigured as exc:
+            errors.append(Error(str(exc), id="queued_storage.E007"))
     return errors
 
 

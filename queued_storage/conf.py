@@ -22,6 +22,7 @@ _DEFAULTS: dict[str, Any] = {
     "QUEUED_STORAGE_SERVE_PERMISSION": None,
     "QUEUED_STORAGE_S3_REQUEST_CHECKSUMS": True,
     "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND": False,
+    "QUEUED_STORAGE_BATCH_FILES": 10,
 }
 
 
@@ -115,6 +116,17 @@ class Settings:
     def PUBLISH_IN_BACKGROUND(self) -> bool:
         """Whether a commit hands transfer messages to a background thread instead of sending them."""
         return bool(self._get("QUEUED_STORAGE_PUBLISH_IN_BACKGROUND"))
+
+    @property
+    def BATCH_FILES(self) -> int:
+        """Most small files in one transfer message (background publishing, the sweeper); 1: one each."""
+        value = self._get("QUEUED_STORAGE_BATCH_FILES")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ImproperlyConfigured(
+                f"QUEUED_STORAGE_BATCH_FILES must be a whole number of files, 1 or more (1 sends each "
+                f"file in a message of its own); got {value!r}."
+            )
+        return value
 
 
 conf = Settings()

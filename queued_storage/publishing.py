@@ -9,7 +9,7 @@ again.  Normal interpreter exit waits for the thread (up to
 ``FLUSH_TIMEOUT``).  Eager Celery always publishes inline.
 
 The thread also sends a burst of small files in fewer messages: it waits up to
-``LINGER`` seconds for more saves, then sends up to ``BATCH_FILES`` files of
+``LINGER`` seconds for more saves, then sends up to ``QUEUED_STORAGE_BATCH_FILES`` files of
 one storage and host, each under ``BATCH_MAX_SIZE``, as one task.  Celery
 costs a worker about 2 ms per message here, half the time of a 16 KB PUT to
 a local S3; that is then paid once for the lot.  A file alone, or a large
@@ -24,9 +24,11 @@ import logging
 import os
 import threading
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING
 
 from celery import current_app
+from django.core.exceptions import ImproperlyConfigured
 
 from .conf import conf
 
@@ -37,17 +39,17 @@ logger = logging.getLogger("queued_storage")
 
 FLUSH_TIMEOUT = 10.0
 LINGER = 0.01
-# Ten files at most, so a burst still spreads over several worker processes;
-# only small ones, so a long copy never holds others back.
-BATCH_FILES = 10
+# Only small files share a message, so a long copy never holds others back.
 BATCH_MAX_SIZE = 1024 * 1024
 
 # storage, name, version, host, size
 Message = tuple["QueuedStorage", str, str, "str | None", "int | None"]
 
 
-def coalesce(messages: list[Message]) -> list[tuple[QueuedStorage, list[tuple[str, str]], str | None]]:
-    """Group small files of the same storage and host into messages of up to BATCH_FILES.
+def coalesce(
+    messages: list[Message], most: int
+) -> list[tuple[QueuedStorage, list[tuple[str, str]], str | None]]:
+    """Group small files of the same storage and host into messages of up to ``most`` files.
 
     Groups keep the order of their first file; a large file (or one of
     unknown size) is a group of its own, so it never holds small ones back.
@@ -59,11 +61,19 @@ def coalesce(messages: list[Message]) -> list[tuple[QueuedStorage, list[tuple[st
             groups.append((storage, [(name, version)], host))
             continue
         index = open_groups.get((storage.key, host))
-        if index is None or len(groups[index][1]) >= BATCH_FILES:
+        if index is None or len(groups[index][1]) >= most:
             index = open_groups[(storage.key, host)] = len(groups)
             groups.append((storage, [], host))
         groups[index][1].append((name, version))
     return groups
+
+
+def _batch_files() -> int:
+    try:
+        return conf.BATCH_FILES
+    except ImproperlyConfigured:  # the system check names it; meanwhile nothing may be lost
+        logger.exception("queued_storage: sending one file per message")
+        return 1
 
 
 class _Publisher:
@@ -85,17 +95,21 @@ class _Publisher:
             self._unsent += 1
             self._cond.notify_all()
 
+    def _holds(self, count: int) -> bool:
+        return len(self._messages) >= count
+
     def _run(self) -> None:
         from . import tasks  # tasks imports the storage, which imports this module
 
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._messages))
-                # A burst of saves goes out in fewer messages; one save waits LINGER at most.
-                self._cond.wait_for(lambda: len(self._messages) >= BATCH_FILES, LINGER)
+                most = _batch_files()
+                if most > 1:  # a burst goes out in fewer messages; one save waits LINGER at most
+                    self._cond.wait_for(partial(self._holds, most), LINGER)
                 messages = list(self._messages)
                 self._messages.clear()
-            for storage, files, host in coalesce(messages):
+            for storage, files, host in coalesce(messages, most):
                 try:
                     tasks.enqueue_many(storage, files, host)  # logs its failures; the sweeper covers them
                 except Exception:  # keep the thread alive whatever one message does

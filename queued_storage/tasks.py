@@ -522,7 +522,7 @@ def requeue(older_than: float = 300, *, failed: bool = False) -> int:
             location.requeue(record.storage, record.name)
         messages.append((storage, record.name, record.version, record.host, record.size))
     queued = 0
-    for storage, files, host in coalesce(messages):
+    for storage, files, host in coalesce(messages, conf.BATCH_FILES):
         if enqueue_many(storage, files, host):
             queued += len(files)
     return queued

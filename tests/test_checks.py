@@ -101,3 +101,14 @@ def test_gzip_remote_cannot_be_verified():
         assert ids() == ["queued_storage.E006"]
     finally:
         del _registry[storage.key]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("QUEUED_STORAGE_BATCH_FILES", 0), ("QUEUED_STORAGE_LEASE", -5), ("QUEUED_STORAGE_HOST_QUEUE", "x")],
+)
+def test_a_setting_out_of_range_is_named_at_startup(settings, setting, value):
+    setattr(settings, setting, value)
+    assert ids() == ["queued_storage.E007"]
+    [error] = [e for e in run_checks() if e.id == "queued_storage.E007"]
+    assert setting in error.msg

@@ -33,3 +33,16 @@ def test_bad_delay_names_the_setting(settings, value):
     settings.QUEUED_STORAGE_RETRY_DELAY = value
     with pytest.raises(ImproperlyConfigured, match="QUEUED_STORAGE_RETRY_DELAY"):
         _ = conf.RETRY_DELAY
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, "10", True])
+def test_bad_batch_size_names_the_setting(settings, value):
+    settings.QUEUED_STORAGE_BATCH_FILES = value
+    with pytest.raises(ImproperlyConfigured, match="QUEUED_STORAGE_BATCH_FILES"):
+        _ = conf.BATCH_FILES
+
+
+def test_batch_size_defaults_to_ten(settings):
+    assert conf.BATCH_FILES == 10
+    settings.QUEUED_STORAGE_BATCH_FILES = 1
+    assert conf.BATCH_FILES == 1

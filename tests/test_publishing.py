@@ -60,9 +60,21 @@ def test_a_burst_of_small_saves_goes_out_in_fewer_messages(make, settings, slow_
     # The first message holds what came within LINGER; the rest queued meanwhile.
     small = [batch for batch, _ in sent if batch != [large]]
     assert [name for batch in small for name in batch] == names
-    assert all(len(batch) <= publishing.BATCH_FILES for batch in small)
+    assert all(len(batch) <= 10 for batch in small)
     assert len(small) <= 4  # 1 + ceil(23 / 10) at most, instead of 24
     assert [large] in [batch for batch, _ in sent]  # a large file travels alone
+
+
+@pytest.mark.parametrize("value", [1, 0], ids=["one-per-message", "bad-setting"])
+def test_batch_files_one_or_a_bad_value_sends_each_file_alone(make, settings, slow_broker, value):
+    release, sent = slow_broker
+    settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True
+    settings.QUEUED_STORAGE_BATCH_FILES = value  # 0 is refused by check E007; nothing may be lost meanwhile
+    storage = make()
+    names = [storage.save(f"{i}.txt", ContentFile(b"x")) for i in range(5)]
+    release.set()
+    assert publishing.flush(5) is True
+    assert [batch for batch, _ in sent] == [[name] for name in names]
 
 
 def test_coalesce_groups_small_files_by_storage_and_host(make, tmp_path):
@@ -76,19 +88,19 @@ def test_coalesce_groups_small_files_by_storage_and_host(make, tmp_path):
         (one, "d", "1", "web1", big),
         (one, "e", "1", "web1", None),
         (one, "f", "1", "web1", 10),
-    ] + [(one, f"n{i}", "1", "web1", 10) for i in range(publishing.BATCH_FILES)]
+    ] + [(one, f"n{i}", "1", "web1", 10) for i in range(10)]
     groups = [
         (storage.key, [name for name, _ in files], host)
-        for storage, files, host in publishing.coalesce(messages)
+        for storage, files, host in publishing.coalesce(messages, 10)
     ]
-    first = ["a", "f"] + [f"n{i}" for i in range(publishing.BATCH_FILES - 2)]
+    first = ["a", "f"] + [f"n{i}" for i in range(10 - 2)]
     assert groups == [
         (one.key, first, "web1"),
         (other.key, ["b"], "web1"),
         (one.key, ["c"], "web2"),
         (one.key, ["d"], "web1"),
         (one.key, ["e"], "web1"),
-        (one.key, [f"n{i}" for i in range(publishing.BATCH_FILES - 2, publishing.BATCH_FILES)], "web1"),
+        (one.key, [f"n{i}" for i in range(10 - 2, 10)], "web1"),
     ]
 
 
