@@ -13,6 +13,16 @@ from queued_storage import publishing, tasks
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def _broker(monkeypatch, enqueue_many):
+    """Route both ways of publishing, one file or several, to ``enqueue_many``."""
+    monkeypatch.setattr(
+        tasks,
+        "enqueue",
+        lambda storage, name, version, host=None: enqueue_many(storage, [(name, version)], host),
+    )
+    monkeypatch.setattr(tasks, "enqueue_many", enqueue_many)
+
+
 @pytest.fixture
 def slow_broker(monkeypatch):
     """enqueue() and enqueue_many() block until released, and record each message's names."""
@@ -24,12 +34,7 @@ def slow_broker(monkeypatch):
         sent.append(([name for name, _ in files], threading.current_thread().name))
         return True
 
-    monkeypatch.setattr(
-        tasks,
-        "enqueue",
-        lambda storage, name, version, host=None: enqueue_many(storage, [(name, version)], host),
-    )
-    monkeypatch.setattr(tasks, "enqueue_many", enqueue_many)
+    _broker(monkeypatch, enqueue_many)
     yield release, sent
     release.set()
     publishing.flush()
@@ -121,12 +126,7 @@ def test_a_failing_message_does_not_stop_the_thread(make, settings, monkeypatch)
         sent.extend(name for name, _ in files)
         return True
 
-    monkeypatch.setattr(
-        tasks,
-        "enqueue",
-        lambda storage, name, version, host=None: enqueue_many(storage, [(name, version)], host),
-    )
-    monkeypatch.setattr(tasks, "enqueue_many", enqueue_many)
+    _broker(monkeypatch, enqueue_many)
     storage = make()
     storage.save("bad.txt", ContentFile(b"x"))
     assert publishing.flush(5) is True
