@@ -229,6 +229,8 @@ def claim_many(
     random number of microseconds, so no other claim writes the same value
     (one chance in a million even within the same microsecond).
     """
+    if not files:  # an empty OR below would match, and claim, every row of the storage
+        return []
     now = timezone.now()
     lease = now + timedelta(seconds=conf.LEASE, microseconds=secrets.randbelow(1_000_000))
     versions = Q()
@@ -247,14 +249,10 @@ def claim_many(
         bytes_done=0,
         updated_at=now,
     )
-    rows = (
-        {}
-        if not files
-        else {
-            record.name: record
-            for record in FileRecord.objects.filter(storage=storage, name__in=[name for name, _ in files])
-        }
-    )
+    rows = {
+        record.name: record
+        for record in FileRecord.objects.filter(storage=storage, name__in=[name for name, _ in files])
+    }
     if won:
         # Not mirrored: reads route ``pending`` and ``transferring`` alike, and
         # status() reads the row; a cache write here would cost every task.

@@ -69,3 +69,10 @@ def test_delete_leaves_a_short_tombstone_so_a_racing_reader_cannot_refill():
     location._cache_fill(key, "remote")  # a reader that read the row just before the delete
     assert caches["default"].get(key) == "absent"
     assert not default_storage.exists(name)
+
+
+@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
+def test_claiming_no_files_claims_nothing():
+    name = default_storage.save("unclaimed.txt", ContentFile(b"x"))
+    assert location.claim_many(default_storage.key, [], owner="test") == []
+    assert default_storage.status(name).state == "pending"
