@@ -4,12 +4,15 @@ Loaded with ``-p tests.plugin`` (see setup.cfg).  Redis, moto's S3 server, a
 TCP proxy in front of it, and with ``QS_DB=postgres`` a PostgreSQL server
 start on free ports of 127.0.0.1; their addresses go into the environment,
 which tests/settings.py and every Celery worker the tests start read.  A
-service that cannot start fails the run: nothing is skipped.
+service that cannot start fails the run: nothing is skipped.  The work
+directory (database, media, service logs) is removed at the end unless
+``QS_KEEP_WORKDIR=1`` is set, so repeated runs do not fill the disk.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,3 +67,7 @@ def pytest_unconfigure(config: Any) -> None:
     SERVICES.redis.stop()
     if SERVICES.postgres is not None:
         SERVICES.postgres.cleanup()
+    if os.environ.get("QS_KEEP_WORKDIR") == "1":
+        print(f"\nWork directory kept: {SERVICES.workdir}")
+    else:
+        shutil.rmtree(SERVICES.workdir, ignore_errors=True)

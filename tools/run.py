@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """One entry point for developers: ``python3 tools/run.py test|demo|bench``.
 
-Needs only ``python3``.  It creates ``.venv``, installs the package with its
-test extras, installs the Debian packages the real services need (as root,
+Needs only ``python3``.  It creates ``.venv``, installs the package with the
+extras the command needs (``dev`` for the tests: the test extras plus the
+linters, stubs, Sphinx and tox), installs the Debian packages the real services need (as root,
 with apt-get; otherwise it says what is missing and stops), then runs.
 Standard library only: it runs before anything is installed.
 """
@@ -14,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,7 +79,32 @@ def ensure_system(packages: dict[str, str]) -> None:
         subprocess.run(["service", service, "stop"], capture_output=True)
 
 
-def ensure_venv(extras: str = "test") -> None:
+def ensure_disk(need_gib: float) -> None:
+    """Stop at once, saying so, when the disk cannot hold what the command installs.
+
+    Without it a full disk shows up minutes later as a pip ``OSError`` deep in a tox log.
+    """
+    for place in sorted({ROOT, Path(tempfile.gettempdir())}):
+        free_gib = shutil.disk_usage(place).free / 2**30
+        if free_gib < need_gib:
+            sys.exit(
+                f"Only {free_gib:.1f} GiB free on the disk of {place}; this command needs about "
+                f"{need_gib:.1f} GiB (venvs, test files). Free some space (old .tox or .venv "
+                "directories, /tmp) and run it again."
+            )
+
+
+def test_disk_need(with_matrix: bool) -> float:
+    """GiB the test command still has to write, from sizes measured on Debian 12 (x86_64)."""
+    need = 0.5  # pip's cache, the tests' work directories
+    if not PY.exists():
+        need += 1.0  # .venv with the [dev] extras: 0.95 GiB
+    if with_matrix:
+        need += 0.8 * sum(not (ROOT / ".tox" / env).exists() for env, _ in MATRIX)  # [test]: 0.75 GiB
+    return need
+
+
+def ensure_venv(extras: str) -> None:
     if not PY.exists():
         say(f"Creating {VENV.relative_to(ROOT)}")
         run(sys.executable, "-m", "venv", VENV)
@@ -130,9 +157,10 @@ def matrix() -> None:
 
 def cmd_test(args: argparse.Namespace) -> None:
     started = time.monotonic()
+    ensure_disk(test_disk_need(with_matrix=not args.no_matrix))
     # Chromium drives the browser test of the demo (Playwright cannot download its own here).
     ensure_system({**SYSTEM_PACKAGES, **BROWSER_PACKAGES})
-    ensure_venv()
+    ensure_venv("dev")
     lint()
     docs()
     say("Test suite on SQLite")
@@ -151,6 +179,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    # The full run writes 500 MB files three times over (local, moto's spool, raw boto3's source).
+    ensure_disk(3.0 + (0.0 if PY.exists() else 0.8))
     ensure_system(SYSTEM_PACKAGES)
     ensure_venv("bench")
     os.execv(PY, [str(PY), "-m", "benchmarks", *args.rest])
