@@ -12,7 +12,9 @@ import tempfile
 from pathlib import Path
 
 env = os.environ.get
-WORK = Path(env("QS_WORKDIR") or tempfile.mkdtemp(prefix="qs-tests-"))
+# tests/plugin.py makes (and removes) the work directory.  Imported without it,
+# by mypy's Django plugin for one, nothing runs, so nothing is made here.
+WORK = Path(env("QS_WORKDIR") or Path(tempfile.gettempdir()) / "qs-tests-without-plugin")
 
 SECRET_KEY = "tests-only"
 DEBUG = False
