@@ -6,9 +6,12 @@ import pytest
 from django.core.cache import caches
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage as _default
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from queued_storage import QueuedStorage, location
+from queued_storage.models import FileRecord
 
 default_storage: QueuedStorage = _default  # type: ignore[assignment]
 
@@ -23,6 +26,20 @@ def test_save_leaves_the_cache_alone_and_the_first_read_fills_it():
     assert cache.get(key) is None  # no round trip in save()
     assert default_storage.url(name) == "/media/fresh.txt"
     assert cache.get(key) == "pending"
+
+
+@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
+def test_a_cache_miss_reads_the_state_of_exactly_this_name_in_one_query():
+    names = ['o\'brien "q".txt', "ünïcode/ß.txt", 'o\'brien "q".txt.bak']
+    saved = [default_storage.save(n, ContentFile(b"x")) for n in names]
+    FileRecord.objects.filter(name=saved[1]).update(state="remote")
+    caches["default"].clear()
+    with CaptureQueriesContext(connection) as queries:
+        assert location.cached_state(default_storage.key, saved[0]) == "pending"
+    assert len(queries) == 1
+    assert location.cached_state(default_storage.key, saved[1]) == "remote"
+    assert location.cached_state(default_storage.key, "o'brien") is None
+    assert location.cached_state("another-storage", saved[1]) is None
 
 
 @override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
