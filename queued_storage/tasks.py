@@ -170,47 +170,62 @@ def backoff(retries: int) -> float:
 
 
 class _LeaseKeeper(threading.Thread):
-    """Renews the leases of the files a task copies and records their progress.
+    """Renews the leases of the files this process copies and records their progress.
 
-    One write per file per beat (a third of the lease), not one per chunk.
+    One per process, started at first use and kept: a thread per task cost a
+    start and a join for every message.  One write per file per beat (a
+    third of the lease), not one per chunk.
     """
 
-    def __init__(self, storage: str) -> None:
+    def __init__(self) -> None:
         super().__init__(daemon=True, name="queued_storage lease")
-        self._storage = storage
-        self._files: dict[str, tuple[str, list[int]]] = {}
+        self._files: dict[tuple[str, str], tuple[str, list[int]]] = {}
         self._lock = threading.Lock()
-        self._stop_event = threading.Event()
 
-    def add(self, name: str, version: str) -> Progress:
-        """Keep the lease of ``name`` from now on; returns the callback its copy reports to."""
+    def add(self, storage: str, name: str, version: str) -> Progress:
+        """Keep the lease of ``name`` until :meth:`discard`; returns the callback its copy reports to."""
         done = [0]
         with self._lock:
-            self._files[name] = (version, done)
+            self._files[storage, name] = (version, done)
 
         def progress(n: int) -> None:
             done[0] = n
 
         return progress
 
-    def discard(self, name: str) -> None:
+    def discard(self, storage: str, name: str) -> None:
         with self._lock:
-            self._files.pop(name, None)
+            self._files.pop((storage, name), None)
 
     def run(self) -> None:
-        interval = conf.LEASE / 3
-        try:
-            while not self._stop_event.wait(interval):
-                with self._lock:
-                    files = [(name, version, done[0]) for name, (version, done) in self._files.items()]
-                for name, version, done in files:
-                    location.heartbeat(self._storage, name, version, done)
-        finally:
-            connection.close()
+        while True:
+            time.sleep(conf.LEASE / 3)
+            with self._lock:
+                files = [(key, version, done[0]) for key, (version, done) in self._files.items()]
+            if not files:
+                continue
+            try:
+                for (storage, name), version, done in files:
+                    location.heartbeat(storage, name, version, done)
+            except Exception:
+                # The database is down: the next beat tries again, and a lease
+                # that lapses meanwhile only lets the sweeper queue the file.
+                logger.exception("queued_storage: could not renew the leases of %d files", len(files))
+            finally:
+                connection.close()  # no idle connection held between beats
 
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
+
+_keeper: _LeaseKeeper | None = None
+_keeper_lock = threading.Lock()
+
+
+def _lease_keeper() -> _LeaseKeeper:
+    global _keeper
+    with _keeper_lock:
+        if _keeper is None:
+            _keeper = _LeaseKeeper()
+            _keeper.start()
+        return _keeper
 
 
 # Files claimed by one UPDATE in a several-file message; their leases run from then on.
@@ -232,13 +247,14 @@ def _upload_thread() -> ThreadPoolExecutor:
     return uploader
 
 
-def _forget_upload_threads() -> None:
+def _forget_threads() -> None:
     # A forked child does not have the parent's threads.
-    global _uploaders
+    global _uploaders, _keeper, _keeper_lock
     _uploaders = threading.local()
+    _keeper, _keeper_lock = None, threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_upload_threads)
+os.register_at_fork(after_in_child=_forget_threads)
 
 
 def _busy_wait(record: FileRecord | None) -> float:
@@ -284,13 +300,12 @@ class Transfer(_Task):
         if outcome is not Claim.CLAIMED:
             return str(outcome.value)
         assert record is not None
-        keeper = _LeaseKeeper(storage_key)
-        progress = keeper.add(name, version)
-        keeper.start()
+        keeper = _lease_keeper()
+        progress = keeper.add(storage_key, name, version)
         try:
             copied, seconds = self._copy(storage, name, record, progress)
         finally:
-            keeper.stop()
+            keeper.discard(storage_key, name)
         return self._settle(storage, name, version, record, copied, seconds)
 
     def _run_many(self, storage: QueuedStorage, files: list[tuple[str, str]]) -> str:
@@ -302,8 +317,7 @@ class Transfer(_Task):
         A file that fails, or that another worker holds, goes on in a one-file
         message of its own.
         """
-        keeper = _LeaseKeeper(storage.key)
-        keeper.start()
+        keeper = _lease_keeper()
         outcomes: Counter[str] = Counter()
         flight: tuple[str, str, FileRecord, Future[tuple[Copied | Exception, float]]] | None = None
         latest: Future[tuple[Copied | Exception, float]] | None = None
@@ -318,7 +332,7 @@ class Transfer(_Task):
                 ):
                     if outcome is Claim.CLAIMED:
                         assert record is not None
-                        progress = keeper.add(name, version)
+                        progress = keeper.add(storage.key, name, version)
                         latest = uploader.submit(self._copy_as, self.request, storage, name, record, progress)
                         if flight is not None:
                             outcomes[self._land(storage, keeper, *flight)] += 1
@@ -338,9 +352,9 @@ class Transfer(_Task):
             # and the sweeper queues it, as for a worker that died here.
             if latest is not None:
                 latest.cancel()
+            for name, _ in files:
+                keeper.discard(storage.key, name)
             raise
-        finally:
-            keeper.stop()
         return ", ".join(f"{outcome}: {count}" for outcome, count in outcomes.items())
 
     def _land(
@@ -354,7 +368,7 @@ class Transfer(_Task):
     ) -> str:
         """Wait for the copy of ``name`` in :meth:`_run_many`, then settle it."""
         copied, seconds = future.result()
-        keeper.discard(name)
+        keeper.discard(storage.key, name)
         return self._settle(storage, name, version, record, copied, seconds, alone=False)
 
     def _copy_as(

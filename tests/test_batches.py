@@ -37,6 +37,9 @@ def test_every_file_of_a_message_is_transferred_and_switched(make, eager):
         with storage.remote.open(name) as fh:
             assert fh.read() == name.encode() * 10
         assert storage.url(name).startswith("/remote/")
+    from queued_storage import tasks
+
+    assert not tasks._lease_keeper()._files  # each lease renewed only while its file copies
 
 
 def test_a_second_delivery_finds_them_done(make, eager):
@@ -86,19 +89,22 @@ def test_delete_local_applies_to_each_file(make, eager):
     assert not any(storage.local.exists(name) for name, _ in files)
 
 
-def test_a_forked_child_gets_its_own_upload_thread():
+def test_a_forked_child_gets_its_own_upload_thread_and_lease_keeper():
     import os
 
     from queued_storage import tasks
 
     parent = tasks._upload_thread()
     assert parent.submit(lambda: 1).result(5) == 1
+    parent_keeper = tasks._lease_keeper()
     pid = os.fork()
-    if pid == 0:  # the parent's thread does not exist here; a new one must be started
+    if pid == 0:  # the parent's threads do not exist here; new ones must be started
         ok = False
         try:
             child = tasks._upload_thread()
             ok = child is not parent and child.submit(lambda: 2).result(5) == 2
+            keeper = tasks._lease_keeper()
+            ok = ok and keeper is not parent_keeper and keeper.is_alive()
         finally:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
@@ -121,3 +127,4 @@ def test_a_database_error_stops_the_message_and_leaves_the_rest_to_the_sweeper(m
     assert not storage.remote.exists("c.txt")  # never started once the message failed
     # Still claimed: the leases lapse and the sweeper queues them again.
     assert {storage.status(name).state for name, _ in files} == {"transferring"}
+    assert not tasks._lease_keeper()._files  # no longer renewed

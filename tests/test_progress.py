@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import cast
 
 import pytest
@@ -43,6 +44,33 @@ def test_status_shows_bytes_done_mid_copy(start_worker, services, s3):
     log = worker.log_text()
     assert f"queued_storage: transferred {name} ({SIZE} bytes) in " in log
     assert f"MB/s, attempt 1, by {worker.hostname}" in log
+
+
+def test_the_lease_keeper_renews_a_file_until_it_is_discarded(settings):
+    from queued_storage import location, tasks
+    from queued_storage.models import FileRecord
+
+    settings.QUEUED_STORAGE_QUEUE = "nobody-consumes-this"
+    name = default_storage.save("progress/lease.txt", ContentFile(b"x"))
+    version = FileRecord.objects.get(name=name).version
+    location.claim(default_storage.key, name, version, owner="test")
+    claimed = default_storage.status(name)
+    settings.QUEUED_STORAGE_LEASE = 0.6  # a beat every 0.2 s
+    keeper = tasks._LeaseKeeper()
+    keeper.start()
+    progress = keeper.add(default_storage.key, name, version)
+    progress(123)
+
+    def renewed():
+        status = default_storage.status(name)
+        return status if status.bytes_done == 123 else None
+
+    assert wait_for(renewed, timeout=5, what="a heartbeat").updated_at > claimed.updated_at
+    keeper.discard(default_storage.key, name)
+    time.sleep(0.3)  # a beat already under way may still land
+    last = FileRecord.objects.get(name=name).lease_until
+    time.sleep(0.5)
+    assert FileRecord.objects.get(name=name).lease_until == last  # no longer renewed
 
 
 def test_one_structured_log_record_per_transfer(caplog):
