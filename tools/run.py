@@ -97,6 +97,8 @@ def ensure_disk(need_gib: float) -> None:
 def test_disk_need(with_matrix: bool) -> float:
     """GiB the test command still has to write, from sizes measured on Debian 12 (x86_64)."""
     need = 0.5  # pip's cache, the tests' work directories
+    if not all(have(binary) for binary in {**SYSTEM_PACKAGES, **BROWSER_PACKAGES}.values()):
+        need += 0.5  # Debian's chromium, redis-server and postgresql with what they pull in
     if not PY.exists():
         need += 1.0  # .venv with the [dev] extras: 0.95 GiB
     if with_matrix:
