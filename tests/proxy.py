@@ -60,8 +60,11 @@ class HttpRequestCounter:
     (final status instead of ``100``) are handled via :meth:`on_response`.
     """
 
-    def __init__(self, record: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, record: Callable[[str, str], None], on_expect: Callable[[str, str], None] | None = None
+    ) -> None:
         self._record = record
+        self._on_expect = on_expect
         self._lock = threading.Lock()
         self._state = "head"
         self._buf = bytearray()
@@ -161,6 +164,8 @@ class HttpRequestCounter:
             self._state, self._remaining = ("body", length) if length else ("head", 0)
         if self._state != "head" and headers.get("expect", "").lower() == "100-continue":
             self._expect_pending = True
+            if self._on_expect is not None:
+                self._on_expect(method, target)
 
 
 class _Connection:
@@ -168,7 +173,7 @@ class _Connection:
         self.proxy = proxy
         self.client = client
         self.server: socket.socket | None = None
-        self.counter = HttpRequestCounter(proxy._record)
+        self.counter = HttpRequestCounter(proxy._record, proxy._record_expect)
         self._closed = False
         self._done = 0
         self._lock = threading.Lock()
@@ -271,6 +276,7 @@ class TcpProxy:
         self.bytes_up = 0
         self.bytes_down = 0
         self._requests: list[tuple[str, str]] = []
+        self._expecting: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._conns: set[_Connection] = set()
         self._refusing = False
@@ -359,6 +365,12 @@ class TcpProxy:
         with self._lock:
             return list(self._requests)
 
+    @property
+    def expecting(self) -> list[tuple[str, str]]:
+        """The requests that sent ``Expect: 100-continue`` (a round trip before the body)."""
+        with self._lock:
+            return list(self._expecting)
+
     def count(self, method: str | None = None, path_prefix: str | None = None) -> int:
         """Number of requests, optionally filtered by method and target prefix."""
         with self._lock:
@@ -372,12 +384,17 @@ class TcpProxy:
     def reset_counts(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._expecting.clear()
             self.bytes_up = self.bytes_down = 0
 
     # -- internals -------------------------------------------------------
     def _record(self, method: str, target: str) -> None:
         with self._lock:
             self._requests.append((method, target))
+
+    def _record_expect(self, method: str, target: str) -> None:
+        with self._lock:
+            self._expecting.append((method, target))
 
     def _forget(self, conn: _Connection) -> None:
         with self._lock:

@@ -35,6 +35,21 @@ def test_small_file_is_one_put_verified_by_its_etag(local, services, s3):
     assert s3_body(s3, "qs-bucket", name) == data
 
 
+def test_small_file_is_sent_without_waiting_for_100_continue(local, services, s3):
+    remote = S3Storage()
+    small = local.save("small/at-once.bin", ContentFile(os.urandom(20_000)))
+    services.s3_proxy.reset_counts()
+    copy_file(small, local, remote)
+    assert services.s3_proxy.expecting == []  # one round trip: headers and body together
+    # From 1 MiB the body again waits for the server's go-ahead.
+    large = local.save("small/waits.bin", ContentFile(os.urandom(MiB)))
+    copy_file(large, local, remote)
+    assert services.s3_proxy.expecting == [("PUT", f"/qs-bucket/{large}")]
+    # Every other request of the storage's client is sent as botocore sends it.
+    remote.connection.meta.client.put_object(Bucket="qs-bucket", Key="theirs.bin", Body=b"x")
+    assert services.s3_proxy.expecting[-1] == ("PUT", "/qs-bucket/theirs.bin")
+
+
 def test_small_file_never_overwrites_a_foreign_remote_file(local, s3):
     s3.put_object(Bucket="qs-bucket", Key="small/taken.bin", Body=b"theirs")
     name = local.save("small/taken.bin", ContentFile(b"ours"))
