@@ -66,6 +66,7 @@ def run(
                     s.transfer(services, results, plan, worker)
                 if step(5, "many small files, one worker process"):
                     s.small_files(services, results, plan, worker, 1)
+                    s.small_files_wan(services, results, plan)
         if 5 in scenarios:
             with services.worker(2) as worker:
                 step(5, "many small files, two worker processes")

@@ -57,6 +57,7 @@ class Plan:
     transfer_reps: int
     small_files: int
     small_reps: int
+    wan_small_files: int
     message_sizes: dict[str, int]
     serve_size: int
     serve_reps: int
@@ -75,6 +76,7 @@ FULL = Plan(
     transfer_reps=3,
     small_files=2000,
     small_reps=3,
+    wan_small_files=30,
     message_sizes={"1 KB": KB, "500 MB": 500 * MB},
     serve_size=100 * MB,
     serve_reps=5,
@@ -92,6 +94,7 @@ QUICK = Plan(
     transfer_reps=2,
     small_files=200,
     small_reps=1,
+    wan_small_files=10,
     message_sizes={"1 KB": KB, "500 MB": 500 * MB},
     serve_size=20 * MB,
     serve_reps=2,
@@ -108,6 +111,7 @@ TINY = Plan(
     transfer_reps=1,
     small_files=5,
     small_reps=1,
+    wan_small_files=2,
     message_sizes={"1 KB": KB},
     serve_size=200 * KB,
     serve_reps=1,
@@ -459,14 +463,12 @@ def _url_case(results: Results, plan: Plan, name: str, case: str, underlying: An
 # -- 4. transfer throughput and memory ----------------------------------------------------------
 
 
-def _raw(*args: str) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.rawboto", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "QS_BENCH_BUCKET": BUCKET},
-    ).stdout
+def _raw(*args: str, endpoint: str | None = None) -> dict[str, float]:
+    env = {**os.environ, "QS_BENCH_BUCKET": BUCKET}
+    if endpoint is not None:
+        env["QS_S3_ENDPOINT"] = endpoint
+    command = [sys.executable, "-m", "benchmarks.rawboto", *args]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -594,6 +596,37 @@ def small_files(services: Services, results: Results, plan: Plan, worker: Any, p
                 [plan.small_files / s for s in saving[subject]],
             )
         )
+
+
+def small_files_wan(services: Services, results: Results, plan: Plan) -> None:
+    """Small files through the WAN link: there the round trips of each PUT are its cost."""
+    wan: Any = storages["wan"]
+    label = f"{plan.wan_small_files} × 16 KB over the WAN link, 1 process"
+    block = _random(16 * 1024)
+    source = services.workdir / "s5wan-source"
+    shutil.rmtree(source, ignore_errors=True)
+    source.mkdir(parents=True)
+    payloads = [i.to_bytes(4, "big") + block[4:] for i in range(plan.wan_small_files)]
+    for i, data in enumerate(payloads):
+        (source / f"{i:05d}.bin").write_bytes(data)
+    ours, raws = [], []
+    for rep in range(plan.small_reps):
+        raw_prefix = f"s5wanraw/{rep}-{uuid.uuid4().hex[:8]}/"
+        raw = _raw("many", str(source), raw_prefix, "1", endpoint=wan.remote.endpoint_url)
+        raws.append(raw["files"] / raw["seconds"])
+        prefix = f"s5wan/{rep}-{uuid.uuid4().hex[:8]}/"
+        started = time.perf_counter()
+        names = [wan.save(f"{prefix}{i:05d}.bin", ContentFile(data)) for i, data in enumerate(payloads)]
+        ours.append(plan.wan_small_files / (wait_remote(wan, names, 600) - started))
+    services.empty_bucket("s5wan")
+    shutil.rmtree(Path(wan.local.path("s5wan")), ignore_errors=True)
+    FileRecord.objects.filter(storage=wan.key, name__startswith="s5wan/").delete()
+    shutil.rmtree(source, ignore_errors=True)
+    base = results.add(Row("5 small files", label, "raw boto3 put_object, 1 thread(s)", "files/s", raws))
+    row = results.add(
+        Row("5 small files", label, "save() until all remote", "files/s", ours, baseline=base.subject)
+    )
+    row.target, row.ok = "≥ 0.8× raw boto3", row.median >= 0.8 * base.median
 
 
 # -- 6. message size ---------------------------------------------------------------------------

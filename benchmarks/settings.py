@@ -85,6 +85,16 @@ STORAGES = {
             "delayed": True,
         },
     },
+    # The queued storage with its remote behind the WAN link (small files over a distance).
+    "wan": {
+        "BACKEND": "queued_storage.QueuedStorage",
+        "OPTIONS": {
+            "local": _FS,
+            "remote": _S3,
+            "local_options": {"location": str(WORK / "wan")},
+            "remote_options": {"endpoint_url": S3_WAN_ENDPOINT},
+        },
+    },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
