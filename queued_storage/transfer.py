@@ -300,7 +300,9 @@ def _upload_s3(
 # server's "100 Continue" before sending the body: one round trip more per
 # file, half of a small file's time over a distant link.  The header only
 # saves sending a body the server refuses (a name already taken), which
-# costs less than that wait for a small one.
+# costs less than that wait for a small one.  A larger body keeps it: a
+# server refusing early may reset the connection while the body still goes
+# out, and the refusal would then look like a network error.
 NO_CONTINUE_BELOW = 1024 * 1024
 
 _no_continue: contextvars.ContextVar[bool] = contextvars.ContextVar(
