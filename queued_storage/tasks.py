@@ -230,8 +230,13 @@ def _lease_keeper() -> _LeaseKeeper:
 
 # Files claimed by one UPDATE in a several-file message; their leases run from then on.
 CLAIM_CHUNK = 50
+# Copied files of a several-file message switched together, while the next one copies.
+SWITCH_BATCH = 5
 
 _uploaders = threading.local()
+
+# A copied file of a several-file message waiting for its switch: name, version, row, copy, seconds.
+_Landed = tuple[str, str, FileRecord, Copied, float]
 
 
 def _upload_thread() -> ThreadPoolExecutor:
@@ -309,18 +314,19 @@ class Transfer(_Task):
         return self._settle(storage, name, version, record, copied, seconds)
 
     def _run_many(self, storage: QueuedStorage, files: list[tuple[str, str]]) -> str:
-        """Copy several files one after another, each claimed and switched while another copies.
+        """Copy several files one after another, claimed and switched while another copies.
 
         One upload thread keeps a single copy in flight, as a one-file task
-        does; this thread meanwhile claims the next file and switches the last
-        one, so the database and cache round trips cost no time on the link.
-        A file that fails, or that another worker holds, goes on in a one-file
-        message of its own.
+        does; this thread meanwhile claims the next files and switches the
+        copied ones, :data:`SWITCH_BATCH` at a time, so the database and cache
+        round trips cost no time on the link.  A file that fails, or that
+        another worker holds, goes on in a one-file message of its own.
         """
         keeper = _lease_keeper()
         outcomes: Counter[str] = Counter()
         flight: tuple[str, str, FileRecord, Future[tuple[Copied | Exception, float]]] | None = None
         latest: Future[tuple[Copied | Exception, float]] | None = None
+        landed: list[_Landed] = []
         uploader = _upload_thread()
         owner = self.request.hostname or ""
         files = list(dict.fromkeys(files))  # a name twice would be copied twice
@@ -335,8 +341,10 @@ class Transfer(_Task):
                         progress = keeper.add(storage.key, name, version)
                         latest = uploader.submit(self._copy_as, self.request, storage, name, record, progress)
                         if flight is not None:
-                            outcomes[self._land(storage, keeper, *flight)] += 1
+                            self._land(storage, keeper, landed, outcomes, *flight)
                         flight = (name, version, record, latest)
+                        if len(landed) >= SWITCH_BATCH:
+                            self._switch(storage, keeper, landed, outcomes)
                     elif outcome is Claim.BUSY:
                         assert record is not None
                         enqueue(storage, name, version, record.host, countdown=_busy_wait(record))
@@ -344,7 +352,8 @@ class Transfer(_Task):
                     else:
                         outcomes[str(outcome.value)] += 1
             if flight is not None:
-                outcomes[self._land(storage, keeper, *flight)] += 1
+                self._land(storage, keeper, landed, outcomes, *flight)
+            self._switch(storage, keeper, landed, outcomes)
             # A transfer() override may have used the database in that thread.
             uploader.submit(close_old_connections).result()
         except BaseException:
@@ -355,21 +364,44 @@ class Transfer(_Task):
             for name, _ in files:
                 keeper.discard(storage.key, name)
             raise
-        return ", ".join(f"{outcome}: {count}" for outcome, count in outcomes.items())
+        return ", ".join(f"{outcome}: {count}" for outcome, count in sorted(outcomes.items()))
 
     def _land(
         self,
         storage: QueuedStorage,
         keeper: _LeaseKeeper,
+        landed: list[_Landed],
+        outcomes: Counter[str],
         name: str,
         version: str,
         record: FileRecord,
         future: Future[tuple[Copied | Exception, float]],
-    ) -> str:
-        """Wait for the copy of ``name`` in :meth:`_run_many`, then settle it."""
+    ) -> None:
+        """Wait for the copy of ``name``; a copy joins ``landed``, a failure is handled now."""
         copied, seconds = future.result()
-        keeper.discard(storage.key, name)
-        return self._settle(storage, name, version, record, copied, seconds, alone=False)
+        if isinstance(copied, Exception):
+            keeper.discard(storage.key, name)
+            outcomes[self._failed(storage, name, version, copied, alone=False)] += 1
+        else:
+            landed.append((name, version, record, copied, seconds))
+
+    def _switch(
+        self, storage: QueuedStorage, keeper: _LeaseKeeper, landed: list[_Landed], outcomes: Counter[str]
+    ) -> None:
+        """Switch the copies in ``landed`` together (one commit, one cache write), then empty it."""
+        if not landed:
+            return
+        won = location.switch_many(
+            storage.key,
+            [(name, version, copied.size, copied.checksum) for name, version, _, copied, _ in landed],
+        )
+        for (name, version, record, copied, seconds), switched in zip(landed, won, strict=True):
+            keeper.discard(storage.key, name)
+            if switched:
+                outcomes[self._switched(storage, name, version, record, copied, seconds)] += 1
+            else:
+                outcomes[self._orphaned(storage, name, version)] += 1
+        landed.clear()
 
     def _copy_as(
         self, request: Any, storage: QueuedStorage, name: str, record: FileRecord, progress: Progress
@@ -409,16 +441,26 @@ class Transfer(_Task):
         record: FileRecord,
         copied: Copied | Exception,
         seconds: float,
-        *,
-        alone: bool = True,
     ) -> str:
-        """After a copy: switch reads to it (and drop the local copy if asked), or handle the failure."""
+        """Switch reads to a one-file copy (and drop the local copy if asked), or handle its failure."""
         if isinstance(copied, Exception):
-            return self._failed(storage, name, version, copied, alone=alone)
+            return self._failed(storage, name, version, copied)
         if not location.switch_to_remote(
             storage.key, name, version, size=copied.size, checksum=copied.checksum
         ):
             return self._orphaned(storage, name, version)
+        return self._switched(storage, name, version, record, copied, seconds)
+
+    def _switched(
+        self,
+        storage: QueuedStorage,
+        name: str,
+        version: str,
+        record: FileRecord,
+        copied: Copied,
+        seconds: float,
+    ) -> str:
+        """What follows a won switch: the local copy dropped if asked, the log line, the signal."""
         if self.delete_local or storage.delete_local:
             with location.local_copy_removable(storage.key, name, version) as removable:
                 if removable:

@@ -30,7 +30,7 @@ def test_every_file_of_a_message_is_transferred_and_switched(make, eager):
     storage = make(delayed=True)
     files = _saved(storage, ["a.txt", "b.txt", "c.txt"])
     files.append(["gone.txt", "no-such-version"])
-    assert _run(storage, files) == "remote: 3, gone: 1"
+    assert _run(storage, files) == "gone: 1, remote: 3"
     for name, _ in files[:3]:
         status = storage.status(name)
         assert (status.state, status.attempts) == ("remote", 1)
@@ -64,7 +64,7 @@ def test_a_vanished_local_file_fails_at_once_without_stopping_the_rest(make, eag
     storage = make(delayed=True)
     files = _saved(storage, ["a.txt", "lost.txt", "c.txt"])
     storage.local.delete("lost.txt")
-    assert _run(storage, files) == "remote: 2, failed: 1"
+    assert _run(storage, files) == "failed: 1, remote: 2"
     lost = storage.status("lost.txt")
     assert (lost.state, lost.attempts) == ("failed", 1) and "is gone" in lost.last_error
 
@@ -80,6 +80,24 @@ def test_one_copy_at_a_time_in_one_upload_thread(make, eager):
     assert Watched.most == 1  # the same parallelism towards the remote as a one-file task
     assert len(Watched.threads) == 1 and next(iter(Watched.threads)).startswith("queued_storage upload")
     assert Watched.task_ids == {result.id}  # the hook sees the message's request there too
+
+
+def test_copies_are_switched_in_batches_while_the_next_one_copies(make, eager, monkeypatch):
+    from queued_storage import location
+
+    storage = make(delayed=True)
+    files = _saved(storage, [f"{i}.txt" for i in range(7)])
+    batches = []
+    real = location.switch_many
+
+    def switch_many(key, copies):
+        batches.append([name for name, *_ in copies])
+        return real(key, copies)
+
+    monkeypatch.setattr(location, "switch_many", switch_many)
+    assert _run(storage, files) == "remote: 7"
+    assert batches == [["0.txt", "1.txt", "2.txt", "3.txt", "4.txt"], ["5.txt", "6.txt"]]
+    assert all(storage.url(name).startswith("/remote/") for name, _ in files)
 
 
 def test_delete_local_applies_to_each_file(make, eager):
@@ -120,7 +138,8 @@ def test_a_database_error_stops_the_message_and_leaves_the_rest_to_the_sweeper(m
     def down(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(location, "switch_to_remote", down)
+    monkeypatch.setattr(location, "switch_many", down)
+    monkeypatch.setattr(tasks, "SWITCH_BATCH", 1)  # a's switch fails while b copies
     result = resolve_task(storage.task).apply(args=(storage.key,), kwargs={"files": files})
     assert result.failed() and "database went away" in str(result.result)
     tasks._upload_thread().submit(lambda: None).result(5)  # whatever was running has finished

@@ -93,3 +93,31 @@ def test_claiming_no_files_claims_nothing():
     name = default_storage.save("unclaimed.txt", ContentFile(b"x"))
     assert location.claim_many(default_storage.key, [], owner="test") == []
     assert default_storage.status(name).state == "pending"
+
+
+@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
+def test_switching_several_copies_sets_each_on_its_own_and_the_cache_once(monkeypatch):
+    names = [default_storage.save(f"batch/{n}.txt", ContentFile(b"x")) for n in "abc"]
+    key = default_storage.key
+    rows = {r.name: r for r in FileRecord.objects.filter(storage=key, name__in=names)}
+    for name in names:
+        [(outcome, _)] = location.claim_many(key, [(name, rows[name].version)], owner="test")
+        assert outcome is location.Claim.CLAIMED
+    default_storage.url(names[1])  # a reader cached "transferring" meanwhile
+    FileRecord.objects.filter(name=names[2]).update(version="saved-again")  # c changed while it copied
+    cache = caches["default"]
+    writes = []
+    real_set_many = type(cache).set_many
+    monkeypatch.setattr(
+        type(cache), "set_many", lambda self, *a, **k: writes.append(a) or real_set_many(self, *a, **k)
+    )
+    copies = [(name, rows[name].version, 1, "md5:x") for name in names]
+    assert location.switch_many(key, copies) == [True, True, False]
+    assert [r.state for r in FileRecord.objects.filter(name__in=names).order_by("name")] == [
+        "remote",
+        "remote",
+        "transferring",
+    ]
+    assert len(writes) == 1  # one round trip for the batch
+    assert [location.cached_state(key, name) for name in names] == ["remote", "remote", "transferring"]
+    assert location.switch_many(key, copies) == [False, False, False]  # each set happens once

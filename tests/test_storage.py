@@ -67,7 +67,14 @@ def test_delete_local_keeps_the_copy_when_the_cache_still_says_local(make, eager
             raise ConnectionError("cache down at the switch")
         return real_set(key, value, *args, **kwargs)
 
+    def set_many_failing_on_remote(data, *args, **kwargs):
+        if "remote" in data.values():
+            raise ConnectionError("cache down at the switch")
+        return real_set_many(data, *args, **kwargs)
+
+    real_set_many = cache.set_many
     monkeypatch.setattr(cache, "set", set_failing_on_remote)
+    monkeypatch.setattr(cache, "set_many", set_many_failing_on_remote)
     storage = make(delayed=True, delete_local=True)
     name = storage.save("a.txt", ContentFile(b"abc"))
     assert storage.url(name) == "/local/a.txt"  # a read put "pending" in the cache
