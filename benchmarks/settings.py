@@ -41,7 +41,12 @@ DATABASES = {
         "CONN_MAX_AGE": 600,
     }
 }
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"{REDIS_URL}/1"}}
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"{REDIS_URL}/1"},
+    # The same Redis database through django-redis, which keeps its client
+    # (docs/deployment.rst recommends it): scenario 3 measures url() with both.
+    "django_redis": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": f"{REDIS_URL}/1"},
+}
 
 CELERY_BROKER_URL = f"{REDIS_URL}/0"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
