@@ -170,7 +170,7 @@ def count_s3_requests() -> Iterator[list[str]]:
 
 
 def _forget_queued(prefix: str) -> None:
-    for alias in ("default", "delayed"):
+    for alias in ("default", "delayed", "wan"):
         storage: Any = storages[alias]
         FileRecord.objects.filter(storage=storage.key, name__startswith=prefix).delete()
         shutil.rmtree(Path(storage.local.path(prefix)), ignore_errors=True)
@@ -553,16 +553,22 @@ def transfer(services: Services, results: Results, plan: Plan, worker: Any) -> N
 # -- 5. many small files -----------------------------------------------------------------------
 
 
-def small_files(services: Services, results: Results, plan: Plan, worker: Any, parallel: int) -> None:
-    """Inline publish sends a message per file; background publish sends a burst in fewer."""
-    label = f"{plan.small_files} × 16 KB, {parallel} {'process' if parallel == 1 else 'processes'}"
+def _small_files_on_disk(source: Path, count: int) -> list[bytes]:
+    """``count`` distinct 16 KB payloads, also written as files to ``source`` for raw boto3."""
     block = _random(16 * 1024)
-    payloads = [i.to_bytes(4, "big") + block[4:] for i in range(plan.small_files)]
-    source = services.workdir / "s5-source"
+    payloads = [i.to_bytes(4, "big") + block[4:] for i in range(count)]
     shutil.rmtree(source, ignore_errors=True)
     source.mkdir(parents=True)
     for i, data in enumerate(payloads):
         (source / f"{i:05d}.bin").write_bytes(data)
+    return payloads
+
+
+def small_files(services: Services, results: Results, plan: Plan, worker: Any, parallel: int) -> None:
+    """Inline publish sends a message per file; background publish sends a burst in fewer."""
+    label = f"{plan.small_files} × 16 KB, {parallel} {'process' if parallel == 1 else 'processes'}"
+    source = services.workdir / "s5-source"
+    payloads = _small_files_on_disk(source, plan.small_files)
     modes = {"save() until all remote": False, "save() until all remote, background publish": True}
     ours: dict[str, list[float]] = {subject: [] for subject in modes}
     saving: dict[str, list[float]] = {subject: [] for subject in modes}
@@ -607,13 +613,8 @@ def small_files_wan(services: Services, results: Results, plan: Plan) -> None:
     """Small files through the WAN link: there the round trips of each PUT are its cost."""
     wan: Any = storages["wan"]
     label = f"{plan.wan_small_files} × 16 KB over the WAN link, 1 process"
-    block = _random(16 * 1024)
     source = services.workdir / "s5wan-source"
-    shutil.rmtree(source, ignore_errors=True)
-    source.mkdir(parents=True)
-    payloads = [i.to_bytes(4, "big") + block[4:] for i in range(plan.wan_small_files)]
-    for i, data in enumerate(payloads):
-        (source / f"{i:05d}.bin").write_bytes(data)
+    payloads = _small_files_on_disk(source, plan.wan_small_files)
     ours, raws = [], []
     for rep in range(plan.small_reps):
         raw_prefix = f"s5wanraw/{rep}-{uuid.uuid4().hex[:8]}/"
@@ -624,8 +625,7 @@ def small_files_wan(services: Services, results: Results, plan: Plan) -> None:
         names = [wan.save(f"{prefix}{i:05d}.bin", ContentFile(data)) for i, data in enumerate(payloads)]
         ours.append(plan.wan_small_files / (wait_remote(wan, names, 600) - started))
     services.empty_bucket("s5wan")
-    shutil.rmtree(Path(wan.local.path("s5wan")), ignore_errors=True)
-    FileRecord.objects.filter(storage=wan.key, name__startswith="s5wan/").delete()
+    _forget_queued("s5wan/")
     shutil.rmtree(source, ignore_errors=True)
     base = results.add(Row("5 small files", label, "raw boto3 put_object, 1 thread(s)", "files/s", raws))
     row = results.add(

@@ -119,6 +119,16 @@ def _mirror(storage: str, name: str, state: str) -> bool:
     return _cache_set(cache_key(storage, name), state)
 
 
+def _mirror_many(storage: str, names: list[str], state: str) -> None:
+    """:func:`_mirror` for several names in one cache round trip."""
+    if not names:
+        return
+    try:
+        caches[conf.CACHE].set_many({cache_key(storage, name): state for name in names}, conf.CACHE_TIMEOUT)
+    except Exception as exc:  # a stale cache entry is refreshed on the next change
+        logger.warning("queued_storage: cache write failed (%s)", exc)
+
+
 @functools.cache
 def _connect_cache() -> None:
     """Open this process's cache connection once, before its first switch.
@@ -336,12 +346,7 @@ def switch_many(storage: str, copies: list[tuple[str, str, int, str]]) -> list[b
                 updated_at=now,
             )
             won.append(bool(switched))
-    remote = {cache_key(storage, copy[0]): State.REMOTE for copy, ok in zip(copies, won, strict=True) if ok}
-    if remote:
-        try:
-            caches[conf.CACHE].set_many(remote, conf.CACHE_TIMEOUT)
-        except Exception as exc:  # a stale cache entry is refreshed on the next change
-            logger.warning("queued_storage: cache write failed (%s)", exc)
+    _mirror_many(storage, [copy[0] for copy, ok in zip(copies, won, strict=True) if ok], State.REMOTE)
     return won
 
 
