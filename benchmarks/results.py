@@ -88,14 +88,19 @@ def format_row(row: Row) -> str:
     verdict = {True: "holds", False: "FAILS", None: ""}[row.ok]
     return (
         f"{row.scenario:<11} {row.case:<22} {row.subject:<38} {_num(row.median, row.unit):>8} "
-        f"{spread:>17} {row.unit:<8} n={len(row.samples):<4} {ratio:>8}  {row.target} {verdict}"
+        f"{spread:>17} {row.unit:<8} n={len(row.samples):<4} {ratio:>8}  {_last(row)} {verdict}"
     ).rstrip()
+
+
+def _last(row: Row) -> str:
+    """The last column: the target, or for a row without one its note."""
+    return row.target or row.note
 
 
 def table(rows: list[Row]) -> str:
     head = (
         f"{'scenario':<11} {'case':<22} {'subject':<38} {'median':>8} {'min–max':>17} {'unit':<8} "
-        f"{'n':<6} {'ratio':>8}  target"
+        f"{'n':<6} {'ratio':>8}  target or note"
     )
     return "\n".join([head, "-" * len(head), *(format_row(row) for row in rows)])
 
@@ -113,7 +118,7 @@ def rst_table(rows: list[Row]) -> str:
         "     - Min–max",
         "     - n",
         "     - Ratio",
-        "     - Target",
+        "     - Target or note",
     ]
     for row in rows:
         verdict = {True: " — holds", False: " — **fails**", None: ""}[row.ok]
@@ -125,7 +130,7 @@ def rst_table(rows: list[Row]) -> str:
             f"{_num(min(row.samples), row.unit)}–{_num(max(row.samples), row.unit)}",
             str(len(row.samples)),
             f"{row.ratio:.2f}×" if row.ratio is not None else "",
-            (row.target + verdict) if row.target else "",
+            (row.target + verdict) if row.target else row.note,
         ]
         lines.append(f"   * - {cells[0]}")
         lines.extend(f"     - {cell}" if cell else "     -" for cell in cells[1:])

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -26,10 +27,11 @@ from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage as _default_storage
 from django.core.files.storage import storages
+from django.db import transaction
 from django.db.models import Count
 from django.test import override_settings
 
-from queued_storage import publishing
+from queued_storage import location, publishing, tasks
 from queued_storage.models import FileRecord, State
 
 from .harness import BUCKET, PARKED, Services, kib, reset_peak
@@ -275,7 +277,64 @@ def save_latency(services: Services, results: Results, plan: Plan) -> None:
             shutil.rmtree(Path(storages["fs"].path("s1")), ignore_errors=True)
             _forget_queued("s1/")
             services.empty_bucket("s1/")
+        _save_parts(results, plan)
     _save_verdicts(results, plan)
+
+
+def _record_by_cursor() -> Callable[[str], None]:
+    """The record's INSERT as one prepared statement through a plain cursor, for contrast.
+
+    The cheapest a hand-written INSERT could be: the SQL and every value but
+    the name and version are built once.
+    """
+    from django.db import connection
+
+    template = FileRecord(
+        storage=default_storage.key, name="", state=State.PENDING, version="", size=KB, host="bench"
+    )
+    quote = connection.ops.quote_name
+    fields = [f for f in FileRecord._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(quote(str(f.column)) for f in fields)
+    slots = ", ".join(["%s"] * len(fields))
+    sql = f"INSERT INTO {quote(FileRecord._meta.db_table)} ({columns}) VALUES ({slots})"
+    values = [f.get_db_prep_save(f.pre_save(template, True), connection) for f in fields]
+    at = {f.name: i for i, f in enumerate(fields)}
+
+    def insert(name: str) -> None:
+        values[at["name"]], values[at["version"]] = name, uuid.uuid4().hex[:16]
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, values)
+
+    return insert
+
+
+def _save_parts(results: Results, plan: Plan) -> None:
+    """What save() adds to the local write, each part timed alone: the floors of the save targets."""
+    reps = max(plan.save_reps.values())
+    by_cursor = _record_by_cursor()
+
+    def orm(name: str) -> None:
+        with transaction.atomic():
+            location.record_saved(default_storage.key, name, KB)
+
+    def publish(name: str) -> None:
+        tasks.enqueue(default_storage, name, "v", None)
+
+    fs_1mb = [results.median("1 save", label, FS) for label, size in plan.save_sizes.items() if size == MB]
+    budget = f"1.1× FileSystemStorage at 1 MB leaves {0.1 * fs_1mb[0]:.3f} ms" if fs_1mb else ""
+    for subject, part, note in (
+        ("the record: ORM INSERT + COMMIT, as save() does", orm, budget),
+        ("the record: one plain-cursor INSERT + COMMIT (contrast)", by_cursor, ""),
+        ("the inline Celery publish", publish, ""),
+    ):
+        samples = []
+        for _ in range(reps):
+            name = f"s1/parts/{uuid.uuid4().hex}.bin"
+            started = time.perf_counter()
+            part(name)
+            samples.append(time.perf_counter() - started)
+        results.add(Row("1 save", "parts of save()", subject, "ms", _ms(samples), note=note))
+    _forget_queued("s1/")
 
 
 def _save_verdicts(results: Results, plan: Plan) -> None:
@@ -404,6 +463,12 @@ def _old_url(cache: Any, key: str, remote: Any, local: Any, name: str) -> str:
     return str(local.url(name))
 
 
+def _socket_get(sock: socket.socket) -> bytes:
+    """A GET sent and its reply read with nothing between: no client library, no pool."""
+    sock.sendall(b"*2\r\n$3\r\nGET\r\n$12\r\nqs-bench-rtt\r\n")
+    return sock.recv(64)  # "$-1\r\n": the key does not exist
+
+
 def url_calls(services: Services, results: Results, plan: Plan) -> None:
     """Needs a running worker (to make one file remote)."""
     queued = default_storage
@@ -413,6 +478,12 @@ def url_calls(services: Services, results: Results, plan: Plan) -> None:
         local_name = queued.save(f"s3url/local-{uuid.uuid4().hex}.txt", ContentFile(b"local"))
         _url_case(results, plan, remote_name, "file on S3", queued.remote, "S3Storage.url()")
         _url_case(results, plan, local_name, "file still local", queued.local, "FileSystemStorage.url()")
+    with socket.create_connection(("127.0.0.1", services.redis.port)) as sock:
+        rtt = _per_call(partial(_socket_get, sock), plan.url_calls)
+    results.add(
+        Row("3 url()", "file on S3", "a Redis GET over a plain socket (the round trip)", "µs",
+            [s * 1e6 for s in rtt])
+    )  # fmt: skip
     services.empty_bucket("s3url/")
     _forget_queued("s3url/")
 
@@ -453,6 +524,12 @@ def _url_case(results: Results, plan: Plan, name: str, case: str, underlying: An
             requests = subject.replace("url()", "url() S3 requests")
             reqs = results.add(Row("3 url()", case, requests, "requests", [float(len(sent))]))
             reqs.target, reqs.ok = "0 S3 requests", not sent
+        # The floor of a warm url(): the one cache read it makes, timed alone.
+        alone = micros(_per_call(partial(caches[alias].get, key), plan.url_calls))
+        warm = results.find("3 url()", case, f"QueuedStorage.url() warm cache{backend}")
+        rest = warm.median - base.median - statistics.median(alone)
+        note = f"url() warm minus the storage's url() and this: {rest:+.0f} µs (medians)"
+        results.add(Row("3 url()", case, f"the cache's get() alone{backend}", "µs", alone, note=note))
     cache = caches["default"]
     flush = partial(cache.delete, key)
     # The predecessor, simulated with the same cache and plain S3Storage calls.

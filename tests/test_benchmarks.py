@@ -28,3 +28,13 @@ def test_every_scenario_runs_end_to_end(tmp_path):
     assert {row["scenario"].split()[0] for row in rows} == {"1", "2", "3", "4", "5", "6", "7"}
     assert all(row["samples"] for row in rows)
     assert chart.stat().st_size > 0
+    # The floors each target is up against are measured in the same run.
+    parts = {row["subject"] for row in rows if row["case"] == "parts of save()"}
+    assert parts == {
+        "the record: ORM INSERT + COMMIT, as save() does",
+        "the record: one plain-cursor INSERT + COMMIT (contrast)",
+        "the inline Celery publish",
+    }
+    gets = [row for row in rows if row["subject"].startswith("the cache's get() alone")]
+    assert len(gets) == 4 and all(row["note"].startswith("url() warm minus ") for row in gets)
+    assert any(row["subject"].startswith("a Redis GET over a plain socket") for row in rows)
