@@ -31,8 +31,8 @@ def test_every_scenario_runs_end_to_end(tmp_path):
     # The floors each target is up against are measured in the same run.
     parts = {row["subject"] for row in rows if row["case"] == "parts of save()"}
     assert parts == {
-        "the record: ORM INSERT + COMMIT, as save() does",
-        "the record: one plain-cursor INSERT + COMMIT (contrast)",
+        "the record, as save() writes it: INSERT + COMMIT",
+        "the same row through objects.create() (contrast)",
         "the inline Celery publish",
     }
     gets = [row for row in rows if row["subject"].startswith("the cache's get() alone")]

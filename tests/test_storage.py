@@ -13,8 +13,10 @@ from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.migrations.writer import MigrationWriter
+from django.utils import timezone
 
 from queued_storage import QueuedRemoteStorage, QueuedStorage
+from queued_storage.conf import conf
 from queued_storage.location import cache_key
 from queued_storage.models import FileRecord
 from queued_storage.storage import get_storage
@@ -32,6 +34,29 @@ def test_save_is_local_and_pending_until_transferred(make):
     status = storage.status(name)
     assert (status.state, status.size, status.attempts, status.last_error) == ("pending", 3, 0, "")
     assert not storage.remote.exists(name)
+
+
+def test_the_record_of_a_save_is_the_row_the_orm_would_write(make):
+    # save() writes its record with one prepared INSERT, not objects.create():
+    # every column must still get what the model's fields give it.
+    storage = make(delayed=True)
+    before = timezone.now()
+    name = storage.save("a.txt", ContentFile(b"abc"))
+    after = timezone.now()
+    saved = FileRecord.objects.get(storage=storage.key, name=name)
+    by_orm = FileRecord.objects.create(
+        storage=storage.key, name="b.txt", state="pending", version=saved.version, size=3, host=conf.HOST
+    )
+
+    def columns(record):
+        return {f.attname: getattr(record, f.attname) for f in FileRecord._meta.concrete_fields}
+
+    differ = {"id", "name", "created_at", "updated_at"}
+    assert {k: v for k, v in columns(saved).items() if k not in differ} == {
+        k: v for k, v in columns(by_orm).items() if k not in differ
+    }
+    assert before <= saved.created_at <= saved.updated_at <= after
+    assert len(saved.version) == 16
 
 
 def test_transfer_switches_reads_to_remote(make, eager):
