@@ -26,6 +26,11 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+def default(name: str) -> Any:
+    """The value a ``QUEUED_STORAGE_*`` setting has when the project does not set it."""
+    return _DEFAULTS[name]
+
+
 class Settings:
     """Typed accessors for the ``QUEUED_STORAGE_*`` settings."""
 

@@ -22,7 +22,7 @@ from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
 
 from . import location
-from .conf import conf
+from .conf import conf, default
 from .location import Claim
 from .models import FileRecord, State
 from .signals import file_transferred, transfer_failed
@@ -197,9 +197,22 @@ class _LeaseKeeper(threading.Thread):
         with self._lock:
             self._files.pop((storage, name), None)
 
+    @staticmethod
+    def _beat() -> float:
+        """A third of the lease; of the default lease while the setting is invalid.
+
+        The thread must outlive a bad setting (check E007 names it): if it
+        died, no later copy in this process would have its lease renewed.
+        """
+        try:
+            return conf.LEASE / 3
+        except ImproperlyConfigured:
+            logger.exception("queued_storage: renewing leases at the default interval meanwhile")
+            return float(default("QUEUED_STORAGE_LEASE")) / 3
+
     def run(self) -> None:
         while True:
-            time.sleep(conf.LEASE / 3)
+            time.sleep(self._beat())
             with self._lock:
                 files = [(key, version, done[0]) for key, (version, done) in self._files.items()]
             if not files:

@@ -73,6 +73,35 @@ def test_the_lease_keeper_renews_a_file_until_it_is_discarded(settings):
     assert FileRecord.objects.get(name=name).lease_until == last  # no longer renewed
 
 
+def test_the_lease_keeper_outlives_an_invalid_lease_setting(settings, monkeypatch, caplog):
+    import threading
+    import types
+
+    from queued_storage import tasks
+
+    settings.QUEUED_STORAGE_LEASE = -5
+    keeper = tasks._LeaseKeeper()
+    beats: list[float] = []
+    enough, never = threading.Event(), threading.Event()
+
+    def sleep(seconds):
+        if threading.current_thread() is not keeper:
+            return time.sleep(seconds)
+        beats.append(seconds)
+        if len(beats) == 3:
+            enough.set()
+            never.wait()  # parks the thread for good: a daemon that touches nothing more
+
+    fake = types.SimpleNamespace(**{n: getattr(time, n) for n in dir(time) if not n.startswith("_")})
+    fake.sleep = sleep
+    monkeypatch.setattr(tasks, "time", fake)
+    keeper.start()
+    assert enough.wait(5), f"the keeper stopped beating: {beats}"
+    assert keeper.is_alive()
+    assert beats == [20.0, 20.0, 20.0]  # a third of the default lease, 60 s
+    assert "QUEUED_STORAGE_LEASE" in caplog.text
+
+
 def test_one_structured_log_record_per_transfer(caplog):
     name = default_storage.save("progress/log.txt", ContentFile(b"logged" * 100))
     with caplog.at_level(logging.INFO, logger="queued_storage"):
