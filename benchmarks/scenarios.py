@@ -132,6 +132,10 @@ def _ms(seconds: list[float]) -> list[float]:
     return [s * 1000 for s in seconds]
 
 
+def _us(seconds: list[float]) -> list[float]:
+    return [s * 1e6 for s in seconds]
+
+
 def _random(size: int) -> bytes:
     return os.urandom(size)
 
@@ -284,19 +288,20 @@ def save_latency(services: Services, results: Results, plan: Plan) -> None:
 def _save_parts(results: Results, plan: Plan) -> None:
     """What save() adds to the local write, each part timed alone: the floors of the save targets."""
     reps = max(plan.save_reps.values())
+    names = iter([f"s1/parts/{uuid.uuid4().hex}.bin" for _ in range(3 * reps)])  # made before the clock
 
-    def record(name: str) -> None:
+    def record() -> None:
         with transaction.atomic():
-            location.record_saved(default_storage.key, name, KB)
+            location.record_saved(default_storage.key, next(names), KB)
 
-    def by_orm(name: str) -> None:
+    def by_orm() -> None:
         with transaction.atomic():
             FileRecord.objects.create(
-                storage=default_storage.key, name=name, state=State.PENDING, version="v", size=KB, host="b"
+                storage=default_storage.key, name=next(names), state=State.PENDING, version="v", size=KB
             )
 
-    def publish(name: str) -> None:
-        tasks.enqueue(default_storage, name, "v", None)
+    def publish() -> None:
+        tasks.enqueue(default_storage, next(names), "v", None)
 
     fs_1mb = [results.median("1 save", label, FS) for label, size in plan.save_sizes.items() if size == MB]
     budget = f"1.1× FileSystemStorage at 1 MB leaves {0.1 * fs_1mb[0]:.3f} ms" if fs_1mb else ""
@@ -305,13 +310,8 @@ def _save_parts(results: Results, plan: Plan) -> None:
         ("the same row through objects.create() (contrast)", by_orm, ""),
         ("the inline Celery publish", publish, ""),
     ):
-        samples = []
-        for _ in range(reps):
-            name = f"s1/parts/{uuid.uuid4().hex}.bin"
-            started = time.perf_counter()
-            part(name)
-            samples.append(time.perf_counter() - started)
-        results.add(Row("1 save", "parts of save()", subject, "ms", _ms(samples), note=note))
+        samples = _ms(_per_call(part, reps))
+        results.add(Row("1 save", "parts of save()", subject, "ms", samples, note=note))
     _forget_queued("s1/")
 
 
@@ -458,10 +458,8 @@ def url_calls(services: Services, results: Results, plan: Plan) -> None:
         _url_case(results, plan, local_name, "file still local", queued.local, "FileSystemStorage.url()")
     with socket.create_connection(("127.0.0.1", services.redis.port)) as sock:
         rtt = _per_call(partial(_socket_get, sock), plan.url_calls)
-    results.add(
-        Row("3 url()", "file on S3", "a Redis GET over a plain socket (the round trip)", "µs",
-            [s * 1e6 for s in rtt])
-    )  # fmt: skip
+    subject = "a Redis GET over a plain socket (the round trip)"
+    results.add(Row("3 url()", "file on S3", subject, "µs", _us(rtt)))
     services.empty_bucket("s3url/")
     _forget_queued("s3url/")
 
@@ -474,9 +472,6 @@ def _url_case(results: Results, plan: Plan, name: str, case: str, underlying: An
     queued = default_storage
     key = queued.get_cache_key(name)
 
-    def micros(samples: list[float]) -> list[float]:
-        return [s * 1e6 for s in samples]
-
     queued.url(name)
     base = results.add(
         Row(
@@ -484,7 +479,7 @@ def _url_case(results: Results, plan: Plan, name: str, case: str, underlying: An
             case,
             base_subject,
             "µs",
-            micros(_per_call(lambda: underlying.url(name), plan.url_calls)),
+            _us(_per_call(lambda: underlying.url(name), plan.url_calls)),
         )
     )
     for alias, backend in URL_CACHES.items():
@@ -496,14 +491,14 @@ def _url_case(results: Results, plan: Plan, name: str, case: str, underlying: An
             with override_settings(QUEUED_STORAGE_CACHE=alias), count_s3_requests() as sent:
                 queued.url(name)  # the alias's first connection
                 samples = _per_call(lambda: queued.url(name), plan.url_calls, before)
-            row = results.add(Row("3 url()", case, subject, "µs", micros(samples), baseline=base.subject))
+            row = results.add(Row("3 url()", case, subject, "µs", _us(samples), baseline=base.subject))
             added = (row.median - base.median) / 1000
             row.target, row.ok = f"≤ 0.2 ms added (+{added:.3f} ms)", added <= 0.2
             requests = subject.replace("url()", "url() S3 requests")
             reqs = results.add(Row("3 url()", case, requests, "requests", [float(len(sent))]))
             reqs.target, reqs.ok = "0 S3 requests", not sent
         # The floor of a warm url(): the one cache read it makes, timed alone.
-        alone = micros(_per_call(partial(caches[alias].get, key), plan.url_calls))
+        alone = _us(_per_call(partial(caches[alias].get, key), plan.url_calls))
         warm = results.find("3 url()", case, f"QueuedStorage.url() warm cache{backend}")
         rest = warm.median - base.median - statistics.median(alone)
         note = f"url() warm minus the storage's url() and this: {rest:+.0f} µs (medians)"
@@ -517,7 +512,7 @@ def _url_case(results: Results, plan: Plan, name: str, case: str, underlying: An
             samples = _per_call(partial(_old_url, cache, key, remote, queued.local, name), calls, flush)
         subject = f"0.8-style url() flushed, {link} (simulated)"
         note = f"{len(sent)} S3 requests in {calls} calls"
-        results.add(Row("3 url()", case, subject, "µs", micros(samples), baseline=base.subject, note=note))
+        results.add(Row("3 url()", case, subject, "µs", _us(samples), baseline=base.subject, note=note))
 
 
 # -- 4. transfer throughput and memory ----------------------------------------------------------
