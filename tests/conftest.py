@@ -23,8 +23,16 @@ FS = "django.core.files.storage.FileSystemStorage"
 
 @pytest.fixture(scope="session")
 def services() -> plugin.Services:
+    """Redis, moto's S3 server behind its proxy (and PostgreSQL with QS_DB=postgres), running."""
     assert plugin.SERVICES is not None, "run pytest with -p tests.plugin (setup.cfg does)"
-    return plugin.SERVICES
+    return plugin.SERVICES.need_all()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """Start PostgreSQL (with QS_DB=postgres) before the test database is created."""
+    if plugin.SERVICES is not None and plugin.SERVICES.postgres is not None:
+        plugin.SERVICES.need("postgres")
 
 
 @pytest.fixture
@@ -34,17 +42,26 @@ def s3(services: plugin.Services) -> Any:
 
 
 @pytest.fixture(autouse=True)
-def clean_services(services: plugin.Services) -> Iterator[None]:
-    """Each test starts with an empty broker and cache, an open and unthrottled S3 endpoint."""
-    services.redis.flushall()
-    proxy = services.s3_proxy
-    proxy.accept()
-    proxy.bandwidth = None
-    proxy.latency = 0.0
-    proxy.reset_counts()
+def clean_services() -> Iterator[None]:
+    """Each test starts with an empty broker and cache, an open and unthrottled S3 endpoint.
+
+    Only the services that run already are cleaned; none is started for it.
+    """
+    running = plugin.SERVICES.started if plugin.SERVICES is not None else set()
+    if "redis" in running:
+        plugin.SERVICES.redis.flushall()  # type: ignore[union-attr]
+    elif plugin.unit_mode():
+        caches["default"].clear()  # the file-based cache QS_UNIT=1 uses instead of Redis
+    proxy = plugin.SERVICES.s3_proxy if plugin.SERVICES is not None and not plugin.unit_mode() else None
+    if proxy is not None:
+        proxy.accept()
+        proxy.bandwidth = None
+        proxy.latency = 0.0
+        proxy.reset_counts()
     yield
-    proxy.accept()
-    proxy.bandwidth = None
+    if proxy is not None:
+        proxy.accept()
+        proxy.bandwidth = None
 
 
 @pytest.fixture
@@ -65,8 +82,9 @@ def start_worker(services: plugin.Services) -> Iterator[Callable[..., CeleryWork
         return worker.start()
 
     yield start
+    # SIGKILL: a warm shutdown would only wait for the pool; the test is over.
     for worker in started:
-        worker.stop()
+        worker.kill()
 
 
 @pytest.fixture

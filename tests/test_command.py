@@ -49,6 +49,7 @@ def test_every_subcommand_explains_itself(sub, capsys):
     assert f"queued_storage {sub}" in text and len(text) > 300
 
 
+@pytest.mark.services  # the default storage's remote is S3
 def test_status_text_and_json():
     assert "No files recorded yet." in run("status")
     remote = default_storage.save("cmd/remote.txt", ContentFile(b"r" * 100))
@@ -166,6 +167,7 @@ def test_transfer_existing(media, s3, broker):
     assert "Adopted 0 file(s)" in again
 
 
+@pytest.mark.services  # the default storage's remote is S3
 def test_transfer_existing_progress_bar_on_a_terminal(media):
     class Tty(StringIO):
         def isatty(self):

@@ -27,7 +27,7 @@ from .conftest import s3_body, wait_for
 
 default_storage = cast(QueuedStorage, _default_storage)
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 PATTERN = "transfers.{host}"
 

@@ -12,7 +12,7 @@ from queued_storage.models import FileRecord
 from .conftest import s3_body, sha256, wait_for
 from .testapp.models import Photo
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services, pytest.mark.integration]
 
 
 def state_of(storage, name):
