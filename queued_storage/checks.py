@@ -8,8 +8,9 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
+from . import registry
 from .conf import conf
-from .tasks import celery_configured
+from .publishing import celery_configured, import_task, resolve_task
 
 _PROCESS_LOCAL_CACHES = (
     "django.core.cache.backends.locmem.LocMemCache",
@@ -44,21 +45,28 @@ def check_cache(**kwargs: Any) -> list[Error]:
 
 @register()
 def check_storages(**kwargs: Any) -> list[Error]:
-    from .storage import _duplicates, _load_all, _registry
-
-    _load_all()
     errors = []
-    for storage in list(_registry.values()) + _duplicates:
-        first = _registry[storage.key]
-        if storage is not first and (storage.task, storage.delete_local) != (first.task, first.delete_local):
+    for _, storage in registry.conflicts():
+        errors.append(
+            Error(
+                f"Two QueuedStorages with the same local and remote storage ({storage.key}) differ "
+                "in 'task' or 'delete_local', so a worker could not tell which one a file belongs to.",
+                hint="Give one of them a distinct cache_prefix, or make their options equal.",
+                id="queued_storage.E005",
+            )
+        )
+    for label, storage in [*registry.everything(), *registry.registered()]:
+        try:
+            import_task(storage.task)
+        except ImproperlyConfigured as exc:
             errors.append(
                 Error(
-                    f"Two QueuedStorages with the same local and remote storage ({storage.key}) differ "
-                    "in 'task' or 'delete_local', so a worker could not tell which one a file belongs to.",
-                    hint="Give one of them a distinct cache_prefix, or make their options equal.",
-                    id="queued_storage.E005",
+                    f"{label}: {exc}",
+                    hint="Point 'task' at queued_storage.tasks.Transfer or a subclass of it.",
+                    id="queued_storage.E008",
                 )
             )
+    for storage in {id(s): s for _, s in [*registry.everything(), *registry.registered()]}.values():
         same = storage.local_path == storage.remote_path and storage.local_options == storage.remote_options
         if same:
             errors.append(
@@ -112,9 +120,6 @@ def check_worker_death(**kwargs: Any) -> list[CheckMessage]:
     """Celery settings under which a killed worker would leave a transfer undone for long."""
     from celery import current_app
 
-    from .storage import _load_all, _registry
-    from .tasks import resolve_task
-
     messages: list[CheckMessage] = []
     if not celery_configured():
         return messages  # E004 says it all
@@ -140,9 +145,11 @@ def check_worker_death(**kwargs: Any) -> list[CheckMessage]:
                 id="queued_storage.W002",
             )
         )
-    _load_all()
-    for path in sorted({storage.task for storage in _registry.values()}):
-        task = resolve_task(path)
+    for path in sorted({storage.task for _, storage in [*registry.everything(), *registry.registered()]}):
+        try:
+            task = resolve_task(path)
+        except ImproperlyConfigured:
+            continue  # E008 names it
         if not (task.acks_late and task.reject_on_worker_lost):
             messages.append(
                 Warning(

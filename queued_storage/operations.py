@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from . import location
 from .models import FileRecord, State
-from .storage import QueuedStorage, declared, get_storage, label_of
+from .registry import declared, label_of, lookup
+from .storage import QueuedStorage
 from .transfer import remote_fingerprint
 
 # -- status
@@ -84,7 +85,7 @@ class Outcome:
 
 def _storage_of(record: FileRecord, outcome: Outcome) -> QueuedStorage | None:
     try:
-        return get_storage(record.storage)
+        return lookup(record.storage)
     except LookupError:
         outcome.skip("of an unknown storage", record.name)
         return None
@@ -93,7 +94,7 @@ def _storage_of(record: FileRecord, outcome: Outcome) -> QueuedStorage | None:
 def retry(records: Iterable[FileRecord]) -> Outcome:
     """Queue the transfer of each pending or failed file again (its error cleared).
 
-    Routed like every transfer (:func:`queued_storage.tasks.queue_for`), and
+    Routed like every transfer (:func:`queued_storage.publishing.queue_for`), and
     published once the surrounding transaction commits.
     """
     outcome = Outcome()
@@ -154,7 +155,7 @@ def verify(record: FileRecord) -> Verification:
     if record.state != State.REMOTE:
         return Verification(record.name, False, f"is {record.state}, not on the remote yet", False)
     try:
-        storage = get_storage(record.storage)
+        storage = lookup(record.storage)
         size, etag = remote_fingerprint(storage.remote, record.name)
     except Exception as exc:
         if not _is_missing(exc):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import functools
 import hashlib
 import json
 import os
@@ -16,18 +15,17 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.storage import Storage, storages
 from django.core.files.utils import validate_file_name
-from django.core.signals import setting_changed
 from django.db import IntegrityError, router, transaction
-from django.dispatch import receiver
 from django.utils.deconstruct import deconstructible
 from django.utils.encoding import filepath_to_uri
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
-from . import location, publishing
+from . import location
 from .conf import conf
 from .location import FileStatus
 from .models import FileRecord, State
+from .signals import transfer_requested
 
 DEFAULT_TASK = "queued_storage.tasks.Transfer"
 
@@ -49,12 +47,6 @@ _SECRET_WORDS = ("secret", "password", "token", "key", "credential", "session")
 
 # True inside QueuedStorage.save(), where the record's INSERT checks the name.
 _saving: contextvars.ContextVar[bool] = contextvars.ContextVar("queued_storage_saving", default=False)
-
-# Every QueuedStorage built in this process, by identity: the worker finds a
-# storage declared on a model field here as well as one from STORAGES.
-_registry: dict[str, QueuedStorage] = {}
-# Later storages whose identity was already taken, kept for the E005 check.
-_duplicates: list[QueuedStorage] = []
 
 
 def _resolve_spec(option: str, spec: Any) -> Any:
@@ -152,10 +144,6 @@ class QueuedStorage(Storage):
 
         self._local_cls = _resolve_spec("local", self.local_path)
         self._remote_cls = _resolve_spec("remote", self.remote_path)
-        from .tasks import import_task  # tasks imports this module
-
-        # Imported, not registered: the project's Celery app may not exist yet.
-        import_task(self.task)
         self.key = _identity(
             {
                 "local": self.local_path,
@@ -166,7 +154,6 @@ class QueuedStorage(Storage):
             }
         )
         self._connect()
-        _register(self)
 
     # -- the two storages, built on first use and reused (with their connections)
 
@@ -208,7 +195,6 @@ class QueuedStorage(Storage):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._connect()
-        _register(self)
 
     # -- routing
 
@@ -297,8 +283,17 @@ class QueuedStorage(Storage):
         raise SuspiciousFileOperation(f"Could not find a free name for {name!r} after 10 tries.")
 
     def _queue(self, name: str, version: str, host: str, size: int | None) -> None:
+        """Ask for the transfer of ``name`` once the transaction commits (the queue listens)."""
         transaction.on_commit(
-            partial(publishing.publish, self, name, version, host, size),
+            partial(
+                transfer_requested.send,
+                sender=QueuedStorage,
+                storage=self,
+                name=name,
+                version=version,
+                host=host,
+                size=size,
+            ),
             using=router.db_for_write(FileRecord),
         )
 
@@ -396,99 +391,3 @@ class QueuedStorage(Storage):
 
 
 QueuedRemoteStorage = QueuedStorage
-
-
-def _register(storage: QueuedStorage) -> None:
-    first = _registry.setdefault(storage.key, storage)
-    if first is not storage and (first.task, first.delete_local) != (storage.task, storage.delete_local):
-        _duplicates.append(storage)
-
-
-def get_storage(key: str) -> QueuedStorage:
-    """The QueuedStorage with identity ``key``, from STORAGES or any model field."""
-    if key not in _registry:
-        _load_all()
-    try:
-        return _registry[key]
-    except KeyError:
-        raise LookupError(
-            f"No QueuedStorage with identity {key!r} in this process. The worker must run the "
-            "same settings and models as the web process: check STORAGES and that every app "
-            "declaring storage=QueuedStorage(...) is in INSTALLED_APPS."
-        ) from None
-
-
-def _load_all() -> None:
-    """Build every queued storage the project declares, so each registers itself."""
-    from django.apps import apps
-
-    for alias, spec in getattr(settings, "STORAGES", {}).items():
-        backend = spec.get("BACKEND", "")
-        try:
-            cls = import_string(backend)
-        except ImportError:
-            continue
-        if isinstance(cls, type) and issubclass(cls, QueuedStorage):
-            storages[alias]
-    for model in apps.get_models():
-        for field in model._meta.get_fields():
-            getattr(field, "storage", None)
-
-
-@functools.cache
-def declared() -> dict[str, QueuedStorage]:
-    """Every queued storage the project declares, by label.
-
-    The label is the ``STORAGES`` alias, or ``app_label.Model.field`` for a
-    storage declared on a model field; a storage declared both ways keeps its
-    alias.
-    """
-    from django.apps import apps
-
-    found: dict[str, QueuedStorage] = {}
-    seen: set[str] = set()
-    for alias, spec in getattr(settings, "STORAGES", {}).items():
-        try:
-            cls = import_string(spec.get("BACKEND", ""))
-        except ImportError:
-            continue
-        built = storages[alias] if isinstance(cls, type) and issubclass(cls, QueuedStorage) else None
-        if isinstance(built, QueuedStorage):
-            found[alias] = built
-            seen.add(built.key)
-    for model in apps.get_models():
-        for field in model._meta.get_fields():
-            on_field = getattr(field, "storage", None)
-            if isinstance(on_field, QueuedStorage) and on_field.key not in seen:
-                found[f"{model._meta.label}.{field.name}"] = on_field
-                seen.add(on_field.key)
-    return found
-
-
-def by_label(label: str) -> QueuedStorage:
-    """The declared queued storage called ``label`` (see :func:`declared`), or its identity."""
-    known = declared()
-    if label in known:
-        return known[label]
-    for storage in known.values():
-        if storage.key == label:
-            return storage
-    raise LookupError(
-        f"No queued storage called {label!r}; the declared ones are "
-        f"{', '.join(sorted(known)) or 'none'} (a STORAGES alias, or app_label.Model.field)."
-    )
-
-
-def label_of(key: str) -> str:
-    """The label of the storage with identity ``key``, or the key itself if none is declared."""
-    for label, storage in declared().items():
-        if storage.key == key:
-            return label
-    return key
-
-
-@receiver(setting_changed)
-def _forget_declared(*, setting: str, **kwargs: Any) -> None:
-    # Model fields never change at run time; STORAGES may, under override_settings.
-    if setting == "STORAGES":
-        declared.cache_clear()

@@ -99,22 +99,20 @@ def eager() -> Iterator[None]:
 @pytest.fixture
 def make(tmp_path: Path) -> Iterator[Callable[..., QueuedStorage]]:
     """Build QueuedStorages between two local directories (a fake remote, for unit tests)."""
-    from queued_storage.storage import _duplicates, _registry
-
-    before = dict(_registry)
+    from queued_storage import registry
 
     def make(**options) -> QueuedStorage:
         options.setdefault("local", FS)
         options.setdefault("remote", FS)
         options.setdefault("local_options", {"location": str(tmp_path / "local"), "base_url": "/local/"})
         options.setdefault("remote_options", {"location": str(tmp_path / "remote"), "base_url": "/remote/"})
-        return QueuedStorage(**options)
+        storage = QueuedStorage(**options)
+        registry.register(storage)  # so the task finds it, as a declared one
+        return storage
 
     yield make
     # Later tests (the system checks) see only the project's own storages.
-    _registry.clear()
-    _registry.update(before)
-    _duplicates.clear()
+    registry.unregister_all()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
@@ -156,7 +154,7 @@ def broker(services: plugin.Services) -> Iterator[Any]:
 def transfer_now(storage: Any, name: str) -> str:
     """Run the transfer task of ``name`` in this process, as a worker would; returns its result."""
     from queued_storage import location
-    from queued_storage.tasks import resolve_task
+    from queued_storage.publishing import resolve_task
 
     record = location.get(storage.key, name)
     assert record is not None

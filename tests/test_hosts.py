@@ -21,7 +21,7 @@ from django.test import override_settings
 
 from queued_storage import QueuedStorage, location
 from queued_storage.models import FileRecord
-from queued_storage.tasks import queue_for
+from queued_storage.publishing import queue_for
 
 from .conftest import s3_body, wait_for
 

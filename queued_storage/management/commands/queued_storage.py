@@ -10,7 +10,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from queued_storage import operations
 from queued_storage.models import FileRecord, State
-from queued_storage.storage import QueuedStorage, by_label, declared
+from queued_storage.registry import by_label, declared
+from queued_storage.storage import QueuedStorage
 from queued_storage.tasks import requeue
 
 
