@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, router
 
 from . import registry
 from .conf import conf
@@ -160,3 +162,33 @@ def check_worker_death(**kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return messages
+
+
+@register(Tags.database)
+def check_records(*, databases: Sequence[str] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """Records whose storage identity no declared storage has: run by ``migrate`` and ``check --database``."""
+    from .models import FileRecord
+    from .operations import unknown_identities
+
+    using = router.db_for_read(FileRecord)
+    if not databases or using not in databases:
+        return []
+    try:
+        unknown = unknown_identities(using)
+    except DatabaseError:
+        return []  # not migrated yet
+    if not unknown:
+        return []
+    shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    return [
+        Warning(
+            f"Files are recorded under storage identities that no queued storage of this project has: "
+            f"{shown}. Those records are no longer read: a file whose only copy is in a former remote "
+            "is not found, and the transfers of the others cannot run.",
+            hint="The identity changes with a storage's class paths, options, cache_prefix, and its remote's "
+            "bucket, endpoint or location. After such a change, copy the files to the new remote and run "
+            "`manage.py queued_storage rekey OLD_IDENTITY LABEL`; for a storage removed for good, delete "
+            "its records.",
+            id="queued_storage.W005",
+        )
+    ]

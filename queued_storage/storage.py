@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import json
 import os
 from datetime import datetime
 from functools import partial
@@ -21,7 +19,7 @@ from django.utils.encoding import filepath_to_uri
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
-from . import location
+from . import identity, location
 from .conf import conf
 from .location import FileStatus
 from .models import FileRecord, State
@@ -41,21 +39,12 @@ OPTIONS = (
     "serve_url",
 )
 
-# Options whose values never enter a storage's identity, so rotating
-# credentials does not orphan the records of every file.
-_SECRET_WORDS = ("secret", "password", "token", "key", "credential", "session")
-
 # True inside QueuedStorage.save(), where the record's INSERT checks the name.
 _saving: contextvars.ContextVar[bool] = contextvars.ContextVar("queued_storage_saving", default=False)
 
 
-def _resolve_spec(option: str, spec: Any) -> Any:
+def _resolve_spec(option: str, spec: str) -> Any:
     """Import a dotted class path, or accept an alias of ``settings.STORAGES``."""
-    if not isinstance(spec, str) or not spec:
-        raise ImproperlyConfigured(
-            f"QueuedStorage needs {option!r}: a dotted storage class path such as "
-            "'django.core.files.storage.FileSystemStorage', or the alias of a STORAGES entry."
-        )
     if spec in getattr(settings, "STORAGES", {}):
         return spec
     try:
@@ -67,35 +56,16 @@ def _resolve_spec(option: str, spec: Any) -> Any:
         ) from exc
 
 
-def _identity(parts: dict[str, Any]) -> str:
-    """A short, stable id from the non-secret parts of the configuration."""
-
-    def public(options: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in options.items() if not any(w in k.lower() for w in _SECRET_WORDS)}
-
-    canonical = json.dumps(
-        {
-            "local": parts["local"],
-            "remote": parts["remote"],
-            "local_options": public(parts["local_options"]),
-            "remote_options": public(parts["remote_options"]),
-            "cache_prefix": parts["cache_prefix"],
-        },
-        sort_keys=True,
-        default=repr,
-    )
-    digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
-    short = "-".join(str(parts[side]).rsplit(".", 1)[-1][:20] for side in ("local", "remote"))
-    return f"{short}-{digest}"
-
-
 @deconstructible(path="queued_storage.QueuedStorage")
 class QueuedStorage(Storage):
     """Saves to ``local`` at once and moves each file to ``remote`` in a Celery task.
 
     As in django-queued-storage 0.8, a subclass may preset any option as a class
-    attribute; after construction ``local`` and ``remote`` are the storage
-    instances (built on first use and reused, with their connections).
+    attribute; such a subclass needs no arguments, so a library that rebuilds a
+    storage from its class path gets the same storage.  After construction
+    ``local`` and ``remote`` are the storage instances (the local one built on
+    first use, the remote one at once for the identity; both reused, with
+    their connections).
     """
 
     local: Any = None
@@ -142,18 +112,52 @@ class QueuedStorage(Storage):
                 "like the prefix you include queued_storage.urls under (e.g. '/files/')."
             )
 
+        for option in ("local", "remote"):
+            path = getattr(self, f"{option}_path")
+            if not isinstance(path, str) or not path:
+                raise self._missing(option)
         self._local_cls = _resolve_spec("local", self.local_path)
         self._remote_cls = _resolve_spec("remote", self.remote_path)
-        self.key = _identity(
-            {
-                "local": self.local_path,
-                "remote": self.remote_path,
-                "local_options": self.local_options,
-                "remote_options": self.remote_options,
-                "cache_prefix": self.cache_prefix,
-            }
-        )
         self._connect()
+        self.key = identity.of(
+            local=self.local_path,
+            remote=self.remote_path,
+            local_options=self.local_options,
+            remote_options=self.remote_options,
+            cache_prefix=self.cache_prefix,
+            # The remote as it resolves its settings now; built here, it makes no request.
+            remote_where=identity.where(self.remote),
+        )
+
+    def _missing(self, option: str) -> ImproperlyConfigured:
+        name = type(self).__name__
+        message = (
+            f"{name} has no {option!r} storage: give it a dotted storage class path such as "
+            "'django.core.files.storage.FileSystemStorage', or the alias of a STORAGES entry."
+        )
+        if getattr(self, "_given", None) == ((), {}):
+            message += (
+                f" This {name} was built without arguments, as a library that keeps a storage by its "
+                "class path rebuilds it (sorl-thumbnail does, for a field's storage), so its options "
+                "were lost. Subclass QueuedStorage with local, remote and their options as class "
+                "attributes and give the field storage=YourSubclass(): the subclass is rebuilt whole "
+                "from its path. Where the library takes a STORAGES alias instead, declare the storage "
+                "in STORAGES and give it the alias."
+            )
+        return ImproperlyConfigured(message)
+
+    # -- migrations
+
+    @property
+    def _constructor_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments ``deconstruct()`` writes into a migration: as given, secrets left out."""
+        args, kwargs = self._given
+        return identity.public(args), identity.public(kwargs)
+
+    @_constructor_args.setter
+    def _constructor_args(self, given: tuple[tuple[Any, ...], dict[str, Any]]) -> None:
+        # Set by @deconstructible for every instance, subclasses included.
+        self._given = given
 
     # -- the two storages, built on first use and reused (with their connections)
 
@@ -387,7 +391,8 @@ class QueuedStorage(Storage):
         return FileStatus.of(record)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.key}: {self.local_path} -> {self.remote_path}>"
+        key = getattr(self, "key", "(not built)")
+        return f"<{type(self).__name__} {key}: {self.local_path} -> {self.remote_path}>"
 
 
 QueuedRemoteStorage = QueuedStorage

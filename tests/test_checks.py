@@ -138,3 +138,21 @@ def test_a_setting_out_of_range_is_named_at_startup(settings, setting, value):
     assert ids() == ["queued_storage.E007"]
     [error] = [e for e in run_checks() if e.id == "queued_storage.E007"]
     assert setting in error.msg
+
+
+@pytest.mark.django_db
+def test_records_of_an_identity_no_storage_has_warn_with_the_way_forward():
+    from django.core.files.storage import default_storage
+
+    from queued_storage.models import FileRecord
+
+    FileRecord.objects.create(storage=default_storage.key, name="kept.txt", version="v")
+    assert ids(databases=["default"]) == []
+    FileRecord.objects.create(storage="FileSystemStorage-S3Storage-0ldb0cket000", name="a.txt", version="v")
+    assert ids() == []  # the query runs only with a database: migrate, check --database
+    assert ids(databases=["default"]) == ["queued_storage.W005"]
+    [warning] = [e for e in run_checks(databases=["default"]) if e.id == "queued_storage.W005"]
+    assert (
+        "FileSystemStorage-S3Storage-0ldb0cket000" in warning.msg and default_storage.key not in warning.msg
+    )
+    assert "queued_storage rekey OLD_IDENTITY LABEL" in warning.hint

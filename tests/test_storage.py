@@ -23,6 +23,8 @@ from queued_storage.registry import lookup
 
 from .conftest import FS
 
+S3 = "storages.backends.s3.S3Storage"
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -323,9 +325,12 @@ def test_alias_and_identity():
 
 
 def test_identity_ignores_secrets_but_not_the_bucket(make):
-    a = make(remote_options={"location": "/tmp/x", "secret_key": "one"})
-    b = make(remote_options={"location": "/tmp/x", "secret_key": "two"})
-    c = make(remote_options={"location": "/tmp/y", "secret_key": "one"})
+    def s3(bucket, secret):
+        return make(
+            remote=S3, remote_options={"bucket_name": bucket, "access_key": "id", "secret_key": secret}
+        )
+
+    a, b, c = s3("x", "one"), s3("x", "two"), s3("y", "one")
     assert a.key == b.key != c.key
     assert "one" not in a.key
 
