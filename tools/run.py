@@ -123,10 +123,11 @@ def ensure_venv(extras: str) -> None:
 
 
 def lint() -> None:
-    say("ruff and mypy")
+    say("ruff, mypy and the import layers (import-linter)")
     run(PY, "-m", "ruff", "check", ".")
     run(PY, "-m", "ruff", "format", "--check", ".")
     run(PY, "-m", "mypy", "queued_storage", "tests", "benchmarks")
+    run(VENV / "bin" / "lint-imports", "--no-cache")
 
 
 def docs() -> None:
