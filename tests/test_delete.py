@@ -7,12 +7,15 @@ by a real worker.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import timedelta
 from io import StringIO
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage
 from django.core.management import call_command
@@ -179,3 +182,55 @@ def test_the_requeue_command_reports_the_deletions_it_finished(flaky):
 
     assert out.getvalue() == "Queued 0 file(s) again.\nFinished 1 deletion(s).\n"
     assert row(flaky, name) is None
+
+
+_names = itertools.count()
+STEPS = ["delete", "fail next remote delete", "holder dies", "sweep", "worker ends", "worker beats"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(copying=st.booleans(), steps=st.lists(st.sampled_from(STEPS), max_size=10))
+def test_no_interleaving_orphans_a_copy_or_keeps_the_name_for_good(flaky, copying, steps):
+    name = flaky.save(f"any/{next(_names)}.bin", ContentFile(b"data"))
+    record = row(flaky, name)
+    assert record is not None
+    alive = copying  # a worker holds the lease and has copied the file so far
+    if copying:
+        location.claim(flaky.key, name, record.version, owner="worker")
+        flaky.remote.save(name, ContentFile(b"data"))
+    deleted = False
+    for step in steps:
+        if step == "delete":
+            deleted = True
+            try:
+                flaky.delete(name)
+            except ConnectionError:
+                pass
+        elif step == "fail next remote delete":
+            _failures["delete"] += 1
+        elif step == "holder dies":
+            alive = False
+            lapse(flaky, name)
+        elif step == "sweep":
+            requeue(300)
+        elif step == "worker ends" and alive:
+            alive = False
+            if not location.switch_to_remote(flaky.key, name, record.version, size=4, checksum=""):
+                Transfer()._orphaned(flaky, name, record.version)
+        elif step == "worker beats" and alive:
+            location.heartbeat(flaky.key, name, record.version, 4)
+        now = row(flaky, name)
+        if now is None:  # no record left: no copy either
+            assert not flaky.remote.exists(name) and not flaky.local.exists(name)
+        if deleted:
+            with pytest.raises(FileNotFoundError):
+                flaky.status(name)
+    if not deleted:
+        return
+    # Whoever held the deletion is gone and S3 is back: one sweeper run finishes it.
+    _failures["delete"] = 0
+    lapse(flaky, name)
+    requeue(300)
+    assert row(flaky, name) is None
+    assert not flaky.remote.exists(name) and not flaky.local.exists(name)
+    assert not flaky.exists(name)
