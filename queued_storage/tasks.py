@@ -496,7 +496,8 @@ def sweep(older_than: float = 300, *, failed: bool = False) -> Swept:
     for tombstones in location.abandoned():
         for record in tombstones:
             try:
-                registry.lookup(record.storage)._finish_delete(record.name, record.version, record.lease_until)
+                storage = registry.lookup(record.storage)
+                storage._finish_delete(record.name, record.version, record.lease_until)
             except Exception as exc:
                 logger.warning(
                     "queued_storage: could not remove the copies of the deleted file %s (%s: %s); "
