@@ -12,7 +12,7 @@ import functools
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +21,7 @@ from typing import Any
 
 from django.core.cache import caches
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import F, Q, Value
+from django.db.models import F, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -267,7 +267,7 @@ def requeue(storage: str, name: str) -> FileRecord | None:
     """
     now = timezone.now()
     FileRecord.objects.filter(storage=storage, name=name, state__in=[State.PENDING, State.FAILED]).update(
-        state=State.PENDING, last_error="", updated_at=now
+        state=State.PENDING, last_error="", updated_at=now, queued_at=now
     )
     record = get(storage, name)
     if record is not None:
@@ -335,13 +335,19 @@ def claim_many(
 
 
 def heartbeat(storage: str, name: str, version: str, bytes_done: int) -> bool:
-    """Report progress and renew the lease; False when the file was deleted or replaced."""
+    """Report progress and renew the lease; False when the file was deleted or replaced.
+
+    The lease on a file deleted during its copy is renewed too: the worker
+    removes its copy when the copy ends, and the sweeper must not take over
+    the tombstone of a worker that is still alive.
+    """
     now = timezone.now()
-    return bool(
-        FileRecord.objects.filter(
-            storage=storage, name=name, version=version, state=State.TRANSFERRING
-        ).update(bytes_done=bytes_done, lease_until=now + timedelta(seconds=conf.LEASE), updated_at=now)
-    )
+    lease = now + timedelta(seconds=conf.LEASE)
+    row = FileRecord.objects.filter(storage=storage, name=name, version=version)
+    if row.filter(state=State.TRANSFERRING).update(bytes_done=bytes_done, lease_until=lease, updated_at=now):
+        return True
+    row.filter(state=State.DELETED, lease_until__isnull=False).update(lease_until=lease)
+    return False
 
 
 def switch_to_remote(storage: str, name: str, version: str, *, size: int, checksum: str) -> bool:
@@ -392,32 +398,73 @@ def release(storage: str, name: str, version: str, *, error: str, failed: bool) 
     return record
 
 
-def forget(storage: str, name: str) -> tuple[FileRecord | None, bool]:
-    """Drop the record of a deleted file; returns the record it had and whether it was kept.
+@dataclass(frozen=True)
+class Tombstone:
+    """A file marked deleted by :func:`forget`: the row as it was just before, and who cleans up."""
 
-    A file being copied right now is only marked ``deleted`` (kept): the worker
-    that holds the lease removes its remote copy and then the row.
+    record: FileRecord
+    # The lease this caller now holds on the tombstone; None when the worker
+    # copying the file holds it and removes the copies itself.
+    lease: datetime | None
+
+    @property
+    def had_remote(self) -> bool:
+        """Whether a remote copy, complete or partial, may exist: not for a file never claimed."""
+        return self.record.state != State.PENDING or self.record.attempts > 0
+
+
+def _new_lease(now: datetime) -> datetime:
+    """A lease expiry no other caller writes: ``now + LEASE`` plus random microseconds."""
+    return now + timedelta(seconds=conf.LEASE, microseconds=secrets.randbelow(1_000_000))
+
+
+def forget(storage: str, name: str) -> Tombstone | None:
+    """Mark a file deleted (a tombstone), before any copy of it goes; None if it has no record.
+
+    The tombstone keeps the name taken and reads find nothing, until the
+    copies are gone and :func:`discard` drops the row.  The caller gets the
+    lease on it and removes the copies, unless a worker holds a live lease:
+    that worker removes its remote copy and the row when its copy ends.  A
+    tombstone whose holder died is finished by the sweeper once its lease
+    lapses (:func:`abandoned`).
+
+    One conditional ``UPDATE``, a compare-and-set on the row as just read, so
+    :attr:`Tombstone.had_remote` is true of the row that was marked.
     """
-    now = timezone.now()
-    record = get(storage, name)
-    if record is None:
-        _cache_forget(cache_key(storage, name))
-        return None, False
-    if record.state == State.DELETED:
-        return record, True
-    marked = FileRecord.objects.filter(pk=record.pk, state=State.TRANSFERRING, lease_until__gte=now).update(
-        state=State.DELETED, updated_at=now
+    for _ in range(10):
+        record = get(storage, name)
+        if record is None:
+            _cache_forget(cache_key(storage, name))
+            return None
+        now = timezone.now()
+        held = record.lease_until is not None and record.lease_until >= now
+        row = FileRecord.objects.filter(
+            pk=record.pk,
+            state=record.state,
+            version=record.version,
+            attempts=record.attempts,
+            lease_until=record.lease_until,
+        )
+        if held and record.state in (State.TRANSFERRING, State.DELETED):
+            # A worker copies it (or another call cleans up): it finishes the job.
+            if record.state == State.DELETED or row.update(state=State.DELETED, updated_at=now):
+                _mirror(storage, name, State.DELETED)
+                return Tombstone(record, None)
+            continue
+        lease = _new_lease(now)
+        if row.update(state=State.DELETED, lease_until=lease, updated_at=now):
+            _mirror(storage, name, State.DELETED)
+            return Tombstone(record, lease)
+    raise RuntimeError(
+        f"The record of {name!r} changed ten times while it was being deleted; call delete() again."
     )
-    if marked:
-        _mirror(storage, name, State.DELETED)
-    else:
-        FileRecord.objects.filter(pk=record.pk).delete()
-        _cache_forget(cache_key(storage, name))
-    return record, bool(marked)
 
 
 def discard(storage: str, name: str, version: str) -> bool:
-    """Remove the row of a deleted file once its copy is gone; True if it was ours."""
+    """Remove the row of a deleted file once its copies are gone; True if it was ours.
+
+    The name is free from then on.
+    """
     deleted, _ = FileRecord.objects.filter(
         storage=storage, name=name, version=version, state=State.DELETED
     ).delete()
@@ -426,16 +473,101 @@ def discard(storage: str, name: str, version: str) -> bool:
     return bool(deleted)
 
 
-def stale(older_than: float, *, failed: bool = False) -> list[FileRecord]:
-    """Records the sweeper should queue again: pending or stuck, and optionally failed."""
+def release_tombstone(
+    storage: str, name: str, version: str, *, error: str, lease: datetime | None = None
+) -> bool:
+    """Give back the lease on a tombstone whose copies could not be removed, so the sweeper retries.
+
+    With ``lease``, only if the caller still holds that lease; the error is
+    kept in ``last_error``.
+    """
+    row = FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.DELETED)
+    if lease is not None:
+        row = row.filter(lease_until=lease)
+    return bool(row.update(lease_until=None, last_error=error[:4000], updated_at=timezone.now()))
+
+
+# Rows the sweeper and cleanup-local hold in memory at once.
+CHUNK = 500
+
+
+def chunked(records: QuerySet[FileRecord], size: int | None = None) -> Iterator[list[FileRecord]]:
+    """The rows of ``records`` in lists of at most ``size`` (:data:`CHUNK`), in primary key order.
+
+    Each list is its own ``SELECT`` after the last key seen, so memory stays
+    bounded and the caller may write to the rows between lists (SQLite does
+    not isolate an open cursor from writes on the same connection).
+    """
+    size = size or CHUNK
+    last = None
+    while True:
+        page = records.order_by("pk")
+        if last is not None:
+            page = page.filter(pk__gt=last)
+        rows = list(page[:size])
+        if not rows:
+            return
+        yield rows
+        if len(rows) < size:
+            return
+        last = rows[-1].pk
+
+
+def abandoned() -> Iterator[list[FileRecord]]:
+    """Tombstones whose lease lapsed (their holder died or gave up), each now leased to the caller.
+
+    In lists of at most :data:`CHUNK`; a tombstone another sweeper took
+    first is left out.  The caller removes the copies, then calls
+    :func:`discard`, or :func:`release_tombstone` if it could not.
+    """
+    now = timezone.now()
+    lapsed = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    for rows in chunked(FileRecord.objects.filter(lapsed, state=State.DELETED)):
+        lease = _new_lease(timezone.now())
+        keys = [row.pk for row in rows]
+        FileRecord.objects.filter(lapsed, pk__in=keys, state=State.DELETED).update(lease_until=lease)
+        taken = list(FileRecord.objects.filter(pk__in=keys, lease_until=lease).order_by("pk"))
+        if taken:
+            yield taken
+
+
+def stale(
+    older_than: float, *, failed: bool = False, delayed: Collection[str] = ()
+) -> Iterator[list[FileRecord]]:
+    """Records the sweeper should queue again, each stamped ``queued_at`` by this call.
+
+    Pending, or ``transferring`` with a lapsed lease, untouched for
+    ``older_than`` seconds and not queued within them; with ``failed`` also
+    every failed file, made pending again.  The pending files of the
+    ``delayed`` storages only once ``transfer()`` queued them.
+
+    In lists of at most :data:`CHUNK`.  The stamp is a compare-and-set, so
+    two sweepers at once never both queue a file within the threshold.
+    """
     now = timezone.now()
     cutoff = now - timedelta(seconds=older_than)
-    query = Q(state=State.PENDING, updated_at__lt=cutoff) | Q(
-        state=State.TRANSFERRING, lease_until__lt=now, updated_at__lt=cutoff
-    )
-    if failed:
-        query |= Q(state=State.FAILED)
-    return list(FileRecord.objects.filter(query).order_by("updated_at"))
+    not_recent = Q(queued_at__isnull=True) | Q(queued_at__lt=cutoff)
+    waiting = Q(state=State.PENDING, updated_at__lt=cutoff)
+    if delayed:
+        waiting &= ~Q(storage__in=list(delayed), queued_at__isnull=True)
+    stuck = Q(state=State.TRANSFERRING, lease_until__lt=now, updated_at__lt=cutoff)
+    due = (waiting | stuck) & not_recent
+    query = (due | Q(state=State.FAILED)) if failed else due
+    for rows in chunked(FileRecord.objects.filter(query)):
+        stamp = timezone.now() - timedelta(microseconds=secrets.randbelow(1_000_000))
+        keys = [row.pk for row in rows]
+        FileRecord.objects.filter(due, pk__in=keys).update(queued_at=stamp)
+        if failed:
+            FileRecord.objects.filter(pk__in=keys, state=State.FAILED).update(
+                state=State.PENDING, last_error="", queued_at=stamp, updated_at=timezone.now()
+            )
+        won = list(FileRecord.objects.filter(pk__in=keys, queued_at=stamp).order_by("pk"))
+        revived = {row.pk for row in rows if row.state == State.FAILED}
+        for storage in {row.storage for row in won if row.pk in revived}:
+            names = [row.name for row in won if row.pk in revived and row.storage == storage]
+            _mirror_many(storage, names, State.PENDING)
+        if won:
+            yield won
 
 
 def record_verification(storage: str, name: str, version: str, error: str) -> bool:

@@ -10,8 +10,10 @@ class State(models.TextChoices):
     TRANSFERRING = "transferring"
     REMOTE = "remote"
     FAILED = "failed"
-    # Internal: deleted by the app while a worker still copies it; the worker
-    # removes its remote copy and then the row.  Never returned by status().
+    # Internal: a tombstone.  The file is deleted and reads find nothing, but
+    # the row holds the name until whoever holds its lease (the worker that
+    # copies it, the delete() call, or else the sweeper) has removed both
+    # copies and then the row.  Never returned by status().
     DELETED = "deleted"
 
 
@@ -34,13 +36,21 @@ class FileRecord(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     transferred_at = models.DateTimeField(null=True, blank=True)
+    # When a transfer message was last sent by transfer(), retry or the
+    # sweeper; the sweeper sends at most one per file per threshold.  Null for
+    # a save's own message, and for a delayed file never queued.
+    queued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "queued file"
         constraints = [
             models.UniqueConstraint(fields=["storage", "name"], name="queued_storage_unique_name"),
         ]
-        indexes = [models.Index(fields=["state", "updated_at"], name="queued_storage_state_idx")]
+        indexes = [
+            models.Index(fields=["state", "updated_at"], name="queued_storage_state_idx"),
+            # The sweeper's query: a state, then never queued or queued before the threshold.
+            models.Index(fields=["state", "queued_at", "updated_at"], name="queued_storage_sweep_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.state})"

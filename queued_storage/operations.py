@@ -237,18 +237,20 @@ def adopt(storage: QueuedStorage, name: str) -> str:
 # -- deleting local copies
 
 
-def cleanup_candidates(older_than_days: float) -> list[FileRecord]:
+def cleanup_candidates(older_than_days: float) -> Iterator[FileRecord]:
+    """Remote files transferred at least ``older_than_days`` ago, read a chunk at a time."""
     cutoff = timezone.now() - timedelta(days=older_than_days)
-    return list(
-        FileRecord.objects.filter(state=State.REMOTE)
-        .filter(Q(transferred_at__lte=cutoff) | Q(transferred_at__isnull=True, updated_at__lte=cutoff))
-        .order_by("transferred_at")
+    records = FileRecord.objects.filter(state=State.REMOTE).filter(
+        Q(transferred_at__lte=cutoff) | Q(transferred_at__isnull=True, updated_at__lte=cutoff)
     )
+    for chunk in location.chunked(records):
+        yield from chunk
 
 
 @dataclass
 class Cleanup(Outcome):
     bytes_freed: int = 0
+    considered: int = 0  # records looked at
 
 
 def cleanup_local(
@@ -257,6 +259,7 @@ def cleanup_local(
     """Delete the local copy of each remote file, each only after its remote copy verifies now."""
     outcome = Cleanup()
     for record in records:
+        outcome.considered += 1
         storage = _storage_of(record, outcome)
         if storage is None:
             continue

@@ -105,6 +105,12 @@ def lookup(identity: str) -> QueuedStorage:
     )
 
 
+def delayed() -> frozenset[str]:
+    """The identities whose storage (as :func:`lookup` finds it) is ``delayed``."""
+    keys = {storage.key for _, storage in [*everything(), *registered()]}
+    return frozenset(key for key in keys if lookup(key).delayed)
+
+
 def by_label(label: str) -> QueuedStorage:
     """The declared queued storage called ``label`` (see :func:`declared`), or with that identity."""
     known = declared()

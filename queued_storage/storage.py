@@ -314,14 +314,41 @@ class QueuedStorage(Storage):
         return True
 
     def delete(self, name: str) -> None:
+        """Delete ``name`` from both storages, and then its record.
+
+        The record is marked deleted first (a tombstone: reads find nothing,
+        the name stays taken), then the local and the remote copy go, then
+        the record.  If removing a copy fails the error is raised, as Django's
+        storages do, and the tombstone stays: the sweeper (``queued_storage
+        requeue``) finishes it, or call ``delete()`` again.
+        """
         name = self.check_name(name)
-        record, tombstoned = location.forget(self.key, name)
-        self.local.delete(name)
-        # A worker that still copies it removes its copy itself (tombstone);
-        # otherwise any remote copy, complete or partial, goes now.
-        had_remote = record is None or record.state != State.PENDING or record.attempts > 0
-        if had_remote and not tombstoned:
+        tombstone = location.forget(self.key, name)
+        if tombstone is None:  # a file the app never recorded: whatever copy exists goes
+            self.local.delete(name)
             self.remote.delete(name)
+        elif tombstone.lease is None:
+            # The worker copying it removes its remote copy and the record.
+            self.local.delete(name)
+        else:
+            self._finish_delete(name, tombstone.record.version, tombstone.lease, remote=tombstone.had_remote)
+
+    def _finish_delete(self, name: str, version: str, lease: datetime | None, *, remote: bool = True) -> None:
+        """Remove the copies of a tombstone this caller holds the ``lease`` on, then its record.
+
+        On failure the lease is given back, the error recorded on the
+        tombstone and raised: the next sweeper run tries again.
+        """
+        try:
+            self.local.delete(name)
+            if remote:
+                self.remote.delete(name)
+        except Exception as exc:
+            location.release_tombstone(
+                self.key, name, version, error=f"{type(exc).__name__}: {exc}", lease=lease
+            )
+            raise
+        location.discard(self.key, name, version)
 
     # -- reading
 

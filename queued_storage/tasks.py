@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
@@ -411,11 +412,24 @@ class Transfer(_Task):
         return Copied(size=size, checksum=f"etag:{etag}" if etag else "")
 
     def _orphaned(self, storage: QueuedStorage, name: str, version: str) -> str:
-        """The file was deleted while it copied: remove the copy instead of switching."""
+        """The file was deleted while it copied: remove the copies and the tombstone instead of switching.
+
+        If that fails the tombstone stays, its lease given back, for the sweeper.
+        """
         record = location.get(storage.key, name)
-        if record is None or (record.version == version and record.state == State.DELETED):
-            storage.remote.delete(name)
-            location.discard(storage.key, name, version)
+        try:
+            if record is None:
+                storage.remote.delete(name)
+            elif record.version == version and record.state == State.DELETED:
+                storage._finish_delete(name, version, None)
+        except Exception as exc:
+            logger.warning(
+                "queued_storage: could not remove the copies of the deleted file %s (%s: %s); "
+                "`manage.py queued_storage requeue` (or the requeue_stale task) removes them later",
+                name,
+                type(exc).__name__,
+                exc,
+            )
         return str(Claim.GONE.value)
 
     def _failed(
@@ -457,30 +471,67 @@ class TransferAndDelete(Transfer):
     delete_local = True
 
 
-def requeue(older_than: float = 300, *, failed: bool = False) -> int:
-    """Queue again every file left pending, stuck in a dead worker's hands, or (optionally) failed.
+@dataclass
+class Swept:
+    """What one sweeper run did."""
 
-    Small files go as messages of several, as the background publisher sends
-    them: after an outage the backlog costs a tenth of the messages.
+    queued: int = 0  # files whose transfer was queued again
+    deleted: int = 0  # deleted files whose copies and record it removed
+    undeletable: int = 0  # deleted files whose copies it could not remove (tried again next run)
+
+
+def sweep(older_than: float = 300, *, failed: bool = False) -> Swept:
+    """Finish abandoned deletions, then queue again what was left pending, stuck or (optionally) failed.
+
+    A deletion is abandoned when the lease on its tombstone lapsed: the worker
+    or the ``delete()`` call that held it died, or could not remove a copy.
+    A file is queued again when it waited ``older_than`` seconds since its
+    last change and since it was last queued: at most one message per file
+    per ``older_than``, however often the sweeper runs.  The pending files of
+    a ``delayed`` storage only once ``transfer()`` queued them.  Small files
+    go as messages of several, as the background publisher sends them.  The
+    rows are read :data:`location.CHUNK` at a time.
     """
-    messages: list[Message] = []
-    for record in location.stale(older_than, failed=failed):
-        try:
-            storage = registry.lookup(record.storage)
-        except LookupError as exc:
-            logger.error("queued_storage: cannot requeue %s: %s", record.name, exc)
-            continue
-        if record.state == State.FAILED:
-            location.requeue(record.storage, record.name)
-        messages.append((storage, record.name, record.version, record.host, record.size))
-    queued = 0
-    for storage, files, host in coalesce(messages, conf.BATCH_FILES):
-        if enqueue_many(storage, files, host):
-            queued += len(files)
-    return queued
+    swept = Swept()
+    for tombstones in location.abandoned():
+        for record in tombstones:
+            try:
+                storage = registry.lookup(record.storage)
+                storage._finish_delete(record.name, record.version, record.lease_until)
+            except Exception as exc:
+                logger.warning(
+                    "queued_storage: could not remove the copies of the deleted file %s (%s: %s); "
+                    "the next sweeper run tries again",
+                    record.name,
+                    type(exc).__name__,
+                    exc,
+                )
+                if isinstance(exc, LookupError):  # no storage to give the lease back through
+                    location.release_tombstone(record.storage, record.name, record.version, error=str(exc))
+                swept.undeletable += 1
+            else:
+                swept.deleted += 1
+    for records in location.stale(older_than, failed=failed, delayed=registry.delayed()):
+        messages: list[Message] = []
+        for record in records:
+            try:
+                storage = registry.lookup(record.storage)
+            except LookupError as exc:
+                logger.error("queued_storage: cannot requeue %s: %s", record.name, exc)
+                continue
+            messages.append((storage, record.name, record.version, record.host, record.size))
+        for storage, files, host in coalesce(messages, conf.BATCH_FILES):
+            if enqueue_many(storage, files, host):
+                swept.queued += len(files)
+    return swept
+
+
+def requeue(older_than: float = 300, *, failed: bool = False) -> int:
+    """:func:`sweep`; the number of files queued again."""
+    return sweep(older_than, failed=failed).queued
 
 
 @shared_task(name="queued_storage.tasks.requeue_stale", ignore_result=True)
 def requeue_stale(older_than: float = 300, failed: bool = False) -> int:
-    """The sweeper as a task, for celery beat."""
+    """The sweeper as a task, for celery beat; returns the number of files queued again."""
     return requeue(older_than, failed=failed)

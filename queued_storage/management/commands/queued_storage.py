@@ -12,7 +12,7 @@ from queued_storage import operations
 from queued_storage.models import FileRecord, State
 from queued_storage.registry import by_label, declared, label_of, lookup
 from queued_storage.storage import QueuedStorage
-from queued_storage.tasks import requeue
+from queued_storage.tasks import sweep
 
 
 def _size(n: float) -> str:
@@ -70,17 +70,23 @@ class Command(BaseCommand):
 
         p = sub.add_parser(
             "requeue",
-            help="Queue again files left pending (broker was down), stuck with a dead worker, or failed.",
-            description="Queue again every file that is pending, or transferring with an expired "
-            "lease (its worker died), for longer than --older-than seconds. With --failed, failed "
-            "files are reset and queued as well. Safe to run at any time, e.g. from cron.",
+            help="Finish abandoned deletions; queue again files left pending, stuck with a dead worker, "
+            "or failed.",
+            description="First finish every deletion whose holder died or could not remove a copy "
+            "(a deleted file whose lease lapsed): remove its local and remote copy, then its record, "
+            "which frees the name. Then queue again every file that is pending, or transferring with "
+            "an expired lease (its worker died), and has been neither changed nor queued for "
+            "--older-than seconds, so each file gets at most one message per --older-than however "
+            "often this runs. Files of a delayed storage are queued only once transfer() was called "
+            "for them. With --failed, failed files are reset and queued as well. Safe to run at any "
+            "time, e.g. from cron.",
         )
         p.add_argument(
             "--older-than",
             type=float,
             default=300,
             metavar="SECONDS",
-            help="Only files untouched for this long (default: 300).",
+            help="Only files neither changed nor queued for this long (default: 300).",
         )
         p.add_argument("--failed", action="store_true", help="Also queue files that failed for good.")
 
@@ -187,8 +193,11 @@ class Command(BaseCommand):
             raise CommandError(f"{len(unknown)} name(s) not found.", returncode=2)
 
     def handle_requeue(self, *, older_than: float, failed: bool, **options: Any) -> None:
-        queued = requeue(older_than, failed=failed)
-        self.stdout.write(f"Queued {queued} file(s) again.")
+        swept = sweep(older_than, failed=failed)
+        self.stdout.write(f"Queued {swept.queued} file(s) again.")
+        if swept.deleted or swept.undeletable:
+            left = f"; {swept.undeletable} still failing, see the log" if swept.undeletable else ""
+            self.stdout.write(f"Finished {swept.deleted} deletion(s){left}.")
 
     def handle_transfer_existing(self, *, storage: str | None, dry_run: bool, **options: Any) -> None:
         tty = self.stdout.isatty()
@@ -226,7 +235,7 @@ class Command(BaseCommand):
         skipped = outcome.describe_skipped()
         self.stdout.write(
             f"{verb} {len(outcome.done)} local copies ({_size(outcome.bytes_freed)}) of "
-            f"{len(candidates)} remote file(s)" + (f"; skipped {skipped}." if skipped else ".")
+            f"{outcome.considered} remote file(s)" + (f"; skipped {skipped}." if skipped else ".")
         )
 
     def handle_rekey(self, *, old: str, label: str, dry_run: bool, **options: Any) -> None:
