@@ -11,7 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, router
 
 from . import registry
-from .conf import conf
+from .conf import conf, problems
 from .publishing import celery_configured, import_task, resolve_task
 
 _PROCESS_LOCAL_CACHES = (
@@ -93,14 +93,8 @@ def check_storages(**kwargs: Any) -> list[Error]:
 
 @register()
 def check_settings(**kwargs: Any) -> list[Error]:
-    """Every QUEUED_STORAGE_* setting that has a valid range, read once now."""
-    errors = []
-    for name in ("RETRIES", "RETRY_DELAY", "RETRY_BACKOFF_MAX", "LEASE", "HOST_QUEUE", "BATCH_FILES"):
-        try:
-            getattr(conf, name)
-        except ImproperlyConfigured as exc:
-            errors.append(Error(str(exc), id="queued_storage.E007"))
-    return errors
+    """Every ``QUEUED_STORAGE_*`` setting out of its range, with what a valid value is."""
+    return [Error(problem, id="queued_storage.E007") for problem in problems()]
 
 
 @register()

@@ -1,50 +1,112 @@
-"""Settings of queued_storage, read lazily so ``override_settings`` always works."""
+"""Settings of queued_storage, read lazily so ``override_settings`` always works.
+
+Reading a setting never raises: a value out of its range reads as the
+default, and the system check ``queued_storage.E007`` (and a worker at its
+start) names it with what a valid value is.  Validation lives in
+:func:`problems`, the one place that knows each range.
+"""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 
-_DEFAULTS: dict[str, Any] = {
-    "QUEUED_STORAGE_CACHE": "default",
-    "QUEUED_STORAGE_CACHE_PREFIX": "queued_storage",
-    "QUEUED_STORAGE_CACHE_TIMEOUT": 24 * 3600,
-    "QUEUED_STORAGE_RETRIES": 5,
-    "QUEUED_STORAGE_RETRY_DELAY": 60,
-    "QUEUED_STORAGE_RETRY_BACKOFF_MAX": 3600,
-    "QUEUED_STORAGE_QUEUE": None,
-    "QUEUED_STORAGE_LEASE": 60,
-    "QUEUED_STORAGE_HOST": None,
-    "QUEUED_STORAGE_HOST_QUEUE": None,
-    "QUEUED_STORAGE_SERVE_PERMISSION": None,
-    "QUEUED_STORAGE_S3_REQUEST_CHECKSUMS": True,
-    "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND": False,
-    "QUEUED_STORAGE_BATCH_FILES": 10,
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+@dataclass(frozen=True)
+class _Setting:
+    default: Any
+    valid: Callable[[Any], bool]
+    expected: str  # what a valid value is, for the error message
+
+
+_SETTINGS: dict[str, _Setting] = {
+    "QUEUED_STORAGE_CACHE": _Setting("default", _text, "the alias of a cache in CACHES"),
+    "QUEUED_STORAGE_CACHE_PREFIX": _Setting("queued_storage", _text, "a non-empty string"),
+    "QUEUED_STORAGE_CACHE_TIMEOUT": _Setting(
+        24 * 3600,
+        _optional(_positive),
+        "a positive number of seconds, or None to keep entries until the cache evicts them",
+    ),
+    "QUEUED_STORAGE_RETRIES": _Setting(
+        5,
+        lambda v: _whole(v) and v >= 0,
+        "a whole number, 0 or more (0: a transfer is failed at its first error)",
+    ),
+    "QUEUED_STORAGE_RETRY_DELAY": _Setting(
+        60, lambda v: _number(v) and v > 0, "a positive number of seconds"
+    ),
+    "QUEUED_STORAGE_RETRY_BACKOFF_MAX": _Setting(
+        3600, lambda v: _number(v) and v > 0, "a positive number of seconds"
+    ),
+    "QUEUED_STORAGE_QUEUE": _Setting(None, _optional(_text), "a queue name, or None for Celery's default"),
+    "QUEUED_STORAGE_LEASE": _Setting(60, _positive, "a positive number of seconds"),
+    "QUEUED_STORAGE_HOST": _Setting(None, _optional(_text), "a host name, or None for this machine's"),
+    "QUEUED_STORAGE_HOST_QUEUE": _Setting(
+        None,
+        _optional(lambda v: _text(v) and "{host}" in v),
+        "a queue name containing '{host}', such as 'transfers.{host}', or None",
+    ),
+    "QUEUED_STORAGE_SERVE_PERMISSION": _Setting(
+        None, _optional(_text), "the dotted path of a callable(request, name) -> bool, or None"
+    ),
+    "QUEUED_STORAGE_S3_REQUEST_CHECKSUMS": _Setting(True, lambda v: isinstance(v, bool), "True or False"),
+    "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND": _Setting(False, lambda v: isinstance(v, bool), "True or False"),
+    "QUEUED_STORAGE_BATCH_FILES": _Setting(
+        10,
+        lambda v: _whole(v) and v >= 1,
+        "a whole number of files, 1 or more (1 sends each file in a message of its own)",
+    ),
 }
 
 
 def default(name: str) -> Any:
     """The value a ``QUEUED_STORAGE_*`` setting has when the project does not set it."""
-    return _DEFAULTS[name]
+    return _SETTINGS[name].default
+
+
+def problems() -> list[str]:
+    """What is wrong with each ``QUEUED_STORAGE_*`` setting the project sets out of its range."""
+    found = []
+    for name, spec in _SETTINGS.items():
+        if hasattr(settings, name) and not spec.valid(value := getattr(settings, name)):
+            found.append(
+                f"{name} must be {spec.expected}; got {value!r}. Until it is fixed, "
+                f"the default {spec.default!r} applies."
+            )
+    return found
 
 
 class Settings:
-    """Typed accessors for the ``QUEUED_STORAGE_*`` settings."""
+    """Typed accessors for the ``QUEUED_STORAGE_*`` settings; each returns a valid value."""
 
     def _get(self, name: str) -> Any:
-        return getattr(settings, name, _DEFAULTS[name])
-
-    def _positive(self, name: str, *, allow_zero: bool = False) -> float:
-        value = self._get(name)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok or value < 0 or (value == 0 and not allow_zero):
-            raise ImproperlyConfigured(
-                f"{name} must be a positive number of seconds or a count, got {value!r}."
-            )
-        return value  # type: ignore[no-any-return]
+        spec = _SETTINGS[name]
+        value = getattr(settings, name, spec.default)
+        return value if spec.valid(value) else spec.default
 
     @property
     def CACHE(self) -> str:
@@ -65,17 +127,17 @@ class Settings:
     @property
     def RETRIES(self) -> int:
         """How many times a failed transfer is retried before it is ``failed``."""
-        return int(self._positive("QUEUED_STORAGE_RETRIES", allow_zero=True))
+        return int(self._get("QUEUED_STORAGE_RETRIES"))
 
     @property
     def RETRY_DELAY(self) -> float:
         """Base of the exponential backoff between retries, in seconds."""
-        return self._positive("QUEUED_STORAGE_RETRY_DELAY")
+        return float(self._get("QUEUED_STORAGE_RETRY_DELAY"))
 
     @property
     def RETRY_BACKOFF_MAX(self) -> float:
         """Upper bound of one backoff interval, in seconds."""
-        return self._positive("QUEUED_STORAGE_RETRY_BACKOFF_MAX")
+        return float(self._get("QUEUED_STORAGE_RETRY_BACKOFF_MAX"))
 
     @property
     def QUEUE(self) -> str | None:
@@ -86,7 +148,7 @@ class Settings:
     @property
     def LEASE(self) -> float:
         """Seconds a worker owns a file it copies; renewed while the copy progresses."""
-        return self._positive("QUEUED_STORAGE_LEASE")
+        return float(self._get("QUEUED_STORAGE_LEASE"))
 
     @property
     def HOST(self) -> str:
@@ -97,14 +159,7 @@ class Settings:
     def HOST_QUEUE(self) -> str | None:
         """Queue name pattern with ``{host}``: transfers go to the queue of the file's host."""
         value = self._get("QUEUED_STORAGE_HOST_QUEUE")
-        if value is None:
-            return None
-        if not isinstance(value, str) or "{host}" not in value:
-            raise ImproperlyConfigured(
-                f"QUEUED_STORAGE_HOST_QUEUE must be a queue name containing '{{host}}', such as "
-                f"'transfers.{{host}}', or None; got {value!r}."
-            )
-        return value
+        return None if value is None else str(value)
 
     @property
     def SERVE_PERMISSION(self) -> str | None:
@@ -125,13 +180,7 @@ class Settings:
     @property
     def BATCH_FILES(self) -> int:
         """Most small files in one transfer message (background publishing, the sweeper); 1: one each."""
-        value = self._get("QUEUED_STORAGE_BATCH_FILES")
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ImproperlyConfigured(
-                f"QUEUED_STORAGE_BATCH_FILES must be a whole number of files, 1 or more (1 sends each "
-                f"file in a message of its own); got {value!r}."
-            )
-        return value
+        return int(self._get("QUEUED_STORAGE_BATCH_FILES"))
 
 
 conf = Settings()

@@ -187,14 +187,6 @@ def coalesce(
     return groups
 
 
-def _batch_files() -> int:
-    try:
-        return conf.BATCH_FILES
-    except ImproperlyConfigured:  # the system check names it; meanwhile nothing may be lost
-        logger.exception("queued_storage: sending one file per message")
-        return 1
-
-
 class _Publisher:
     """One daemon thread sending messages in the order they were committed."""
 
@@ -221,7 +213,7 @@ class _Publisher:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._messages))
-                most = _batch_files()
+                most = conf.BATCH_FILES
                 if most > 1:  # a burst goes out in fewer messages; one save waits LINGER at most
                     self._cond.wait_for(partial(self._holds, most), LINGER)
                 messages = list(self._messages)

@@ -3,9 +3,8 @@ from __future__ import annotations
 import socket
 
 import pytest
-from django.core.exceptions import ImproperlyConfigured
 
-from queued_storage.conf import conf
+from queued_storage.conf import conf, default, problems
 
 
 def test_defaults_match_django_queued_storage_08():
@@ -28,18 +27,45 @@ def test_host_defaults_to_the_machine_name(settings):
     assert conf.HOST == "web-2"
 
 
-@pytest.mark.parametrize("value", [-1, 0, "soon", True])
-def test_bad_delay_names_the_setting(settings, value):
-    settings.QUEUED_STORAGE_RETRY_DELAY = value
-    with pytest.raises(ImproperlyConfigured, match="QUEUED_STORAGE_RETRY_DELAY"):
-        _ = conf.RETRY_DELAY
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("QUEUED_STORAGE_RETRY_DELAY", -1, "a positive number of seconds"),
+        ("QUEUED_STORAGE_RETRY_DELAY", 0, "a positive number of seconds"),
+        ("QUEUED_STORAGE_RETRY_DELAY", "soon", "a positive number of seconds"),
+        ("QUEUED_STORAGE_RETRY_DELAY", True, "a positive number of seconds"),
+        ("QUEUED_STORAGE_BATCH_FILES", 0, "a whole number of files, 1 or more"),
+        ("QUEUED_STORAGE_BATCH_FILES", 2.5, "a whole number of files, 1 or more"),
+        ("QUEUED_STORAGE_BATCH_FILES", "10", "a whole number of files, 1 or more"),
+        ("QUEUED_STORAGE_RETRIES", -1, "0 or more"),
+        ("QUEUED_STORAGE_LEASE", -5, "a positive number of seconds"),
+        ("QUEUED_STORAGE_CACHE_TIMEOUT", 0, "or None"),
+        ("QUEUED_STORAGE_CACHE_TIMEOUT", "1h", "or None"),
+        ("QUEUED_STORAGE_HOST_QUEUE", "transfers", "'{host}'"),
+        ("QUEUED_STORAGE_PUBLISH_IN_BACKGROUND", "yes", "True or False"),
+    ],
+)
+def test_a_value_out_of_range_reads_as_the_default_and_is_named(settings, name, value, expected):
+    setattr(settings, name, value)
+    attribute = name.removeprefix("QUEUED_STORAGE_")
+    assert getattr(conf, attribute) == default(name) or (attribute, default(name)) == ("HOST_QUEUE", None)
+    [problem] = problems()
+    assert problem.startswith(f"{name} must be ") and expected in problem and repr(value) in problem
 
 
-@pytest.mark.parametrize("value", [0, -1, 2.5, "10", True])
-def test_bad_batch_size_names_the_setting(settings, value):
-    settings.QUEUED_STORAGE_BATCH_FILES = value
-    with pytest.raises(ImproperlyConfigured, match="QUEUED_STORAGE_BATCH_FILES"):
-        _ = conf.BATCH_FILES
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("QUEUED_STORAGE_RETRIES", 0),
+        ("QUEUED_STORAGE_CACHE_TIMEOUT", None),
+        ("QUEUED_STORAGE_RETRY_DELAY", 0.5),
+        ("QUEUED_STORAGE_HOST_QUEUE", "transfers.{host}"),
+    ],
+)
+def test_values_in_range_are_read_as_set(settings, name, value):
+    setattr(settings, name, value)
+    assert getattr(conf, name.removeprefix("QUEUED_STORAGE_")) == value
+    assert problems() == []
 
 
 def test_batch_size_defaults_to_ten(settings):
