@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,7 +73,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         for k, v in os.environ.items()
         if not k.startswith(("AWS_", "QS_", "DJANGO_", "CELERY_")) and k != "REDIS_URL"
     }
-    # 100 KB/s: the test image stays `transferring` for a few seconds, long enough to see.
+    # 100 KB/s: the test image stays `transferring` for a few seconds, its progress bar
+    # moving at each beat of the worker's lease keeper (a third of the demo's 3 s lease).
     cmd = [
         sys.executable,
         str(REPO_ROOT / "example_project" / "run_demo.py"),
@@ -114,6 +116,22 @@ def _png(size: int = 300) -> bytes:
     return buf.getvalue()
 
 
+def _progress_between(page: Any, bar: Any, above: float) -> float:
+    """The bar's width (percent) once it is above ``above`` and below 100 while the row is transferring."""
+    handle = page.wait_for_function(
+        "([bar, above]) => {"
+        "  const width = parseFloat(bar.style.width);"
+        "  const row = bar.closest('li');"
+        "  return row.dataset.state === 'transferring' && !row.querySelector('.progress').hidden"
+        "    && width > above && width < 100 ? width : null;"
+        "}",
+        arg=[bar, above],
+        timeout=20_000,
+        polling=50,
+    )
+    return float(handle.json_value())
+
+
 def test_upload_image_moves_to_s3_in_the_browser(demo: Demo, tmp_path: Path) -> None:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
@@ -135,9 +153,14 @@ def test_upload_image_moves_to_s3_in_the_browser(demo: Demo, tmp_path: Path) -> 
             page.click("#upload-form button[type=submit]")
 
             row = page.locator("#uploads li[data-name='photo.png']")
-            expect(row.locator(".badge")).to_have_text(re.compile("^(pending|transferring)$"))
+            expect(row.locator(".badge")).to_have_text("transferring", timeout=30_000)
             expect(row.locator(".url")).to_have_text("/media/images/photo.png")
             assert row.locator("img.thumb").get_attribute("src") == "/media/images/photo.png"
+            # The bar moves while the worker copies: two widths seen in a row, both mid-way.
+            bar = row.locator(".progress .bar").element_handle()
+            first = _progress_between(page, bar, 0)
+            second = _progress_between(page, bar, first)
+            assert 0 < first < second < 100
 
             expect(row).to_have_attribute("data-state", "remote", timeout=30_000)
             remote = f"{demo.s3}/{BUCKET}/images/photo.png"

@@ -76,7 +76,7 @@ def test_status_text_and_json():
     assert default["states"]["remote"] == {"files": 1, "bytes": 100}
     assert default["states"]["failed"] == {"files": 1, "bytes": 10}
     assert report["last_errors"][0]["name"] == "cmd/failed.txt"
-    assert report["last_transfer"] is not None
+    assert report["last_transfer"] == record("cmd/remote.txt").transferred_at.isoformat()
 
 
 def test_retry_failed_and_named(broker):

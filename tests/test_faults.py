@@ -3,8 +3,10 @@
 Each test starts real Celery workers against the Redis and S3 endpoint of
 tests/plugin.py and breaks something for real: SIGKILL, a stopped server, a
 throttled link (the TCP proxy in front of moto).  Every test ends by reading
-each file back from S3 and comparing checksums, and records its outcome in
-artifacts/reliability.jsonl for docs/reliability.rst.
+each file back from S3 and comparing checksums.  What it saved goes in a
+ledger, whose row in artifacts/reliability.jsonl (for docs/reliability.rst) is
+written when the test ends, passed or failed, with the files lost counted
+afresh from moto.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.cache import caches
@@ -41,57 +46,119 @@ def all_remote(names: list[str]) -> bool:
     return FileRecord.objects.filter(name__in=names, state="remote").count() == len(names)
 
 
-def verify(s3, files: dict[str, bytes], fault: str) -> None:
-    """Every file is remote and byte-identical on S3; log the outcome for the docs."""
-    verified = 0
+@dataclass
+class Ledger:
+    """What one fault test saved (name -> SHA-256 of its bytes) and whether it passed its checks."""
+
+    fault: str
+    test: str
+    saved: dict[str, str] = field(default_factory=dict)
+    passed: bool = False
+
+    def add(self, files: dict[str, bytes]) -> dict[str, bytes]:
+        self.saved.update((name, sha256(data)) for name, data in files.items())
+        return files
+
+
+def lost_files(s3: Any, saved: dict[str, str]) -> list[str]:
+    """The saved names the bucket lacks or holds with other bytes, read from moto past the proxy.
+
+    Ground truth for the reliability table: neither the records nor the
+    test's assertions, so it counts a loss even where a check missed it.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    lost = []
+    for name, digest in saved.items():
+        try:
+            body = s3_body(s3, "qs-bucket", name)
+        except (BotoCoreError, ClientError):  # no such key, or S3 unreachable: not found either way
+            lost.append(name)
+            continue
+        if sha256(body) != digest:
+            lost.append(name)
+    return lost
+
+
+def write_row(path: Path, ledger: Ledger, lost: list[str]) -> dict[str, Any]:
+    """Append the outcome of one fault test to the JSON lines file behind the table."""
+    row = {
+        "fault": ledger.fault,
+        "test": ledger.test,
+        "db": os.environ.get("QS_DB", "sqlite"),
+        "passed": ledger.passed,
+        "saved": len(ledger.saved),
+        "remote_verified": len(ledger.saved) - len(lost),
+        "lost": len(lost),
+        "lost_names": lost,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    return row
+
+
+@pytest.fixture
+def ledger(s3: Any, request: pytest.FixtureRequest) -> Iterator[Callable[[str], Ledger]]:
+    """Opens the ledger of a fault; its row is written when the test ends, whether it passed or not."""
+    opened: list[Ledger] = []
+
+    def open_ledger(fault: str) -> Ledger:
+        opened.append(Ledger(fault, request.node.name))
+        return opened[-1]
+
+    try:
+        yield open_ledger
+    finally:
+        for book in opened:
+            write_row(ARTIFACTS / "reliability.jsonl", book, lost_files(s3, book.saved))
+
+
+def verify(s3, files: dict[str, bytes], book: Ledger) -> None:
+    """Every file is remote and byte-identical on S3; the ledger then records a pass."""
     for name, data in files.items():
         assert record(name).state == "remote"
         assert sha256(s3_body(s3, "qs-bucket", name)) == sha256(data)
-        verified += 1
-    ARTIFACTS.mkdir(exist_ok=True)
-    with open(ARTIFACTS / "reliability.jsonl", "a") as fh:
-        outcome = {
-            "fault": fault,
-            "db": os.environ.get("QS_DB", "sqlite"),
-            "saved": len(files),
-            "remote_verified": verified,
-            "lost": len(files) - verified,
-        }
-        fh.write(json.dumps(outcome) + "\n")
+    assert set(files) == set(book.saved)
+    book.passed = True
 
 
-def save_many(n: int, size: int, prefix: str) -> dict[str, bytes]:
+def save_many(n: int, size: int, prefix: str, book: Ledger | None = None) -> dict[str, bytes]:
+    """Save ``n`` random files, each entered in ``book`` as soon as it is saved."""
     files = {}
     for i in range(n):
         data = os.urandom(size)
-        files[default_storage.save(f"{prefix}/{i}.bin", ContentFile(data))] = data
+        saved = {default_storage.save(f"{prefix}/{i}.bin", ContentFile(data)): data}
+        files.update(book.add(saved) if book is not None else saved)
     return files
 
 
-def test_worker_child_killed_mid_copy(start_worker, services, s3):
+def test_worker_child_killed_mid_copy(start_worker, services, s3, ledger):
+    book = ledger("worker child SIGKILLed mid-copy")
     services.s3_proxy.bandwidth = 1_000_000
     worker = start_worker()
-    files = save_many(1, 3_000_000, "kill-child")
+    files = save_many(1, 3_000_000, "kill-child", book)
     (name,) = files
     wait_for(lambda: record(name).state == "transferring", what="copy started")
-    time.sleep(0.5)
+    wait_for(lambda: services.s3_proxy.bytes_up > 500_000, what="part of the file sent")
     old = worker.child_pids()
     worker.kill_child()
     worker.wait_for_new_child(old)
     services.s3_proxy.bandwidth = None
     wait_for(lambda: all_remote(list(files)), timeout=60, what="redone after the child was killed")
     assert record(name).attempts >= 2
-    verify(s3, files, "worker child SIGKILLed mid-copy")
+    verify(s3, files, book)
 
 
-def test_worker_child_killed_mid_batch(start_worker, services, s3, settings):
+def test_worker_child_killed_mid_batch(start_worker, services, s3, settings, ledger):
     from queued_storage import publishing
 
+    book = ledger("worker child SIGKILLed mid-way through a several-file message")
     settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True  # a burst goes as several-file messages
     services.s3_proxy.bandwidth = 1_000_000
     worker = start_worker()
     with transaction.atomic():  # one commit: the ten go out as one message
-        files = save_many(10, 200_000, "kill-batch")
+        files = save_many(10, 200_000, "kill-batch", book)
     assert publishing.flush(5)
     names = list(files)
     # Killed with some files of its message copied and the rest still to go.
@@ -105,15 +172,16 @@ def test_worker_child_killed_mid_batch(start_worker, services, s3, settings):
     # Redelivered: the copied files are done, the rest come back when their leases lapse.
     wait_for(lambda: all_remote(names), timeout=60, what="all remote after the child was killed")
     assert max(record(name).attempts for name in names) >= 2
-    verify(s3, files, "worker child SIGKILLed mid-way through a several-file message")
+    verify(s3, files, book)
 
 
-def test_whole_worker_killed_mid_copy_recovered_by_sweeper(start_worker, services, s3):
+def test_whole_worker_killed_mid_copy_recovered_by_sweeper(start_worker, services, s3, ledger):
+    book = ledger("whole worker SIGKILLed mid-copy, new worker + sweeper")
     services.s3_proxy.bandwidth = 1_000_000
     worker = start_worker()
-    files = save_many(2, 2_000_000, "kill-worker")
+    files = save_many(2, 2_000_000, "kill-worker", book)
     wait_for(lambda: FileRecord.objects.filter(state="transferring").exists(), what="copy started")
-    time.sleep(0.5)
+    wait_for(lambda: services.s3_proxy.bytes_up > 500_000, what="part of a file sent")
     worker.kill()
     stuck = FileRecord.objects.get(state="transferring")
     services.s3_proxy.bandwidth = None
@@ -123,13 +191,14 @@ def test_whole_worker_killed_mid_copy_recovered_by_sweeper(start_worker, service
     wait_for(lambda: record(stuck.name).lease_until.timestamp() < time.time(), what="lease lapsed")
     call_command("queued_storage", "requeue", "--older-than", "0")
     wait_for(lambda: all_remote(list(files)), timeout=60, what="all remote after the sweeper")
-    verify(s3, files, "whole worker SIGKILLed mid-copy, new worker + sweeper")
+    verify(s3, files, book)
 
 
-def test_s3_endpoint_stopped_then_restarted(start_worker, services, s3):
+def test_s3_endpoint_stopped_then_restarted(start_worker, services, s3, ledger):
+    book = ledger("S3 endpoint stopped, then restarted")
     services.moto.stop()
     start_worker()
-    files = save_many(4, 100_000, "s3-down")
+    files = save_many(4, 100_000, "s3-down", book)
     wait_for(
         lambda: FileRecord.objects.filter(name__in=list(files)).exclude(last_error="").count() == len(files),
         timeout=30,
@@ -139,16 +208,22 @@ def test_s3_endpoint_stopped_then_restarted(start_worker, services, s3):
         assert default_storage.url(name) == f"/media/{name}"
         with default_storage.open(name) as fh:
             assert fh.read() == data
-    time.sleep(1.5)  # longer than one retry delay (QUEUED_STORAGE_RETRY_DELAY = 1)
+    # Down for longer than a retry delay: a retry is claimed while S3 is still stopped.
+    wait_for(
+        lambda: FileRecord.objects.filter(name__in=list(files), attempts__gte=2).exists(),
+        timeout=30,
+        what="a retry during the outage",
+    )
     services.moto.start(buckets=BUCKETS)
     wait_for(lambda: all_remote(list(files)), timeout=60, what="all remote after S3 came back")
-    verify(s3, files, "S3 endpoint stopped, then restarted")
+    verify(s3, files, book)
 
 
-def test_redis_down_while_saving_then_sweeper(start_worker, services, s3):
+def test_redis_down_while_saving_then_sweeper(start_worker, services, s3, ledger):
+    book = ledger("Redis (broker and cache) stopped while saving, then sweeper")
     services.redis.stop()
     try:
-        files = save_many(5, 10_000, "redis-down")  # every save succeeds
+        files = save_many(5, 10_000, "redis-down", book)  # every save succeeds
         assert FileRecord.objects.filter(name__in=list(files), state="pending").count() == 5
         for name in files:
             assert default_storage.url(name) == f"/media/{name}"
@@ -157,7 +232,7 @@ def test_redis_down_while_saving_then_sweeper(start_worker, services, s3):
     start_worker()
     call_command("queued_storage", "requeue", "--older-than", "0")
     wait_for(lambda: all_remote(list(files)), timeout=60, what="all remote after Redis came back")
-    verify(s3, files, "Redis (broker and cache) stopped while saving, then sweeper")
+    verify(s3, files, book)
 
 
 def test_publish_error_inside_on_commit_is_not_a_500(services):
@@ -171,10 +246,11 @@ def test_publish_error_inside_on_commit_is_not_a_500(services):
         services.redis.start()
 
 
-def test_cache_flushed_during_a_run(services, s3, start_worker):
+def test_cache_flushed_during_a_run(services, s3, start_worker, ledger):
+    book = ledger("cache flushed during a run")
     # The worker talks to moto directly, so the proxy counts only this process.
     start_worker(env={"QS_S3_ENDPOINT": services.moto.endpoint_url})
-    files = save_many(10, 200_000, "flush")
+    files = save_many(10, 200_000, "flush", book)
     cache = caches["default"]
     services.s3_proxy.reset_counts()
     s3_url = services.s3_proxy.endpoint_url
@@ -200,7 +276,7 @@ def test_cache_flushed_during_a_run(services, s3, start_worker):
                 checked += 1
     assert checked > 0
     assert services.s3_proxy.count() == 0
-    verify(s3, files, "cache flushed during a run")
+    verify(s3, files, book)
 
 
 def test_rolled_back_save_never_transfers(start_worker, services, s3):
@@ -233,13 +309,15 @@ def test_delete_during_a_slow_copy_leaves_nothing(start_worker, services, s3):
     assert not Path(default_storage.local.path(name)).exists()
 
 
-def test_same_name_saved_by_four_processes_at_once(start_worker, services, s3, tmp_path):
+def test_same_name_saved_by_four_processes_at_once(start_worker, services, s3, tmp_path, ledger):
+    book = ledger("same name saved concurrently by 4 processes")
     go = tmp_path / "go"
     script = f"""
 import os, sys, time, django
 django.setup()
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+open(sys.argv[2], "w").close()
 while not os.path.exists({str(go)!r}):
     time.sleep(0.001)
 print(default_storage.save("race/same.txt", ContentFile(sys.argv[1].encode() * 1000)))
@@ -247,11 +325,18 @@ print(default_storage.save("race/same.txt", ContentFile(sys.argv[1].encode() * 1
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, f"writer{i}"], env=env, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", script, f"writer{i}", str(tmp_path / f"ready{i}")],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for i in range(4)
     ]
-    time.sleep(2)  # let every process import Django and wait at the line
+    wait_for(
+        lambda: all((tmp_path / f"ready{i}").exists() for i in range(4)),
+        timeout=60,
+        what="every process set up and waiting at the line",
+    )
     go.touch()
     names = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
@@ -261,17 +346,36 @@ print(default_storage.save("race/same.txt", ContentFile(sys.argv[1].encode() * 1
     for name in names:
         with default_storage.local.open(name) as fh:
             contents[name] = fh.read()
+    book.add(contents)
     assert sorted(c[:7] for c in contents.values()) == [b"writer0", b"writer1", b"writer2", b"writer3"]
     wait_for(lambda: all_remote(names), what="all remote")
-    verify(s3, contents, "same name saved concurrently by 4 processes")
+    verify(s3, contents, book)
 
 
-def test_local_file_removed_behind_the_apps_back(start_worker, services):
+def test_local_file_removed_behind_the_apps_back(start_worker, services, broker):
     name = default_storage.save("vanished.txt", ContentFile(b"x"))
     os.remove(default_storage.local.path(name))
-    start_worker()
+    worker = start_worker()
     wait_for(lambda: record(name).state == "failed", what="failed")
-    time.sleep(3)  # no retry storm: still one attempt
+    # No retry storm: the task has ended, and a retry it scheduled would be in
+    # the broker (queued, or held by the worker until its countdown) and logged.
+    wait_for(lambda: "] succeeded in " in worker.log_text(), what="the task's end in the worker log")
+    wait_for(lambda: broker.llen("celery") == 0 and broker.hlen("unacked") == 0, what="an empty broker")
+    assert " retry" not in worker.log_text()
     rec = record(name)
     assert rec.attempts == 1
     assert "local copy of 'vanished.txt' is gone" in rec.last_error
+
+
+def test_the_lost_column_counts_a_file_missing_or_changed_on_s3(s3, tmp_path):
+    book = Ledger("a deliberately lost file", "unit")
+    files = {"ledger/kept.bin": b"kept", "ledger/changed.bin": b"sent", "ledger/missing.bin": b"never sent"}
+    book.add(files)
+    s3.put_object(Bucket="qs-bucket", Key="ledger/kept.bin", Body=b"kept")
+    s3.put_object(Bucket="qs-bucket", Key="ledger/changed.bin", Body=b"other bytes")
+    lost = lost_files(s3, book.saved)
+    assert lost == ["ledger/changed.bin", "ledger/missing.bin"]
+    row = write_row(tmp_path / "reliability.jsonl", book, lost)
+    written = json.loads((tmp_path / "reliability.jsonl").read_text())
+    assert written == row
+    assert (row["saved"], row["remote_verified"], row["lost"], row["passed"]) == (3, 1, 2, False)

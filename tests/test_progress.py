@@ -36,10 +36,9 @@ def test_status_shows_bytes_done_mid_copy(start_worker, services, s3):
     seen = wait_for(midway, timeout=20, what="a copy seen mid-way")
     assert seen.size == SIZE
     assert default_storage.url(name).startswith("/media/")  # still served locally meanwhile
-    done = wait_for(lambda: default_storage.status(name).state == "remote", timeout=30, what="remote")
-    assert done
+    wait_for(lambda: default_storage.status(name).state == "remote", timeout=30, what="remote")
     status = default_storage.status(name)
-    assert (status.bytes_done, status.size, status.attempts) == (SIZE, SIZE, 1)
+    assert (status.state, status.bytes_done, status.size, status.attempts) == ("remote", SIZE, SIZE, 1)
     assert sha256(s3_body(s3, "qs-bucket", name)) == sha256(data)
     log = worker.log_text()
     assert f"queued_storage: transferred {name} ({SIZE} bytes) in " in log
@@ -67,9 +66,21 @@ def test_the_lease_keeper_renews_a_file_until_it_is_discarded(settings):
 
     assert wait_for(renewed, timeout=5, what="a heartbeat").updated_at > claimed.updated_at
     keeper.discard(default_storage.key, name)
-    time.sleep(0.3)  # a beat already under way may still land
+    # A second file added after the discard: every beat that renews it took its
+    # list of files after the discard, so it must leave the first one alone.
+    other = default_storage.save("progress/lease-other.txt", ContentFile(b"y"))
+    other_version = FileRecord.objects.get(name=other).version
+    location.claim(default_storage.key, other, other_version, owner="test")
+    keeper.add(default_storage.key, other, other_version)(456)
+    wait_for(lambda: default_storage.status(other).bytes_done == 456, timeout=5, what="the other's heartbeat")
     last = FileRecord.objects.get(name=name).lease_until
-    time.sleep(0.5)
+    renewed_at = FileRecord.objects.get(name=other).lease_until
+    wait_for(
+        lambda: FileRecord.objects.get(name=other).lease_until > renewed_at,
+        timeout=5,
+        what="another beat of the other file",
+    )
+    keeper.discard(default_storage.key, other)
     assert FileRecord.objects.get(name=name).lease_until == last  # no longer renewed
 
 
@@ -103,6 +114,10 @@ def test_the_lease_keeper_outlives_an_invalid_lease_setting(settings, monkeypatc
 
 
 def test_one_structured_log_record_per_transfer(caplog):
+    from celery.utils.nodenames import gethostname
+
+    from queued_storage.conf import conf
+
     name = default_storage.save("progress/log.txt", ContentFile(b"logged" * 100))
     with caplog.at_level(logging.INFO, logger="queued_storage"):
         assert transfer_now(default_storage, name) == "remote"
@@ -114,5 +129,5 @@ def test_one_structured_log_record_per_transfer(caplog):
     assert (fields["name"], fields["size"], fields["attempts"]) == (name, 600, 1)
     assert fields["storage"] == default_storage.key
     assert fields["seconds"] >= 0 and fields["mb_per_s"] >= 0
-    assert fields["worker"] and fields["host"]
+    assert (fields["worker"], fields["host"]) == (gethostname(), conf.HOST)
     assert records[0].getMessage().startswith(f"queued_storage: transferred {name} (600 bytes) in ")

@@ -125,6 +125,7 @@ def test_local_delete_holds_the_row_so_a_delete_and_new_save_wait(make):
     FileRecord.objects.filter(pk=record.pk).update(state="remote")
     storage.remote.save(name, ContentFile(b"abc"))
     deleted = threading.Event()
+    refused: list[str] = []
 
     def delete() -> None:
         from django.db import connection
@@ -135,11 +136,30 @@ def test_local_delete_holds_the_row_so_a_delete_and_new_save_wait(make):
         finally:
             connection.close()
 
+    def delete_without_waiting() -> None:
+        from django.db import OperationalError, connection
+
+        try:
+            # A lock held elsewhere now refuses the delete at once instead of making it wait.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "PRAGMA busy_timeout = 0" if connection.vendor == "sqlite" else "SET lock_timeout = 1"
+                )
+            storage.delete(name)
+        except OperationalError as exc:
+            refused.append(str(exc))
+        finally:
+            connection.close()
+
     with location.local_copy_removable(storage.key, name, record.version) as removable:
         assert removable
+        probe = threading.Thread(target=delete_without_waiting)
+        probe.start()
+        probe.join(10)
+        assert len(refused) == 1 and ("locked" in refused[0] or "lock timeout" in refused[0]), refused
+        assert storage.local.exists(name) and FileRecord.objects.filter(name=name).exists()
         thread = threading.Thread(target=delete)
         thread.start()
-        assert not deleted.wait(0.5), "the delete did not wait for the row lock"
         storage.local.delete(name)
     thread.join(10)
     assert deleted.is_set()
@@ -242,7 +262,8 @@ def test_times_and_path_follow_the_file(make):
     name = storage.save("a.txt", ContentFile(b"abc"))
     assert storage.path(name) == storage.local.path(name)
     assert storage.get_modified_time(name) == storage.local.get_modified_time(name)
-    assert storage.get_created_time(name) and storage.get_accessed_time(name)
+    assert storage.get_created_time(name) == storage.local.get_created_time(name)
+    assert storage.get_accessed_time(name) == storage.local.get_accessed_time(name)
 
 
 def test_zero_byte_file(make, eager):

@@ -46,7 +46,13 @@ class _SlowFile:
 
 
 class _SlowStorage:
-    """The local storage as the transfer sees it: same files, slower reads."""
+    """The local storage as the transfer sees it: same files, slower reads, and no ``path()``.
+
+    Given a path, the transfer would let boto3 read the file itself, at full
+    speed and past this throttle; without one it streams the file through
+    ``open()``, reporting progress as it reads.  The check that the file did
+    not change during the copy needs a path too, so the slowed demo skips it.
+    """
 
     def __init__(self, storage: Storage, rate: int) -> None:
         self._storage = storage
@@ -54,6 +60,9 @@ class _SlowStorage:
 
     def open(self, name: str, mode: str = "rb") -> _SlowFile:
         return _SlowFile(self._storage.open(name, mode), self._rate)
+
+    def path(self, name: str) -> str:
+        raise NotImplementedError("the demo's throttled storage is read through open() only")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._storage, name)
