@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from . import location
 from .models import FileRecord, State
+from .redaction import redact
 from .storage import QueuedStorage, declared, get_storage, label_of
 from .transfer import remote_fingerprint
 
@@ -160,7 +161,7 @@ def verify(record: FileRecord) -> Verification:
         if not _is_missing(exc):
             # Not a verdict on the copy (network down, storage unknown): record nothing.
             return Verification(
-                record.name, False, f"could not be checked: {type(exc).__name__}: {exc}", False
+                record.name, False, redact(f"could not be checked: {type(exc).__name__}: {exc}"), False
             )
         error = "Verification failed: the remote copy is missing."
     else:

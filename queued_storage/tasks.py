@@ -25,6 +25,7 @@ from . import location
 from .conf import conf, default
 from .location import Claim
 from .models import FileRecord, State
+from .redaction import redact
 from .signals import file_transferred, transfer_failed
 from .transfer import (
     Copied,
@@ -153,7 +154,7 @@ def _publish(
             "until `manage.py queued_storage requeue` or the requeue task runs.",
             what,
             type(exc).__name__,
-            exc,
+            redact(str(exc)),
         )
         return False
     return True
@@ -536,7 +537,7 @@ class Transfer(_Task):
         self, storage: QueuedStorage, name: str, version: str, exc: Exception, *, alone: bool = True
     ) -> str:
         """Record a failed attempt; retry later (this message, or a one-file one) or give up."""
-        error = f"{type(exc).__name__}: {exc}"
+        error = redact(f"{type(exc).__name__}: {exc}")
         retries = self.request.retries if alone else 0
         final = isinstance(exc, PermanentTransferError) or retries >= conf.RETRIES
         record = location.release(storage.key, name, version, error=error, failed=final)
@@ -561,7 +562,9 @@ class Transfer(_Task):
             # The other files of the message are done; this one retries by itself.
             enqueue(storage, name, version, record.host, countdown=countdown, retries=retries + 1)
             return "retrying"
-        raise self.retry(exc=exc, countdown=countdown, max_retries=conf.RETRIES)
+        # Celery logs the exception it is given: the redacted text when it held a secret.
+        shown = exc if error == f"{type(exc).__name__}: {exc}" else TransferError(error)
+        raise self.retry(exc=shown, countdown=countdown, max_retries=conf.RETRIES)
 
 
 class TransferAndDelete(Transfer):
