@@ -49,6 +49,9 @@ class Copied:
 
 Progress = Callable[[int], None]
 
+# What one read of a local or remote file takes at most while it is hashed.
+_CHUNK = 1024 * 1024
+
 
 class _MeteredReader(io.RawIOBase):
     """A read-only view of a file that hashes what passes through and reports progress.
@@ -345,32 +348,35 @@ def _put_small(
     """One PutObject: S3 checks Content-MD5 and, unless replacing, that the key is free.
 
     The response's ETag is the verification, so a small file costs one request.
+    The body streams from the open file, hashed first in one pass: what is
+    held at once is a chunk, whatever ``multipart_threshold`` allows.
     """
     from botocore.exceptions import ClientError
 
     with open(path, "rb") as fh:
-        data = fh.read()
-    digest = hashlib.md5(data, usedforsecurity=False)
-    request = {**params, "Bucket": bucket, "Key": key, "Body": data}
-    request["ContentMD5"] = base64.b64encode(digest.digest()).decode()
-    if not replace:
-        request["IfNoneMatch"] = "*"
-    with _sent_at_once(client, len(data)):
-        try:
-            response = client.put_object(**request)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code == "PreconditionFailed":
-                raise _conflict(name) from exc
-            if code != "NotImplemented" or replace:
-                raise
-            # An S3-compatible server without conditional writes: look, then write.
-            if _s3_key_exists(client, bucket, key):
-                raise _conflict(name) from exc
-            del request["IfNoneMatch"]
-            response = client.put_object(**request)
+        digest, size = _md5_of(fh)
+        fh.seek(0)
+        request = {**params, "Bucket": bucket, "Key": key, "Body": fh}
+        request["ContentMD5"] = base64.b64encode(digest.digest()).decode()
+        if not replace:
+            request["IfNoneMatch"] = "*"
+        with _sent_at_once(client, size):
+            try:
+                response = client.put_object(**request)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "PreconditionFailed":
+                    raise _conflict(name) from exc
+                if code != "NotImplemented" or replace:
+                    raise
+                # An S3-compatible server without conditional writes: look, then write.
+                if _s3_key_exists(client, bucket, key):
+                    raise _conflict(name) from exc
+                del request["IfNoneMatch"]
+                fh.seek(0)
+                response = client.put_object(**request)
     if progress is not None:
-        progress(len(data))
+        progress(size)
     md5 = digest.hexdigest()
     etag = str(response.get("ETag", "")).strip('"')
     if verify and etag and _comparable(etag, None) and etag != md5:
@@ -378,7 +384,18 @@ def _put_small(
             f"The remote copy of {name!r} has ETag {etag}, but the bytes sent hash to {md5}; "
             "it was not switched in and will be sent again."
         )
-    return Copied(size=len(data), checksum=f"md5:{md5}")
+    return Copied(size=size, checksum=f"md5:{md5}")
+
+
+def _md5_of(fh: IO[bytes]) -> tuple[Any, int]:
+    """The MD5 of what is left in ``fh`` and its length, read a chunk at a time."""
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    buffer = memoryview(bytearray(_CHUNK))
+    while n := fh.readinto(buffer):  # type: ignore[attr-defined]
+        digest.update(buffer[:n])
+        size += n
+    return digest, size
 
 
 def _s3_key_exists(client: Any, bucket: str, key: str) -> bool:

@@ -130,3 +130,25 @@ def test_large_file_whose_parts_do_not_match_is_not_verified(local, s3):
     patched = mock.patch("queued_storage.transfer._multipart_etag", return_value=wrong)
     with patched, pytest.raises(VerificationFailed, match=wrong):
         copy_file(name, local, S3Storage(transfer_config=config))
+
+
+def test_file_below_a_large_multipart_threshold_is_streamed_not_read_whole(local, services, s3):
+    import tracemalloc
+
+    data = os.urandom(20 * MiB)
+    name = local.save("small/streamed.bin", ContentFile(data))
+    # Straight to moto: the proxy's thread would count its own buffers.
+    remote = S3Storage(
+        endpoint_url=services.moto.endpoint_url,
+        transfer_config=TransferConfig(multipart_threshold=5 * 1024 * MiB),
+    )
+    remote.connection.meta.client  # the client is built before measuring
+    tracemalloc.start()
+    try:
+        copied = copy_file(name, local, remote)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert copied.checksum == "md5:" + hashlib.md5(data).hexdigest()
+    assert peak < 4 * MiB, f"{peak / MiB:.1f} MiB held at once for a 20 MiB file"
+    assert s3_body(s3, "qs-bucket", name) == data
