@@ -214,19 +214,23 @@ class _LeaseKeeper(threading.Thread):
     def run(self) -> None:
         while True:
             time.sleep(self._beat())
-            with self._lock:
-                files = [(key, version, done[0]) for key, (version, done) in self._files.items()]
-            if not files:
-                continue
-            try:
-                for (storage, name), version, done in files:
-                    location.heartbeat(storage, name, version, done)
-            except Exception:
-                # The database is down: the next beat tries again, and a lease
-                # that lapses meanwhile only lets the sweeper queue the file.
-                logger.exception("queued_storage: could not renew the leases of %d files", len(files))
-            finally:
-                connection.close()  # no idle connection held between beats
+            self.renew()
+
+    def renew(self) -> None:
+        """One beat: renew the lease and record the progress of every file kept."""
+        with self._lock:
+            files = [(key, version, done[0]) for key, (version, done) in self._files.items()]
+        if not files:
+            return
+        try:
+            for (storage, name), version, done in files:
+                location.heartbeat(storage, name, version, done)
+        except Exception:
+            # The database is down: the next beat tries again, and a lease
+            # that lapses meanwhile only lets the sweeper queue the file.
+            logger.exception("queued_storage: could not renew the leases of %d files", len(files))
+        finally:
+            connection.close()  # no idle connection held between beats
 
 
 _keeper: _LeaseKeeper | None = None
