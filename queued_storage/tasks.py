@@ -12,13 +12,15 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, current_app, shared_task
+from celery.signals import worker_process_shutdown, worker_shutdown
 from django.core.exceptions import ImproperlyConfigured
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connections
 from django.utils.module_loading import import_string
 
 from . import location
@@ -230,7 +232,9 @@ class _LeaseKeeper(threading.Thread):
             # that lapses meanwhile only lets the sweeper queue the file.
             logger.exception("queued_storage: could not renew the leases of %d files", len(files))
         finally:
-            connection.close()  # no idle connection held between beats
+            # No idle connection held between beats: every one this thread
+            # opened, wherever a router sends FileRecord.
+            connections.close_all()
 
 
 _keeper: _LeaseKeeper | None = None
@@ -257,23 +261,60 @@ _uploaders = threading.local()
 _Landed = tuple[str, str, FileRecord, Copied, float]
 
 
+class _Uploader:
+    """Held by one pool thread alone (thread-local): when that thread ends, it is freed."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="queued_storage upload")
+
+
+# Every upload thread of this process, with what stops it when its pool thread ends.
+# No lock: each change is one dict operation, and a finalizer may run in any thread.
+_uploads: dict[ThreadPoolExecutor, weakref.finalize[Any, _Uploader]] = {}
+
+
 def _upload_thread() -> ThreadPoolExecutor:
     """The upload thread of several-file messages run by this thread, started at first use.
 
     One per pool thread (one per process with prefork), kept for later tasks:
     the remote storage's connection is per thread (django-storages), and a
-    new one costs a new boto3 client.
+    new one costs a new boto3 client.  It is shut down when its pool thread
+    ends and at the worker's shutdown (:func:`stop_upload_threads`).
     """
-    uploader: ThreadPoolExecutor | None = getattr(_uploaders, "executor", None)
-    if uploader is None:
-        uploader = _uploaders.executor = ThreadPoolExecutor(1, thread_name_prefix="queued_storage upload")
-    return uploader
+    uploader: _Uploader | None = getattr(_uploaders, "uploader", None)
+    if uploader is None or uploader.executor not in _uploads:
+        uploader = _uploaders.uploader = _Uploader()
+        _uploads[uploader.executor] = weakref.finalize(uploader, _retire, uploader.executor)
+    return uploader.executor
+
+
+def _retire(executor: ThreadPoolExecutor, *, wait: bool = False) -> None:
+    """Shut ``executor`` down: copies queued and not started are dropped (their leases lapse)."""
+    _uploads.pop(executor, None)
+    executor.shutdown(wait=wait, cancel_futures=True)
+
+
+def stop_upload_threads(**kwargs: Any) -> None:
+    """Shut down every upload thread of this process and wait for them: at the worker's shutdown.
+
+    Connected to Celery's ``worker_process_shutdown`` (prefork children) and
+    ``worker_shutdown`` (thread and solo pools).
+    """
+    for executor, finalizer in list(_uploads.items()):
+        finalizer.detach()
+        _retire(executor, wait=True)
+
+
+worker_process_shutdown.connect(stop_upload_threads, weak=False, dispatch_uid=__name__ + ".uploads")
+worker_shutdown.connect(stop_upload_threads, weak=False, dispatch_uid=__name__ + ".uploads")
 
 
 def _forget_threads() -> None:
-    # A forked child does not have the parent's threads.
-    global _uploaders, _keeper, _keeper_lock
-    _uploaders = threading.local()
+    # A forked child does not have the parent's threads: nothing to stop, only to forget.
+    global _uploaders, _uploads, _keeper, _keeper_lock
+    for finalizer in list(_uploads.values()):
+        finalizer.detach()
+    _uploaders, _uploads = threading.local(), {}
     _keeper, _keeper_lock = None, threading.Lock()
 
 
