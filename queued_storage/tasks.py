@@ -34,6 +34,7 @@ from .transfer import (
     PermanentTransferError,
     Progress,
     TransferError,
+    confirm_content,
     copy_file,
     remote_fingerprint,
 )
@@ -488,6 +489,10 @@ class Transfer(_Task):
                     f"{type(self).__name__}.transfer() returned {result!r}; it must return True or False."
                 )
             copied = result if isinstance(result, Copied) else self._fingerprint(storage.remote, name)
+            if self._deletes_local(storage):
+                # Checked in content, not only in size, before the switch that
+                # lets the local copy go: read back when the remote kept no hash.
+                copied = confirm_content(name, storage.local, storage.remote, copied)
         except Exception as exc:
             return exc, time.monotonic() - started
         return copied, time.monotonic() - started
@@ -520,7 +525,7 @@ class Transfer(_Task):
         seconds: float,
     ) -> str:
         """What follows a won switch: the local copy dropped if asked, the log line, the signal."""
-        if self.delete_local or storage.delete_local:
+        if self._deletes_local(storage):
             with location.local_copy_removable(storage.key, name, version) as removable:
                 if removable:
                     storage.local.delete(name)
@@ -554,6 +559,9 @@ class Transfer(_Task):
         )
         file_transferred.send(sender=type(self), name=name, local=storage.local, remote=storage.remote)
         return "remote"
+
+    def _deletes_local(self, storage: QueuedStorage) -> bool:
+        return bool(self.delete_local or storage.delete_local)
 
     def transfer(self, name: str, local: Storage, remote: Storage, **kwargs: Any) -> bool | Copied:
         """Copy ``name`` and verify it; the override hook of 0.8 (True done, False retry)."""

@@ -68,15 +68,12 @@ class LeaksCredentials(Transfer):
 
     def transfer(self, name: str, local: Any, remote: Any, **kwargs: Any) -> bool:
         raise ConnectionRefusedError(
-            f"could not store {name} at ftp://bob:hunter2@ftp.example.com/{name}"
-            "?X-Amz-Signature=feedface"
+            f"could not store {name} at ftp://bob:hunter2@ftp.example.com/{name}?X-Amz-Signature=feedface"
         )
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_failed_transfer_stores_and_logs_the_error_without_its_credentials(
-    make, eager, settings, caplog
-):
+def test_a_failed_transfer_stores_and_logs_the_error_without_its_credentials(make, eager, settings, caplog):
     settings.QUEUED_STORAGE_RETRIES = 1
     caplog.set_level(logging.INFO)
     storage = make(task="tests.test_redaction.LeaksCredentials")
