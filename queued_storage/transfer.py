@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import hashlib
 import io
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ from typing import IO, Any
 
 from django.core.files import File
 from django.core.files.storage import Storage
+
+logger = logging.getLogger("queued_storage")
 
 
 class TransferError(Exception):
@@ -359,6 +362,8 @@ def _upload_s3(
     params = _write_parameters(remote, key)
     if params is None:
         return None
+    if replace:
+        _abort_incomplete(name, client, remote.bucket_name, key)
     config = remote.transfer_config
     if expected < config.multipart_threshold:
         return _put_small(
@@ -387,6 +392,38 @@ def _upload_s3(
         multipart = _multipart_etag(path, part_size)
         future.result()
     return _verified(name, remote, expected, None, multipart, verify_checksum=verify_checksum)
+
+
+def _abort_incomplete(name: str, client: Any, bucket: str, key: str) -> int:
+    """Abort the multipart uploads of ``key`` that an earlier attempt left; how many there were.
+
+    A worker killed during a multipart copy leaves its parts on S3, billed and
+    missing from listings: S3 keeps an upload until it is completed or
+    aborted, and s3transfer aborts only on an error in a live process.  Only
+    a retry calls this (``replace``): an upload of that key is then ours.
+    Without the permission to list or abort them, the copy goes on and
+    the parts stay for the bucket's lifecycle rule.
+    """
+    from botocore.exceptions import ClientError
+
+    aborted = 0
+    try:
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key):
+            for upload in page.get("Uploads", []):
+                if upload["Key"] == key:
+                    client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+                    aborted += 1
+    except ClientError as exc:
+        logger.warning(
+            "queued_storage: could not abort the incomplete multipart uploads of %s (%s); their parts "
+            "stay billed until removed. Grant s3:ListBucketMultipartUploads and s3:AbortMultipartUpload, "
+            "or add an AbortIncompleteMultipartUpload lifecycle rule to the bucket.",
+            name,
+            exc.response.get("Error", {}).get("Code"),
+        )
+    if aborted:
+        logger.info("queued_storage: aborted %d incomplete multipart upload(s) of %s", aborted, name)
+    return aborted
 
 
 # A PUT of fewer bytes goes without "Expect: 100-continue".  botocore sends

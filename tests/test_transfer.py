@@ -310,3 +310,22 @@ def test_confirm_content_reads_back_a_copy_without_a_hash(local, tmp_path):
     # Without an MD5 of the bytes sent, the local file's is the one to match.
     with pytest.raises(VerificationFailed, match=hashlib.md5(b"same size").hexdigest()):
         confirm_content(name, local, remote, Copied(size=9, checksum=""))
+
+
+def _incomplete(s3, prefix):
+    uploads = s3.list_multipart_uploads(Bucket="qs-bucket", Prefix=prefix).get("Uploads", [])
+    return sorted(upload["Key"] for upload in uploads)
+
+
+def test_a_retry_aborts_the_multipart_uploads_an_earlier_attempt_left(local, s3):
+    data = os.urandom(6 * MiB)
+    name = local.save("big/left.bin", ContentFile(data))
+    for key in (name, name, name + ".other"):  # two of an earlier attempt, one of another key
+        upload = s3.create_multipart_upload(Bucket="qs-bucket", Key=key)
+        s3.upload_part(Bucket="qs-bucket", Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x")
+    config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    copy_file(name, local, S3Storage(transfer_config=config))
+    assert _incomplete(s3, name) == [name, name, name + ".other"]  # a first attempt leaves them
+    copy_file(name, local, S3Storage(transfer_config=config), replace=True)
+    assert _incomplete(s3, name) == [name + ".other"]
+    assert s3_body(s3, "qs-bucket", name) == data
