@@ -95,7 +95,14 @@ def test_a_pool_thread_that_ends_takes_its_upload_thread_along(make, eager):
     storage = make(delayed=True)
     before = _upload_threads()
     results = []
-    pool_thread = threading.Thread(target=lambda: results.append(_message(storage, ["a.txt", "b.txt"])))
+
+    def pool_thread_task() -> None:
+        try:
+            results.append(_message(storage, ["a.txt", "b.txt"]))
+        finally:
+            connections.close_all()  # as Celery does after a task in a thread pool
+
+    pool_thread = threading.Thread(target=pool_thread_task)
     pool_thread.start()
     pool_thread.join()
     assert results == ["remote: 2"]
