@@ -1,8 +1,11 @@
 # Shortcuts; each target is the README's command (tools/run.py needs only python3).
-.PHONY: test test-fast demo bench bench-quick
+.PHONY: test test-fast unit demo bench bench-quick
 
 test:
 	python3 tools/run.py test
+
+unit:
+	python3 tools/run.py unit
 
 test-fast:
 	python3 tools/run.py test --no-matrix

@@ -31,7 +31,7 @@ from django.db import transaction
 from django.db.models import Count
 from django.test import override_settings
 
-from queued_storage import location, publishing, tasks
+from queued_storage import location, publishing
 from queued_storage.models import FileRecord, State
 
 from .harness import BUCKET, PARKED, Services, kib, reset_peak
@@ -301,7 +301,7 @@ def _save_parts(results: Results, plan: Plan) -> None:
             )
 
     def publish() -> None:
-        tasks.enqueue(default_storage, next(names), "v", None)
+        publishing.enqueue(default_storage, next(names), "v", None)
 
     fs_1mb = [results.median("1 save", label, FS) for label, size in plan.save_sizes.items() if size == MB]
     budget = f"1.1× FileSystemStorage at 1 MB leaves {0.1 * fs_1mb[0]:.3f} ms" if fs_1mb else ""

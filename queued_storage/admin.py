@@ -13,7 +13,7 @@ from django.utils.timesince import timesince
 
 from . import operations
 from .models import FileRecord
-from .storage import label_of
+from .registry import label_of
 
 if TYPE_CHECKING:
     _ModelAdmin = admin.ModelAdmin[FileRecord]

@@ -9,13 +9,12 @@ class QueuedStorageConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the system checks
-        from .storage import _load_all, _registry
-        from .tasks import celery_configured, resolve_task
+        from . import checks, publishing, registry  # checks registers the system checks
 
+        del checks
+        publishing.connect()
         # Build every declared queued storage now and register its task, so a
         # worker knows each one before the first message arrives.
-        _load_all()
-        if celery_configured():
-            for storage in list(_registry.values()):
-                resolve_task(storage.task)
+        if publishing.celery_configured():
+            for _, storage in registry.everything():
+                publishing.resolve_task(storage.task)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, router
 
+from . import registry
 from .conf import conf
-from .tasks import celery_configured
+from .publishing import celery_configured, import_task, resolve_task
 
 _PROCESS_LOCAL_CACHES = (
     "django.core.cache.backends.locmem.LocMemCache",
@@ -44,21 +47,28 @@ def check_cache(**kwargs: Any) -> list[Error]:
 
 @register()
 def check_storages(**kwargs: Any) -> list[Error]:
-    from .storage import _duplicates, _load_all, _registry
-
-    _load_all()
     errors = []
-    for storage in list(_registry.values()) + _duplicates:
-        first = _registry[storage.key]
-        if storage is not first and (storage.task, storage.delete_local) != (first.task, first.delete_local):
+    for _, storage in registry.conflicts():
+        errors.append(
+            Error(
+                f"Two QueuedStorages with the same local and remote storage ({storage.key}) differ "
+                "in 'task' or 'delete_local', so a worker could not tell which one a file belongs to.",
+                hint="Give one of them a distinct cache_prefix, or make their options equal.",
+                id="queued_storage.E005",
+            )
+        )
+    for label, storage in [*registry.everything(), *registry.registered()]:
+        try:
+            import_task(storage.task)
+        except ImproperlyConfigured as exc:
             errors.append(
                 Error(
-                    f"Two QueuedStorages with the same local and remote storage ({storage.key}) differ "
-                    "in 'task' or 'delete_local', so a worker could not tell which one a file belongs to.",
-                    hint="Give one of them a distinct cache_prefix, or make their options equal.",
-                    id="queued_storage.E005",
+                    f"{label}: {exc}",
+                    hint="Point 'task' at queued_storage.tasks.Transfer or a subclass of it.",
+                    id="queued_storage.E008",
                 )
             )
+    for storage in {id(s): s for _, s in [*registry.everything(), *registry.registered()]}.values():
         same = storage.local_path == storage.remote_path and storage.local_options == storage.remote_options
         if same:
             errors.append(
@@ -112,9 +122,6 @@ def check_worker_death(**kwargs: Any) -> list[CheckMessage]:
     """Celery settings under which a killed worker would leave a transfer undone for long."""
     from celery import current_app
 
-    from .storage import _load_all, _registry
-    from .tasks import resolve_task
-
     messages: list[CheckMessage] = []
     if not celery_configured():
         return messages  # E004 says it all
@@ -140,9 +147,11 @@ def check_worker_death(**kwargs: Any) -> list[CheckMessage]:
                 id="queued_storage.W002",
             )
         )
-    _load_all()
-    for path in sorted({storage.task for storage in _registry.values()}):
-        task = resolve_task(path)
+    for path in sorted({storage.task for _, storage in [*registry.everything(), *registry.registered()]}):
+        try:
+            task = resolve_task(path)
+        except ImproperlyConfigured:
+            continue  # E008 names it
         if not (task.acks_late and task.reject_on_worker_lost):
             messages.append(
                 Warning(
@@ -153,3 +162,33 @@ def check_worker_death(**kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return messages
+
+
+@register(Tags.database)
+def check_records(*, databases: Sequence[str] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """Records whose storage identity no declared storage has: run by ``migrate`` and ``check --database``."""
+    from .models import FileRecord
+    from .operations import unknown_identities
+
+    using = router.db_for_read(FileRecord)
+    if not databases or using not in databases:
+        return []
+    try:
+        unknown = unknown_identities(using)
+    except DatabaseError:
+        return []  # not migrated yet
+    if not unknown:
+        return []
+    shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    return [
+        Warning(
+            f"Files are recorded under storage identities that no queued storage of this project has: "
+            f"{shown}. Those records are no longer read: a file whose only copy is in a former remote "
+            "is not found, and the transfers of the others cannot run.",
+            hint="The identity changes with a storage's class paths, options, cache_prefix, and its remote's "
+            "bucket, endpoint or location. After such a change, copy the files to the new remote and run "
+            "`manage.py queued_storage rekey OLD_IDENTITY LABEL`; for a storage removed for good, delete "
+            "its records.",
+            id="queued_storage.W005",
+        )
+    ]

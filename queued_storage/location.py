@@ -20,8 +20,9 @@ from enum import Enum
 from typing import Any
 
 from django.core.cache import caches
-from django.db import connections, router, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connections, router, transaction
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .conf import conf
@@ -461,3 +462,33 @@ def local_copy_removable(storage: str, name: str, version: str) -> Iterator[bool
         row = FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE)
         held = row.update(updated_at=timezone.now())
         yield bool(held) and _mirror(storage, name, State.REMOTE)
+
+
+def move(old: str, new: str, name: str, version: str, *, size: int) -> bool:
+    """Re-point the record of ``name`` from identity ``old`` to ``new``, as remote.
+
+    For a file found in the remote of the storage whose identity is now
+    ``new``.  False if the record changed meanwhile or ``new`` holds the name.
+    """
+    now = timezone.now()
+    try:
+        with transaction.atomic(using=router.db_for_write(FileRecord)):
+            moved = (
+                FileRecord.objects.filter(storage=old, name=name, version=version)
+                .exclude(state=State.DELETED)
+                .update(
+                    storage=new,
+                    state=State.REMOTE,
+                    size=size,
+                    bytes_done=size,
+                    last_error="",
+                    lease_until=None,
+                    transferred_at=Coalesce(F("transferred_at"), Value(now)),
+                    updated_at=now,
+                )
+            )
+    except IntegrityError:
+        return False  # recorded under ``new`` already (a read looked it up meanwhile)
+    if moved:
+        _mirror(new, name, State.REMOTE)
+    return bool(moved)

@@ -15,10 +15,11 @@ from typing import Any
 from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
 
-from . import location
+from . import location, registry
 from .models import FileRecord, State
 from .redaction import redact
-from .storage import QueuedStorage, declared, get_storage, label_of
+from .registry import declared, label_of, lookup
+from .storage import QueuedStorage
 from .transfer import local_md5, remote_fingerprint, remote_md5
 
 # -- status
@@ -85,7 +86,7 @@ class Outcome:
 
 def _storage_of(record: FileRecord, outcome: Outcome) -> QueuedStorage | None:
     try:
-        return get_storage(record.storage)
+        return lookup(record.storage)
     except LookupError:
         outcome.skip("of an unknown storage", record.name)
         return None
@@ -94,7 +95,7 @@ def _storage_of(record: FileRecord, outcome: Outcome) -> QueuedStorage | None:
 def retry(records: Iterable[FileRecord]) -> Outcome:
     """Queue the transfer of each pending or failed file again (its error cleared).
 
-    Routed like every transfer (:func:`queued_storage.tasks.queue_for`), and
+    Routed like every transfer (:func:`queued_storage.publishing.queue_for`), and
     published once the surrounding transaction commits.
     """
     outcome = Outcome()
@@ -184,7 +185,7 @@ def verify(record: FileRecord, *, read_back: bool = False) -> Verification:
         return Verification(record.name, False, f"is {record.state}, not on the remote yet", False)
     how = "size"
     try:
-        storage = get_storage(record.storage)
+        storage = lookup(record.storage)
         size, etag = remote_fingerprint(storage.remote, record.name)
         matches = _checksum_matches(record.checksum, etag)
         if record.size is not None and size != record.size:
@@ -316,4 +317,61 @@ def cleanup_local(
         outcome.bytes_freed += size
         if report:
             report(f"{'would delete' if dry_run else 'deleted'} {record.name} ({size} bytes)")
+    return outcome
+
+
+# -- re-pointing records after a storage's identity changed
+
+
+def unknown_identities(using: str | None = None) -> list[str]:
+    """Storage identities in the records that no storage of this project has."""
+    known = {storage.key for _, storage in [*registry.everything(), *registry.registered()]}
+    records = FileRecord.objects.using(using) if using else FileRecord.objects.all()
+    found = records.order_by().values_list("storage", flat=True).distinct()
+    return sorted(set(found) - known)
+
+
+def rekey(
+    old: str, storage: QueuedStorage, *, dry_run: bool, report: Callable[[str], None] | None = None
+) -> Outcome:
+    """Move the records of identity ``old`` to ``storage``, each only once its remote holds the file.
+
+    A file counts as there when ``storage.remote`` has it at the recorded size
+    (and the recorded MD5 or multipart ETag where S3 gives a comparable one);
+    it is then recorded as remote under ``storage``.  Every other record stays
+    as it is.
+    """
+    outcome = Outcome()
+    now = timezone.now()
+    for record in FileRecord.objects.filter(storage=old).exclude(state=State.DELETED).order_by("name"):
+        name = record.name
+        if record.state == State.TRANSFERRING and record.lease_until and record.lease_until > now:
+            outcome.skip("being copied now", name)
+            continue
+        if location.get(storage.key, name) is not None:
+            outcome.skip("recorded under the new identity already", name)
+            continue
+        try:
+            size, etag = remote_fingerprint(storage.remote, name)
+        except Exception as exc:
+            reason = "not in the new remote" if _is_missing(exc) else "not checked (remote error)"
+            outcome.skip(reason, name)
+            if report:
+                report(
+                    f"left {name}: {reason}"
+                    + ("" if _is_missing(exc) else redact(f": {type(exc).__name__}: {exc}"))
+                )
+            continue
+        if record.size is not None and size != record.size:
+            outcome.skip("of another size in the new remote", name)
+            continue
+        if record.state == State.REMOTE and _checksum_mismatch(record.checksum, etag):
+            outcome.skip("of another checksum in the new remote", name)
+            continue
+        if not dry_run and not location.move(old, storage.key, name, record.version, size=size):
+            outcome.skip("changed meanwhile", name)
+            continue
+        outcome.done.append(name)
+        if report:
+            report(f"{'would move' if dry_run else 'moved'} {name}")
     return outcome

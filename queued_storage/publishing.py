@@ -25,17 +25,137 @@ import os
 import threading
 from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from celery import current_app
+from celery import Task, current_app
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
 from .conf import conf
+from .redaction import redact
+from .signals import transfer_requested
 
 if TYPE_CHECKING:
     from .storage import QueuedStorage
 
+    _Task = Task[Any, Any]
+else:
+    _Task = Task
+
 logger = logging.getLogger("queued_storage")
+
+# A publish that cannot reach the broker gives up quickly: the record stays
+# pending and the sweeper queues it again, so the request need not wait.
+_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def import_task(path: str) -> Any:
+    """The Celery task or Task subclass at dotted ``path``, or ImproperlyConfigured naming it."""
+    try:
+        obj = import_string(path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"QueuedStorage option task={path!r} does not import: {exc}") from exc
+    if isinstance(obj, Task) or (isinstance(obj, type) and issubclass(obj, Task)):
+        return obj
+    raise ImproperlyConfigured(
+        f"QueuedStorage option task={path!r} is {obj!r}, not a Celery task or Task subclass."
+    )
+
+
+def resolve_task(path: str) -> _Task:
+    """The Celery task at dotted ``path``; a Task class is registered with the current app.
+
+    Only called once the project's Celery app exists (``celery_configured()``):
+    registering binds the class to an app, and Celery's unconfigured fallback
+    app would keep it.
+    """
+    obj = import_task(path)
+    if isinstance(obj, type):
+        app = current_app
+        # A subclass inherits its parent's name; it needs one of its own.
+        name = obj.__dict__.get("name") or f"{obj.__module__}.{obj.__qualname__}"
+        if name not in app.tasks:
+            instance = obj()
+            instance.name = name
+            app.register_task(instance)
+        task: _Task = app.tasks[name]
+        return task
+    shared: _Task = obj
+    return shared
+
+
+def celery_configured() -> bool:
+    """Whether this process has the project's Celery app, not Celery's unconfigured fallback."""
+    return current_app.main not in (None, "default")
+
+
+def queue_for(host: str | None) -> str | None:
+    """The Celery queue of a transfer whose local copy is on ``host``: the one routing rule.
+
+    With ``QUEUED_STORAGE_HOST_QUEUE`` each host's files go to that host's own
+    queue, because only a worker on that host can read them; otherwise to
+    ``QUEUED_STORAGE_QUEUE`` (``None``: Celery's default queue).
+    """
+    pattern = conf.HOST_QUEUE
+    if pattern and host:
+        return pattern.format(host=host)
+    return conf.QUEUE
+
+
+def enqueue(storage: QueuedStorage, name: str, version: str, host: str | None = None, **options: Any) -> bool:
+    """Publish the transfer of ``name``; on failure log it and leave it to the sweeper.
+
+    ``host`` is the record's host (where the local copy is); ``None`` means this host.
+    ``options`` go to ``apply_async`` (``countdown``, ``retries``).
+    """
+    return _publish(storage, [(name, version)], host, options)
+
+
+def enqueue_many(storage: QueuedStorage, files: list[tuple[str, str]], host: str | None = None) -> bool:
+    """Publish the transfers of several ``(name, version)`` saved on ``host`` as one message.
+
+    One message is one task for the worker: Celery's cost per message (about
+    2 ms here) is paid once for the lot.  A single file is sent in the
+    one-file form.
+    """
+    return _publish(storage, files, host, {})
+
+
+def _publish(
+    storage: QueuedStorage, files: list[tuple[str, str]], host: str | None, extra: dict[str, Any]
+) -> bool:
+    if not files:
+        return True
+    what = repr(files[0][0]) if len(files) == 1 else f"{len(files)} files ({files[0][0]!r}, ...)"
+    if not celery_configured():
+        logger.error(
+            "queued_storage: no Celery app is configured in this process, so the transfer of %s "
+            "stays pending. Import your project's Celery app in proj/__init__.py (Celery's "
+            "'First steps with Django'), then run `manage.py queued_storage requeue`.",
+            what,
+        )
+        return False
+    try:
+        options: dict[str, Any] = {"retry_policy": _PUBLISH_RETRY, **extra}
+        queue = queue_for(conf.HOST if host is None else host)
+        if queue:
+            options["queue"] = queue
+        task = resolve_task(storage.task)
+        if len(files) == 1:
+            task.apply_async((storage.key, *files[0]), **options)
+        else:
+            task.apply_async((storage.key,), {"files": [list(f) for f in files]}, **options)
+    except Exception as exc:  # the record is the outbox: nothing is lost
+        logger.warning(
+            "queued_storage: could not queue the transfer of %s (%s: %s); it stays pending "
+            "until `manage.py queued_storage requeue` or the requeue task runs.",
+            what,
+            type(exc).__name__,
+            redact(str(exc)),
+        )
+        return False
+    return True
+
 
 FLUSH_TIMEOUT = 10.0
 LINGER = 0.01
@@ -99,8 +219,6 @@ class _Publisher:
         return len(self._messages) >= count
 
     def _run(self) -> None:
-        from . import tasks  # tasks imports the storage, which imports this module
-
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._messages))
@@ -111,7 +229,7 @@ class _Publisher:
                 self._messages.clear()
             for storage, files, host in coalesce(messages, most):
                 try:
-                    tasks.enqueue_many(storage, files, host)  # logs its failures; the sweeper covers them
+                    enqueue_many(storage, files, host)  # logs its failures; the sweeper covers them
                 except Exception:  # keep the thread alive whatever one message does
                     logger.exception("queued_storage: publishing the transfer of %r failed", files[0][0])
             with self._cond:
@@ -142,14 +260,23 @@ def publish(
     storage: QueuedStorage, name: str, version: str, host: str | None, size: int | None = None
 ) -> None:
     """Send the transfer message of a committed save, as the settings ask."""
-    from . import tasks
-
     if conf.PUBLISH_IN_BACKGROUND and not current_app.conf.task_always_eager:
         _publisher.submit((storage, name, version, host, size))
     else:
-        tasks.enqueue(storage, name, version, host)
+        enqueue(storage, name, version, host)
 
 
 def flush(timeout: float = FLUSH_TIMEOUT) -> bool:
     """Wait for messages still in this process's background publisher; False on timeout."""
     return _publisher.flush(timeout)
+
+
+def _on_transfer_requested(
+    *, storage: QueuedStorage, name: str, version: str, host: str | None, size: int | None, **kwargs: Any
+) -> None:
+    publish(storage, name, version, host, size)
+
+
+def connect() -> None:
+    """Listen to the storages' transfer requests (from ``AppConfig.ready()``)."""
+    transfer_requested.connect(_on_transfer_requested, dispatch_uid="queued_storage.publishing")

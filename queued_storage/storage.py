@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import functools
-import hashlib
-import json
 import os
 from datetime import datetime
 from functools import partial
@@ -16,18 +13,17 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.storage import Storage, storages
 from django.core.files.utils import validate_file_name
-from django.core.signals import setting_changed
 from django.db import IntegrityError, router, transaction
-from django.dispatch import receiver
 from django.utils.deconstruct import deconstructible
 from django.utils.encoding import filepath_to_uri
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
-from . import location, publishing
+from . import identity, location
 from .conf import conf
 from .location import FileStatus
 from .models import FileRecord, State
+from .signals import transfer_requested
 
 DEFAULT_TASK = "queued_storage.tasks.Transfer"
 
@@ -43,27 +39,12 @@ OPTIONS = (
     "serve_url",
 )
 
-# Options whose values never enter a storage's identity, so rotating
-# credentials does not orphan the records of every file.
-_SECRET_WORDS = ("secret", "password", "token", "key", "credential", "session")
-
 # True inside QueuedStorage.save(), where the record's INSERT checks the name.
 _saving: contextvars.ContextVar[bool] = contextvars.ContextVar("queued_storage_saving", default=False)
 
-# Every QueuedStorage built in this process, by identity: the worker finds a
-# storage declared on a model field here as well as one from STORAGES.
-_registry: dict[str, QueuedStorage] = {}
-# Later storages whose identity was already taken, kept for the E005 check.
-_duplicates: list[QueuedStorage] = []
 
-
-def _resolve_spec(option: str, spec: Any) -> Any:
+def _resolve_spec(option: str, spec: str) -> Any:
     """Import a dotted class path, or accept an alias of ``settings.STORAGES``."""
-    if not isinstance(spec, str) or not spec:
-        raise ImproperlyConfigured(
-            f"QueuedStorage needs {option!r}: a dotted storage class path such as "
-            "'django.core.files.storage.FileSystemStorage', or the alias of a STORAGES entry."
-        )
     if spec in getattr(settings, "STORAGES", {}):
         return spec
     try:
@@ -75,35 +56,16 @@ def _resolve_spec(option: str, spec: Any) -> Any:
         ) from exc
 
 
-def _identity(parts: dict[str, Any]) -> str:
-    """A short, stable id from the non-secret parts of the configuration."""
-
-    def public(options: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in options.items() if not any(w in k.lower() for w in _SECRET_WORDS)}
-
-    canonical = json.dumps(
-        {
-            "local": parts["local"],
-            "remote": parts["remote"],
-            "local_options": public(parts["local_options"]),
-            "remote_options": public(parts["remote_options"]),
-            "cache_prefix": parts["cache_prefix"],
-        },
-        sort_keys=True,
-        default=repr,
-    )
-    digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
-    short = "-".join(str(parts[side]).rsplit(".", 1)[-1][:20] for side in ("local", "remote"))
-    return f"{short}-{digest}"
-
-
 @deconstructible(path="queued_storage.QueuedStorage")
 class QueuedStorage(Storage):
     """Saves to ``local`` at once and moves each file to ``remote`` in a Celery task.
 
     As in django-queued-storage 0.8, a subclass may preset any option as a class
-    attribute; after construction ``local`` and ``remote`` are the storage
-    instances (built on first use and reused, with their connections).
+    attribute; such a subclass needs no arguments, so a library that rebuilds a
+    storage from its class path gets the same storage.  After construction
+    ``local`` and ``remote`` are the storage instances (the local one built on
+    first use, the remote one at once for the identity; both reused, with
+    their connections).
     """
 
     local: Any = None
@@ -150,23 +112,52 @@ class QueuedStorage(Storage):
                 "like the prefix you include queued_storage.urls under (e.g. '/files/')."
             )
 
+        for option in ("local", "remote"):
+            path = getattr(self, f"{option}_path")
+            if not isinstance(path, str) or not path:
+                raise self._missing(option)
         self._local_cls = _resolve_spec("local", self.local_path)
         self._remote_cls = _resolve_spec("remote", self.remote_path)
-        from .tasks import import_task  # tasks imports this module
-
-        # Imported, not registered: the project's Celery app may not exist yet.
-        import_task(self.task)
-        self.key = _identity(
-            {
-                "local": self.local_path,
-                "remote": self.remote_path,
-                "local_options": self.local_options,
-                "remote_options": self.remote_options,
-                "cache_prefix": self.cache_prefix,
-            }
-        )
         self._connect()
-        _register(self)
+        self.key = identity.of(
+            local=self.local_path,
+            remote=self.remote_path,
+            local_options=self.local_options,
+            remote_options=self.remote_options,
+            cache_prefix=self.cache_prefix,
+            # The remote as it resolves its settings now; built here, it makes no request.
+            remote_where=identity.where(self.remote),
+        )
+
+    def _missing(self, option: str) -> ImproperlyConfigured:
+        name = type(self).__name__
+        message = (
+            f"{name} has no {option!r} storage: give it a dotted storage class path such as "
+            "'django.core.files.storage.FileSystemStorage', or the alias of a STORAGES entry."
+        )
+        if getattr(self, "_given", None) == ((), {}):
+            message += (
+                f" This {name} was built without arguments, as a library that keeps a storage by its "
+                "class path rebuilds it (sorl-thumbnail does, for a field's storage), so its options "
+                "were lost. Subclass QueuedStorage with local, remote and their options as class "
+                "attributes and give the field storage=YourSubclass(): the subclass is rebuilt whole "
+                "from its path. Where the library takes a STORAGES alias instead, declare the storage "
+                "in STORAGES and give it the alias."
+            )
+        return ImproperlyConfigured(message)
+
+    # -- migrations
+
+    @property
+    def _constructor_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments ``deconstruct()`` writes into a migration: as given, secrets left out."""
+        args, kwargs = self._given
+        return identity.public(args), identity.public(kwargs)
+
+    @_constructor_args.setter
+    def _constructor_args(self, given: tuple[tuple[Any, ...], dict[str, Any]]) -> None:
+        # Set by @deconstructible for every instance, subclasses included.
+        self._given = given
 
     # -- the two storages, built on first use and reused (with their connections)
 
@@ -208,7 +199,6 @@ class QueuedStorage(Storage):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._connect()
-        _register(self)
 
     # -- routing
 
@@ -297,8 +287,17 @@ class QueuedStorage(Storage):
         raise SuspiciousFileOperation(f"Could not find a free name for {name!r} after 10 tries.")
 
     def _queue(self, name: str, version: str, host: str, size: int | None) -> None:
+        """Ask for the transfer of ``name`` once the transaction commits (the queue listens)."""
         transaction.on_commit(
-            partial(publishing.publish, self, name, version, host, size),
+            partial(
+                transfer_requested.send,
+                sender=QueuedStorage,
+                storage=self,
+                name=name,
+                version=version,
+                host=host,
+                size=size,
+            ),
             using=router.db_for_write(FileRecord),
         )
 
@@ -392,103 +391,8 @@ class QueuedStorage(Storage):
         return FileStatus.of(record)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.key}: {self.local_path} -> {self.remote_path}>"
+        key = getattr(self, "key", "(not built)")
+        return f"<{type(self).__name__} {key}: {self.local_path} -> {self.remote_path}>"
 
 
 QueuedRemoteStorage = QueuedStorage
-
-
-def _register(storage: QueuedStorage) -> None:
-    first = _registry.setdefault(storage.key, storage)
-    if first is not storage and (first.task, first.delete_local) != (storage.task, storage.delete_local):
-        _duplicates.append(storage)
-
-
-def get_storage(key: str) -> QueuedStorage:
-    """The QueuedStorage with identity ``key``, from STORAGES or any model field."""
-    if key not in _registry:
-        _load_all()
-    try:
-        return _registry[key]
-    except KeyError:
-        raise LookupError(
-            f"No QueuedStorage with identity {key!r} in this process. The worker must run the "
-            "same settings and models as the web process: check STORAGES and that every app "
-            "declaring storage=QueuedStorage(...) is in INSTALLED_APPS."
-        ) from None
-
-
-def _load_all() -> None:
-    """Build every queued storage the project declares, so each registers itself."""
-    from django.apps import apps
-
-    for alias, spec in getattr(settings, "STORAGES", {}).items():
-        backend = spec.get("BACKEND", "")
-        try:
-            cls = import_string(backend)
-        except ImportError:
-            continue
-        if isinstance(cls, type) and issubclass(cls, QueuedStorage):
-            storages[alias]
-    for model in apps.get_models():
-        for field in model._meta.get_fields():
-            getattr(field, "storage", None)
-
-
-@functools.cache
-def declared() -> dict[str, QueuedStorage]:
-    """Every queued storage the project declares, by label.
-
-    The label is the ``STORAGES`` alias, or ``app_label.Model.field`` for a
-    storage declared on a model field; a storage declared both ways keeps its
-    alias.
-    """
-    from django.apps import apps
-
-    found: dict[str, QueuedStorage] = {}
-    seen: set[str] = set()
-    for alias, spec in getattr(settings, "STORAGES", {}).items():
-        try:
-            cls = import_string(spec.get("BACKEND", ""))
-        except ImportError:
-            continue
-        built = storages[alias] if isinstance(cls, type) and issubclass(cls, QueuedStorage) else None
-        if isinstance(built, QueuedStorage):
-            found[alias] = built
-            seen.add(built.key)
-    for model in apps.get_models():
-        for field in model._meta.get_fields():
-            on_field = getattr(field, "storage", None)
-            if isinstance(on_field, QueuedStorage) and on_field.key not in seen:
-                found[f"{model._meta.label}.{field.name}"] = on_field
-                seen.add(on_field.key)
-    return found
-
-
-def by_label(label: str) -> QueuedStorage:
-    """The declared queued storage called ``label`` (see :func:`declared`), or its identity."""
-    known = declared()
-    if label in known:
-        return known[label]
-    for storage in known.values():
-        if storage.key == label:
-            return storage
-    raise LookupError(
-        f"No queued storage called {label!r}; the declared ones are "
-        f"{', '.join(sorted(known)) or 'none'} (a STORAGES alias, or app_label.Model.field)."
-    )
-
-
-def label_of(key: str) -> str:
-    """The label of the storage with identity ``key``, or the key itself if none is declared."""
-    for label, storage in declared().items():
-        if storage.key == key:
-            return label
-    return key
-
-
-@receiver(setting_changed)
-def _forget_declared(*, setting: str, **kwargs: Any) -> None:
-    # Model fields never change at run time; STORAGES may, under override_settings.
-    if setting == "STORAGES":
-        declared.cache_clear()

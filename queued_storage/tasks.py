@@ -1,8 +1,8 @@
-"""The Celery side: queueing a transfer, the task that runs it, and the sweeper.
+"""The worker side: the Celery task that transfers, and the sweeper.
 
 A message carries only ``(storage identity, name, version)``; the worker
-rebuilds the storage from its own settings and keeps it, with its
-connections, for every later task.
+finds the storage in :mod:`queued_storage.registry`, built from its own
+settings, and keeps it, with its connections, for every later task.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from celery import Task, current_app, shared_task
+from celery import Task, shared_task
 from celery.signals import worker_process_shutdown, worker_shutdown
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections
-from django.utils.module_loading import import_string
 
-from . import location
+from . import location, registry
 from .conf import conf, default
 from .location import Claim
 from .models import FileRecord, State
+from .publishing import Message, coalesce, enqueue, enqueue_many
 from .redaction import redact
 from .signals import file_transferred, transfer_failed
 from .transfer import (
@@ -49,118 +49,6 @@ else:
     _Task = Task
 
 logger = logging.getLogger("queued_storage")
-
-# A publish that cannot reach the broker gives up quickly: the record stays
-# pending and the sweeper queues it again, so the request need not wait.
-_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-
-
-def import_task(path: str) -> Any:
-    """The Celery task or Task subclass at dotted ``path``, or ImproperlyConfigured naming it."""
-    try:
-        obj = import_string(path)
-    except ImportError as exc:
-        raise ImproperlyConfigured(f"QueuedStorage option task={path!r} does not import: {exc}") from exc
-    if isinstance(obj, Task) or (isinstance(obj, type) and issubclass(obj, Task)):
-        return obj
-    raise ImproperlyConfigured(
-        f"QueuedStorage option task={path!r} is {obj!r}, not a Celery task or Task subclass."
-    )
-
-
-def resolve_task(path: str) -> _Task:
-    """The Celery task at dotted ``path``; a Task class is registered with the current app.
-
-    Only called once the project's Celery app exists (``celery_configured()``):
-    registering binds the class to an app, and Celery's unconfigured fallback
-    app would keep it.
-    """
-    obj = import_task(path)
-    if isinstance(obj, type):
-        app = current_app
-        # A subclass inherits its parent's name; it needs one of its own.
-        name = obj.__dict__.get("name") or f"{obj.__module__}.{obj.__qualname__}"
-        if name not in app.tasks:
-            instance = obj()
-            instance.name = name
-            app.register_task(instance)
-        task: _Task = app.tasks[name]
-        return task
-    shared: _Task = obj
-    return shared
-
-
-def celery_configured() -> bool:
-    """Whether this process has the project's Celery app, not Celery's unconfigured fallback."""
-    return current_app.main not in (None, "default")
-
-
-def queue_for(host: str | None) -> str | None:
-    """The Celery queue of a transfer whose local copy is on ``host``: the one routing rule.
-
-    With ``QUEUED_STORAGE_HOST_QUEUE`` each host's files go to that host's own
-    queue, because only a worker on that host can read them; otherwise to
-    ``QUEUED_STORAGE_QUEUE`` (``None``: Celery's default queue).
-    """
-    pattern = conf.HOST_QUEUE
-    if pattern and host:
-        return pattern.format(host=host)
-    return conf.QUEUE
-
-
-def enqueue(storage: QueuedStorage, name: str, version: str, host: str | None = None, **options: Any) -> bool:
-    """Publish the transfer of ``name``; on failure log it and leave it to the sweeper.
-
-    ``host`` is the record's host (where the local copy is); ``None`` means this host.
-    ``options`` go to ``apply_async`` (``countdown``, ``retries``).
-    """
-    return _publish(storage, [(name, version)], host, options)
-
-
-def enqueue_many(storage: QueuedStorage, files: list[tuple[str, str]], host: str | None = None) -> bool:
-    """Publish the transfers of several ``(name, version)`` saved on ``host`` as one message.
-
-    One message is one task for the worker: Celery's cost per message (about
-    2 ms here) is paid once for the lot.  A single file is sent in the
-    one-file form.
-    """
-    return _publish(storage, files, host, {})
-
-
-def _publish(
-    storage: QueuedStorage, files: list[tuple[str, str]], host: str | None, extra: dict[str, Any]
-) -> bool:
-    if not files:
-        return True
-    what = repr(files[0][0]) if len(files) == 1 else f"{len(files)} files ({files[0][0]!r}, ...)"
-    if not celery_configured():
-        logger.error(
-            "queued_storage: no Celery app is configured in this process, so the transfer of %s "
-            "stays pending. Import your project's Celery app in proj/__init__.py (Celery's "
-            "'First steps with Django'), then run `manage.py queued_storage requeue`.",
-            what,
-        )
-        return False
-    try:
-        options: dict[str, Any] = {"retry_policy": _PUBLISH_RETRY, **extra}
-        queue = queue_for(conf.HOST if host is None else host)
-        if queue:
-            options["queue"] = queue
-        task = resolve_task(storage.task)
-        if len(files) == 1:
-            task.apply_async((storage.key, *files[0]), **options)
-        else:
-            task.apply_async((storage.key,), {"files": [list(f) for f in files]}, **options)
-    except Exception as exc:  # the record is the outbox: nothing is lost
-        logger.warning(
-            "queued_storage: could not queue the transfer of %s (%s: %s); it stays pending "
-            "until `manage.py queued_storage requeue` or the requeue task runs.",
-            what,
-            type(exc).__name__,
-            redact(str(exc)),
-        )
-        return False
-    return True
 
 
 def backoff(retries: int) -> float:
@@ -352,10 +240,8 @@ class Transfer(_Task):
         files: list[list[str]] | None = None,
         **kwargs: Any,
     ) -> str:
-        from .storage import get_storage  # storage imports this module
-
         close_old_connections()
-        storage = get_storage(storage_key)
+        storage = registry.lookup(storage_key)
         if files is not None:
             return self._run_many(storage, [(n, v) for n, v in files])
         outcome, record = location.claim(storage_key, name, version, owner=self.request.hostname or "")
@@ -633,13 +519,10 @@ def requeue(older_than: float = 300, *, failed: bool = False) -> int:
     Small files go as messages of several, as the background publisher sends
     them: after an outage the backlog costs a tenth of the messages.
     """
-    from .publishing import Message, coalesce
-    from .storage import get_storage
-
     messages: list[Message] = []
     for record in location.stale(older_than, failed=failed):
         try:
-            storage = get_storage(record.storage)
+            storage = registry.lookup(record.storage)
         except LookupError as exc:
             logger.error("queued_storage: cannot requeue %s: %s", record.name, exc)
             continue

@@ -26,7 +26,8 @@ from django.views.decorators.http import require_safe
 
 from .conf import conf
 from .models import State
-from .storage import QueuedStorage, by_label
+from .registry import by_label
+from .storage import QueuedStorage
 
 BLOCK_SIZE = 64 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")

@@ -23,8 +23,16 @@ FS = "django.core.files.storage.FileSystemStorage"
 
 @pytest.fixture(scope="session")
 def services() -> plugin.Services:
+    """Redis, moto's S3 server behind its proxy (and PostgreSQL with QS_DB=postgres), running."""
     assert plugin.SERVICES is not None, "run pytest with -p tests.plugin (setup.cfg does)"
-    return plugin.SERVICES
+    return plugin.SERVICES.need_all()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """Start PostgreSQL (with QS_DB=postgres) before the test database is created."""
+    if plugin.SERVICES is not None and plugin.SERVICES.postgres is not None:
+        plugin.SERVICES.need("postgres")
 
 
 @pytest.fixture
@@ -34,17 +42,26 @@ def s3(services: plugin.Services) -> Any:
 
 
 @pytest.fixture(autouse=True)
-def clean_services(services: plugin.Services) -> Iterator[None]:
-    """Each test starts with an empty broker and cache, an open and unthrottled S3 endpoint."""
-    services.redis.flushall()
-    proxy = services.s3_proxy
-    proxy.accept()
-    proxy.bandwidth = None
-    proxy.latency = 0.0
-    proxy.reset_counts()
+def clean_services() -> Iterator[None]:
+    """Each test starts with an empty broker and cache, an open and unthrottled S3 endpoint.
+
+    Only the services that run already are cleaned; none is started for it.
+    """
+    running = plugin.SERVICES.started if plugin.SERVICES is not None else set()
+    if "redis" in running:
+        plugin.SERVICES.redis.flushall()  # type: ignore[union-attr]
+    elif plugin.unit_mode():
+        caches["default"].clear()  # the file-based cache QS_UNIT=1 uses instead of Redis
+    proxy = plugin.SERVICES.s3_proxy if plugin.SERVICES is not None and not plugin.unit_mode() else None
+    if proxy is not None:
+        proxy.accept()
+        proxy.bandwidth = None
+        proxy.latency = 0.0
+        proxy.reset_counts()
     yield
-    proxy.accept()
-    proxy.bandwidth = None
+    if proxy is not None:
+        proxy.accept()
+        proxy.bandwidth = None
 
 
 @pytest.fixture
@@ -65,8 +82,9 @@ def start_worker(services: plugin.Services) -> Iterator[Callable[..., CeleryWork
         return worker.start()
 
     yield start
+    # SIGKILL: a warm shutdown would only wait for the pool; the test is over.
     for worker in started:
-        worker.stop()
+        worker.kill()
 
 
 @pytest.fixture
@@ -81,22 +99,20 @@ def eager() -> Iterator[None]:
 @pytest.fixture
 def make(tmp_path: Path) -> Iterator[Callable[..., QueuedStorage]]:
     """Build QueuedStorages between two local directories (a fake remote, for unit tests)."""
-    from queued_storage.storage import _duplicates, _registry
-
-    before = dict(_registry)
+    from queued_storage import registry
 
     def make(**options) -> QueuedStorage:
         options.setdefault("local", FS)
         options.setdefault("remote", FS)
         options.setdefault("local_options", {"location": str(tmp_path / "local"), "base_url": "/local/"})
         options.setdefault("remote_options", {"location": str(tmp_path / "remote"), "base_url": "/remote/"})
-        return QueuedStorage(**options)
+        storage = QueuedStorage(**options)
+        registry.register(storage)  # so the task finds it, as a declared one
+        return storage
 
     yield make
     # Later tests (the system checks) see only the project's own storages.
-    _registry.clear()
-    _registry.update(before)
-    _duplicates.clear()
+    registry.unregister_all()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
@@ -138,7 +154,7 @@ def broker(services: plugin.Services) -> Iterator[Any]:
 def transfer_now(storage: Any, name: str) -> str:
     """Run the transfer task of ``name`` in this process, as a worker would; returns its result."""
     from queued_storage import location
-    from queued_storage.tasks import resolve_task
+    from queued_storage.publishing import resolve_task
 
     record = location.get(storage.key, name)
     assert record is not None

@@ -266,8 +266,10 @@ class TcpProxy:
         bandwidth: float | None = None,
         latency: float = 0.0,
         throttle_downloads: bool = False,
+        on_connect: Callable[[], object] | None = None,
     ) -> None:
         self.target_host = target_host
+        self.on_connect = on_connect
         self.target_port = target_port
         self.port = port or _free_port()
         self.bandwidth = bandwidth
@@ -410,6 +412,8 @@ class TcpProxy:
             except OSError:
                 break
             client.settimeout(None)
+            if self.on_connect is not None:
+                self.on_connect()  # e.g. start the server behind it on first use
             conn = _Connection(self, client)
             if self._refusing:
                 conn.close(abort=True)

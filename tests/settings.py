@@ -76,9 +76,7 @@ else:
 
 REDIS_URL = env("QS_REDIS_URL", "")
 if REDIS_URL:
-    CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"{REDIS_URL}/1"}
-    }
+    CACHES = {"default": {"BACKEND": "tests.lazycache.LazyRedisCache", "LOCATION": f"{REDIS_URL}/1"}}
 else:
     CACHES = {
         "default": {

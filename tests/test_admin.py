@@ -76,6 +76,7 @@ def test_retry_action_requeues_failed_files(admin_client, broker):
     assert broker.llen("celery") == 1  # published to the queue transfers go to
 
 
+@pytest.mark.services  # the default storage's remote is S3
 def test_retry_action_skips_remote_files(admin_client):
     name = default_storage.save("admin/done.txt", ContentFile(b"d"))
     transfer_now(default_storage, name)

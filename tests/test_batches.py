@@ -6,7 +6,7 @@ import pytest
 from django.core.files.base import ContentFile
 
 from queued_storage.models import FileRecord
-from queued_storage.tasks import resolve_task
+from queued_storage.publishing import resolve_task
 
 from .testapp.tasks import Watched
 

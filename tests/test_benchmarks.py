@@ -10,7 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+
+# Starts its own services; run once per test command, not in every tox env.
+pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
 
 def test_every_scenario_runs_end_to_end(tmp_path):

@@ -37,6 +37,9 @@ CHROMIUM_ARGS = [
 ARTIFACTS = REPO_ROOT / "artifacts"
 BUCKET = "queued-storage-demo"
 
+# The demo in a real browser: run once per test command, not in every tox env.
+pytestmark = [pytest.mark.services, pytest.mark.e2e]
+
 
 @dataclass
 class Demo:

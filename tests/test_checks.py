@@ -1,12 +1,25 @@
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 from django.core.checks import run_checks
 
-from queued_storage import QueuedStorage
-from queued_storage.storage import _registry
+from queued_storage import QueuedStorage, registry
 
 FS = "django.core.files.storage.FileSystemStorage"
+
+
+@pytest.fixture(autouse=True)
+def forget_registered():
+    yield
+    registry.unregister_all()
+
+
+def known(storage: QueuedStorage) -> QueuedStorage:
+    """``storage`` registered, as if the project declared it."""
+    registry.register(storage)
+    return storage
 
 
 def ids(**kwargs):
@@ -32,13 +45,15 @@ def test_process_local_cache(settings, backend):
 
 
 def test_same_local_and_remote():
-    storage = QueuedStorage(
-        local=FS, remote=FS, local_options={"location": "/tmp/same"}, remote_options={"location": "/tmp/same"}
+    known(
+        QueuedStorage(
+            local=FS,
+            remote=FS,
+            local_options={"location": "/tmp/same"},
+            remote_options={"location": "/tmp/same"},
+        )
     )
-    try:
-        assert ids() == ["queued_storage.E003"]
-    finally:
-        del _registry[storage.key]
+    assert ids() == ["queued_storage.E003"]
 
 
 def test_no_celery_app(monkeypatch):
@@ -50,22 +65,20 @@ def test_no_celery_app(monkeypatch):
 
 
 def test_same_identity_but_different_behaviour():
-    from queued_storage.storage import _duplicates
-
     options = {
         "local": FS,
         "remote": FS,
         "local_options": {"location": "/tmp/l5"},
         "remote_options": {"location": "/tmp/r5"},
     }
-    first = QueuedStorage(**options)
-    QueuedStorage(**options)  # identical: fine
-    QueuedStorage(**options, delete_local=True)
-    try:
+    first = known(QueuedStorage(**options))
+    same = QueuedStorage(**options)
+    second = QueuedStorage(**options, delete_local=True)
+    # As if all three were declared (fields of three models, say): E005 names the one that differs.
+    declared = [("a.A.f", first), ("b.B.g", same), ("c.C.h", second)]
+    with mock.patch.object(registry, "everything", return_value=declared):
+        assert registry.conflicts() == [(first, second)]
         assert ids() == ["queued_storage.E005"]
-    finally:
-        del _registry[first.key]
-        _duplicates.clear()
 
 
 def test_prefetch_above_one_warns(monkeypatch):
@@ -84,23 +97,36 @@ def test_redis_broker_without_visibility_timeout_warns(monkeypatch):
 
 
 def test_task_without_acks_late_warns():
-    storage = QueuedStorage(
-        local=FS, remote=FS, remote_options={"location": "/tmp/w3"}, task="queued_storage.tasks.requeue_stale"
+    known(
+        QueuedStorage(
+            local=FS,
+            remote=FS,
+            remote_options={"location": "/tmp/w3"},
+            task="queued_storage.tasks.requeue_stale",
+        )
     )
-    try:
-        assert ids() == ["queued_storage.W003"]
-    finally:
-        del _registry[storage.key]
+    assert ids() == ["queued_storage.W003"]
+
+
+@pytest.mark.parametrize(
+    ("task", "says"),
+    [("tests.nope.Task", "does not import"), ("queued_storage.conf.Settings", "not a Celery task")],
+)
+def test_task_option_that_is_no_task_is_named(task, says):
+    known(QueuedStorage(local=FS, remote=FS, remote_options={"location": "/tmp/e8"}, task=task))
+    errors = [e for e in run_checks() if e.id == "queued_storage.E008"]
+    assert [e.id for e in errors] == ["queued_storage.E008"] and says in errors[0].msg
 
 
 def test_gzip_remote_cannot_be_verified():
-    storage = QueuedStorage(
-        local=FS, remote="storages.backends.s3.S3Storage", remote_options={"bucket_name": "gz", "gzip": True}
+    known(
+        QueuedStorage(
+            local=FS,
+            remote="storages.backends.s3.S3Storage",
+            remote_options={"bucket_name": "gz", "gzip": True},
+        )
     )
-    try:
-        assert ids() == ["queued_storage.E006"]
-    finally:
-        del _registry[storage.key]
+    assert ids() == ["queued_storage.E006"]
 
 
 @pytest.mark.parametrize(
@@ -112,3 +138,21 @@ def test_a_setting_out_of_range_is_named_at_startup(settings, setting, value):
     assert ids() == ["queued_storage.E007"]
     [error] = [e for e in run_checks() if e.id == "queued_storage.E007"]
     assert setting in error.msg
+
+
+@pytest.mark.django_db
+def test_records_of_an_identity_no_storage_has_warn_with_the_way_forward():
+    from django.core.files.storage import default_storage
+
+    from queued_storage.models import FileRecord
+
+    FileRecord.objects.create(storage=default_storage.key, name="kept.txt", version="v")
+    assert ids(databases=["default"]) == []
+    FileRecord.objects.create(storage="FileSystemStorage-S3Storage-0ldb0cket000", name="a.txt", version="v")
+    assert ids() == []  # the query runs only with a database: migrate, check --database
+    assert ids(databases=["default"]) == ["queued_storage.W005"]
+    [warning] = [e for e in run_checks(databases=["default"]) if e.id == "queued_storage.W005"]
+    assert (
+        "FileSystemStorage-S3Storage-0ldb0cket000" in warning.msg and default_storage.key not in warning.msg
+    )
+    assert "queued_storage rekey OLD_IDENTITY LABEL" in warning.hint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from io import StringIO
@@ -41,7 +42,7 @@ def fail(name: str, error: str = "ConnectionError: S3 is down") -> None:
     location.release(rec.storage, name, rec.version, error=error, failed=True)
 
 
-@pytest.mark.parametrize("sub", ["status", "retry", "requeue", "transfer-existing", "cleanup-local"])
+@pytest.mark.parametrize("sub", ["status", "retry", "requeue", "transfer-existing", "cleanup-local", "rekey"])
 def test_every_subcommand_explains_itself(sub, capsys):
     with pytest.raises(SystemExit):
         call_command("queued_storage", sub, "--help")
@@ -49,6 +50,7 @@ def test_every_subcommand_explains_itself(sub, capsys):
     assert f"queued_storage {sub}" in text and len(text) > 300
 
 
+@pytest.mark.services  # the default storage's remote is S3
 def test_status_text_and_json():
     assert "No files recorded yet." in run("status")
     remote = default_storage.save("cmd/remote.txt", ContentFile(b"r" * 100))
@@ -166,6 +168,7 @@ def test_transfer_existing(media, s3, broker):
     assert "Adopted 0 file(s)" in again
 
 
+@pytest.mark.services  # the default storage's remote is S3
 def test_transfer_existing_progress_bar_on_a_terminal(media):
     class Tty(StringIO):
         def isatty(self):
@@ -204,3 +207,58 @@ def test_cleanup_local_deletes_only_verified_copies(s3):
     with default_storage.open(good) as fh:  # still readable, from the remote
         assert fh.read() == b"good"
     assert "Deleted 0 local copies" in run("cleanup-local", "--older-than", "0")
+
+
+OLD = "FileSystemStorage-S3Storage-0123456789ab"  # as if the bucket or an option had changed
+
+
+def test_rekey_moves_only_records_whose_file_the_new_remote_has(s3):
+    def old_record(name: str, data: bytes, state: str = "remote") -> None:
+        checksum = f"md5:{hashlib.md5(data).hexdigest()}" if state == "remote" else ""
+        FileRecord.objects.create(
+            storage=OLD, name=name, state=state, version="v1", size=len(data), checksum=checksum
+        )
+
+    old_record("rk/copied.txt", b"copied")
+    old_record("rk/pending.txt", b"pending", state="pending")
+    old_record("rk/missing.txt", b"missing")
+    old_record("rk/other.txt", b"other")
+    old_record("rk/both.txt", b"both")
+    for key, body in [
+        ("rk/copied.txt", b"copied"),
+        ("rk/pending.txt", b"pending"),
+        ("rk/other.txt", b"0ther"),
+    ]:
+        s3.put_object(Bucket="qs-bucket", Key=key, Body=body)
+    FileRecord.objects.create(storage=default_storage.key, name="rk/both.txt", state="pending", version="v2")
+
+    dry = run("rekey", OLD, "default", "--dry-run")
+    assert "would move rk/copied.txt" in dry and "left rk/missing.txt: not in the new remote" in dry
+    assert f"Would move 2 record(s) from {OLD} to default ({default_storage.key})" in dry
+    assert FileRecord.objects.filter(storage=OLD).count() == 5
+
+    out = run("rekey", OLD, "default")
+    assert (
+        "Moved 2 record(s)" in out
+        and "left 1 not in the new remote, 1 of another checksum in the new remote, "
+        "1 recorded under the new identity already."
+        in out
+    )
+    for name in ("rk/copied.txt", "rk/pending.txt"):
+        assert record(name).state == "remote" and default_storage.using_remote(name)
+    assert record("rk/copied.txt").checksum == f"md5:{hashlib.md5(b'copied').hexdigest()}"
+    assert sorted(FileRecord.objects.filter(storage=OLD).values_list("name", flat=True)) == [
+        "rk/both.txt",
+        "rk/missing.txt",
+        "rk/other.txt",
+    ]
+
+
+def test_rekey_refuses_a_live_identity_an_unknown_label_and_an_unknown_identity():
+    FileRecord.objects.create(storage=OLD, name="x.txt", state="remote", version="v1", size=1)
+    with pytest.raises(CommandError, match="a storage of this project"):
+        run("rekey", default_storage.key, "default")
+    with pytest.raises(CommandError, match="No queued storage called 'nope'"):
+        run("rekey", OLD, "nope")
+    with pytest.raises(CommandError, match="No records under the identity 'Gone-000'"):
+        run("rekey", "Gone-000", "default")

@@ -28,7 +28,7 @@ from queued_storage.models import FileRecord
 from .conftest import s3_body, sha256, wait_for
 from .plugin import BUCKETS
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 

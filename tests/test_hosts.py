@@ -21,13 +21,13 @@ from django.test import override_settings
 
 from queued_storage import QueuedStorage, location
 from queued_storage.models import FileRecord
-from queued_storage.tasks import queue_for
+from queued_storage.publishing import queue_for
 
 from .conftest import s3_body, wait_for
 
 default_storage = cast(QueuedStorage, _default_storage)
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 PATTERN = "transfers.{host}"
 

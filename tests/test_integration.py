@@ -12,7 +12,7 @@ from queued_storage.models import FileRecord
 from .conftest import s3_body, sha256, wait_for
 from .testapp.models import Photo
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services, pytest.mark.integration]
 
 
 def state_of(storage, name):
@@ -182,6 +182,7 @@ def test_delayed_storage_moves_only_on_transfer(start_worker):
     assert storage.status(obj.file.name).state == "pending"
     assert obj.file.transfer() is True
     wait_for(lambda: storage.status(obj.file.name).state == "remote", what="remote")
-    assert not storage.local.exists(obj.file.name)  # TransferAndDelete
+    # TransferAndDelete: the local copy goes after the switch, not with it.
+    wait_for(lambda: not storage.local.exists(obj.file.name), what="local copy deleted")
     with storage.open(obj.file.name) as fh:
         assert fh.read() == b"wait for it"

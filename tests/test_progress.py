@@ -16,7 +16,7 @@ from .conftest import s3_body, sha256, transfer_now, wait_for
 
 default_storage = cast(QueuedStorage, _default_storage)
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 SIZE = 20_000_000
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 from django.core.files.base import ContentFile
 
-from queued_storage import publishing, tasks
+from queued_storage import publishing
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -16,11 +16,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def _broker(monkeypatch, enqueue_many):
     """Route both ways of publishing, one file or several, to ``enqueue_many``."""
     monkeypatch.setattr(
-        tasks,
+        publishing,
         "enqueue",
         lambda storage, name, version, host=None: enqueue_many(storage, [(name, version)], host),
     )
-    monkeypatch.setattr(tasks, "enqueue_many", enqueue_many)
+    monkeypatch.setattr(publishing, "enqueue_many", enqueue_many)
 
 
 @pytest.fixture

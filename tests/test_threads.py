@@ -15,6 +15,7 @@ from django.db.backends.signals import connection_created
 
 from queued_storage import tasks
 from queued_storage.models import FileRecord
+from queued_storage.publishing import resolve_task
 
 from .conftest import wait_for
 
@@ -69,7 +70,7 @@ def _message(storage: Any, names: list[str]) -> str:
     for name in names:
         stored = storage.save(name, ContentFile(name.encode()))
         files.append([stored, FileRecord.objects.get(storage=storage.key, name=stored).version])
-    result = tasks.resolve_task(storage.task).apply(args=(storage.key,), kwargs={"files": files})
+    result = resolve_task(storage.task).apply(args=(storage.key,), kwargs={"files": files})
     return str(result.get())
 
 

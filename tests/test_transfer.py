@@ -86,6 +86,7 @@ def test_large_file_goes_multipart_from_the_path_not_through_a_buffered_stream(l
     assert s3_body(s3, "qs-bucket", name) == data
 
 
+@pytest.mark.services  # the default storage's remote is S3
 def test_gzip_remote_still_goes_through_s3storage_save(local):
     name = local.save("zipped/notes.css", ContentFile(b"body { color: red }\n" * 100))
     went = RuntimeError("went through S3Storage.save()")

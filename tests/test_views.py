@@ -133,6 +133,7 @@ def test_if_range(client, saved):
     assert (stale.status_code, body(stale)) == (200, DATA)
 
 
+@pytest.mark.services  # the default storage's remote is S3
 def test_unknown_and_deleted_names_404(client, saved):
     assert client.get("/files/views/nope.txt").status_code == 404
     default_storage.delete(saved)

@@ -11,6 +11,7 @@ Standard library only: it runs before anything is installed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -107,19 +108,26 @@ def test_disk_need(with_matrix: bool) -> float:
 
 
 def ensure_venv(extras: str) -> None:
+    """``.venv`` with the package (editable) and ``extras``; pip runs only when pyproject.toml changed."""
     if not PY.exists():
         say(f"Creating {VENV.relative_to(ROOT)}")
         run(sys.executable, "-m", "venv", VENV)
         run(PY, "-m", "pip", "install", "-q", "--upgrade", "pip")
+    stamp = VENV / f".installed-{extras}"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
     say(f"Installing the package with its [{extras}] extras")
     run(PY, "-m", "pip", "install", "-q", "-e", f".[{extras}]")
+    stamp.write_text(wanted)
 
 
 def lint() -> None:
-    say("ruff and mypy")
+    say("ruff, mypy and the import layers (import-linter)")
     run(PY, "-m", "ruff", "check", ".")
     run(PY, "-m", "ruff", "format", "--check", ".")
     run(PY, "-m", "mypy", "queued_storage", "tests", "benchmarks")
+    run(VENV / "bin" / "lint-imports", "--no-cache")
 
 
 def docs() -> None:
@@ -152,7 +160,11 @@ def matrix() -> None:
         else:
             skipped.append(f"{env} ({interpreter} not found)")
     if skipped:
-        print(f"Not run on this machine: {', '.join(skipped)}", flush=True)
+        # The matrix is the support promise: an env that cannot run fails the command.
+        sys.exit(
+            f"Cannot run the supported matrix here: {', '.join(skipped)}. Install the missing "
+            "interpreters (e.g. `pyenv install 3.10`), or run `python3 tools/run.py test --no-matrix`."
+        )
     if envs:
         run(PY, "-m", "tox", "run-parallel", "-p", "2", "-e", ",".join(envs), "--discover", *found)
 
@@ -168,11 +180,18 @@ def cmd_test(args: argparse.Namespace) -> None:
     say("Test suite on SQLite")
     pytest()
     say("Test suite on PostgreSQL")
-    # The demo keeps its own SQLite database, so its browser test runs once, above.
-    pytest("--ignore=tests/test_browser.py", env={"QS_DB": "postgres"})
+    # The browser test (the demo keeps its own SQLite database) and the benchmark
+    # smoke run (its own services) run once, above.
+    pytest("-m", "not e2e", env={"QS_DB": "postgres"})
     if not args.no_matrix:
         matrix()
     say(f"All tests passed in {time.monotonic() - started:.0f} s")
+
+
+def cmd_unit(args: argparse.Namespace) -> None:
+    """The tests that need no service: no Redis, S3, worker, PostgreSQL or browser."""
+    ensure_venv("dev")
+    pytest("-q", "-m", "not services", *args.rest, env={"QS_UNIT": "1"})
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -197,6 +216,7 @@ def main() -> None:
     test.add_argument("--no-matrix", action="store_true", help="skip the tox matrix")
     test.set_defaults(func=cmd_test)
     for name, func, text in (
+        ("unit", cmd_unit, "run the tests that need no service, in seconds"),
         ("demo", cmd_demo, "run the example project"),
         ("bench", cmd_bench, "run benchmarks"),
     ):

@@ -10,7 +10,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from queued_storage import operations
 from queued_storage.models import FileRecord, State
-from queued_storage.storage import QueuedStorage, by_label, declared
+from queued_storage.registry import by_label, declared, label_of, lookup
+from queued_storage.storage import QueuedStorage
 from queued_storage.tasks import requeue
 
 
@@ -31,7 +32,7 @@ def _age(seconds: float) -> str:
 
 class Command(BaseCommand):
     help = (
-        "Operate queued storages: status, retry, requeue, transfer-existing, cleanup-local "
+        "Operate queued storages: status, retry, requeue, transfer-existing, cleanup-local, rekey "
         "(see each subcommand's --help)."
     )
 
@@ -111,6 +112,20 @@ class Command(BaseCommand):
             help="Only files transferred at least this long ago (default: 7; 0 for all).",
         )
         p.add_argument("--dry-run", action="store_true", help="Verify and list; delete nothing.")
+
+        p = sub.add_parser(
+            "rekey",
+            help="Move the records of a former storage identity to a declared storage, file by file.",
+            description="A storage's identity changes with its options and its remote's bucket, "
+            "endpoint or location (system check queued_storage.W005 names identities no storage has). "
+            "After copying the files to the new remote, move each record of OLD_IDENTITY to the storage "
+            "LABEL, as remote, once that storage's remote has the file at the recorded size (and "
+            "checksum, where S3 gives a comparable ETag). Records of files not found there stay as they "
+            "are; run it again after copying them. Run it once every process has the new settings.",
+        )
+        p.add_argument("old", metavar="OLD_IDENTITY", help="The former identity, as `status` shows it.")
+        p.add_argument("label", metavar="LABEL", help="A STORAGES alias or app_label.Model.field.")
+        p.add_argument("--dry-run", action="store_true", help="Check and list; move nothing.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         getattr(self, "handle_" + options["subcommand"].replace("-", "_"))(**options)
@@ -212,4 +227,25 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{verb} {len(outcome.done)} local copies ({_size(outcome.bytes_freed)}) of "
             f"{len(candidates)} remote file(s)" + (f"; skipped {skipped}." if skipped else ".")
+        )
+
+    def handle_rekey(self, *, old: str, label: str, dry_run: bool, **options: Any) -> None:
+        target = self._storage(label)
+        try:
+            lookup(old)
+        except LookupError:
+            pass
+        else:
+            raise CommandError(
+                f"{old} is the identity of {label_of(old)}, a storage of this project; rekey moves the "
+                "records of an identity that no storage has any more (system check queued_storage.W005)."
+            )
+        if not FileRecord.objects.filter(storage=old).exists():
+            raise CommandError(f"No records under the identity {old!r}; `queued_storage status` lists them.")
+        outcome = operations.rekey(old, target, dry_run=dry_run, report=self.stdout.write)
+        skipped = outcome.describe_skipped()
+        verb = "Would move" if dry_run else "Moved"
+        self.stdout.write(
+            f"{verb} {len(outcome.done)} record(s) from {old} to {label} ({target.key})"
+            + (f"; left {skipped}." if skipped else ".")
         )

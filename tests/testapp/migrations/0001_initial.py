@@ -23,7 +23,7 @@ class Migration(migrations.Migration):
             name='Photo',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('image', models.ImageField(storage=queued_storage.QueuedStorage(delete_local=True, local='django.core.files.storage.FileSystemStorage', local_options={'base_url': '/media/photos/', 'location': '/tmp/qsw/media/photos'}, remote='storages.backends.s3.S3Storage', remote_options={'bucket_name': 'qs-photos', 'querystring_auth': True, 'secret_key': 's3cr3t-in-options'}), upload_to='img')),
+                ('image', models.ImageField(storage=queued_storage.QueuedStorage(delete_local=True, local='django.core.files.storage.FileSystemStorage', local_options={'base_url': '/media/photos/', 'location': '/tmp/qsw/media/photos'}, remote='storages.backends.s3.S3Storage', remote_options={'bucket_name': 'qs-photos', 'querystring_auth': True}), upload_to='img')),
             ],
         ),
     ]
