@@ -17,9 +17,10 @@ from django.utils import timezone
 
 from . import location, registry
 from .models import FileRecord, State
+from .redaction import redact
 from .registry import declared, label_of, lookup
 from .storage import QueuedStorage
-from .transfer import remote_fingerprint
+from .transfer import local_md5, remote_fingerprint, remote_md5
 
 # -- status
 
@@ -139,40 +140,73 @@ def _is_missing(exc: Exception) -> bool:
     return code in ("404", "NoSuchKey", "NotFound")
 
 
-def _checksum_mismatch(checksum: str, etag: str | None) -> bool:
+def _checksum_matches(checksum: str, etag: str | None) -> bool | None:
+    """Whether the remote's hash ``etag`` matches the recorded ``checksum``; None if not comparable."""
     if not etag or not checksum:
-        return False
+        return None
     kind, _, value = checksum.partition(":")
     if kind == "etag":
-        return value != etag
-    # An MD5 of the whole file equals the ETag of a single-part, unencrypted upload only.
-    single_part_md5 = len(etag) == 32 and "-" not in etag
-    return kind == "md5" and single_part_md5 and value != etag
+        return value == etag
+    # An MD5 of the whole file is comparable with a plain MD5 only, not a multipart ETag.
+    if kind == "md5" and len(etag) == 32 and "-" not in etag:
+        return value == etag
+    return None
 
 
-def verify(record: FileRecord) -> Verification:
-    """Check the remote copy against the record (size, and the recorded MD5 or multipart ETag); record it."""
+def _checksum_mismatch(checksum: str, etag: str | None) -> bool:
+    return _checksum_matches(checksum, etag) is False
+
+
+def _read_back(storage: QueuedStorage, record: FileRecord) -> str:
+    """Download the remote copy and hash it: an error, or "" when it is the file recorded."""
+    got, _ = remote_md5(storage.remote, record.name)
+    kind, _, value = record.checksum.partition(":")
+    if kind == "md5":
+        want, of = value, "the MD5 recorded at transfer"
+    else:
+        try:
+            want, of = local_md5(storage.local, record.name), "the local copy's MD5"
+        except FileNotFoundError as exc:  # not the remote copy missing: nothing to compare with
+            raise RuntimeError(f"the local copy of {record.name!r} is gone: nothing to compare with") from exc
+    if got != want:
+        return f"Verification failed: the remote copy read back hashes to MD5 {got}, not {of} {want}."
+    return ""
+
+
+def verify(record: FileRecord, *, read_back: bool = False) -> Verification:
+    """Check the remote copy against the record and record the outcome.
+
+    The size, and the recorded MD5 or multipart ETag where the remote keeps a
+    comparable hash (:func:`~queued_storage.transfer.remote_fingerprint`).
+    With ``read_back`` (before a local copy is deleted), a copy whose hash
+    could not be compared is downloaded and hashed.
+    """
     if record.state != State.REMOTE:
         return Verification(record.name, False, f"is {record.state}, not on the remote yet", False)
+    how = "size"
     try:
         storage = lookup(record.storage)
         size, etag = remote_fingerprint(storage.remote, record.name)
+        matches = _checksum_matches(record.checksum, etag)
+        if record.size is not None and size != record.size:
+            error = f"Verification failed: the remote copy has {size} bytes, the record {record.size}."
+        elif matches is False:
+            error = f"Verification failed: the remote ETag {etag} does not match {record.checksum}."
+        elif matches:
+            error, how = "", "size and the remote's hash"
+        elif read_back:
+            error, how = _read_back(storage, record), "size and MD5 read back"
+        else:
+            error = ""
     except Exception as exc:
         if not _is_missing(exc):
             # Not a verdict on the copy (network down, storage unknown): record nothing.
             return Verification(
-                record.name, False, f"could not be checked: {type(exc).__name__}: {exc}", False
+                record.name, False, redact(f"could not be checked: {type(exc).__name__}: {exc}"), False
             )
         error = "Verification failed: the remote copy is missing."
-    else:
-        if record.size is not None and size != record.size:
-            error = f"Verification failed: the remote copy has {size} bytes, the record {record.size}."
-        elif _checksum_mismatch(record.checksum, etag):
-            error = f"Verification failed: the remote ETag {etag} does not match {record.checksum}."
-        else:
-            error = ""
     recorded = location.record_verification(record.storage, record.name, record.version, error)
-    return Verification(record.name, not error, error or "remote copy matches", recorded)
+    return Verification(record.name, not error, error or f"remote copy matches ({how})", recorded)
 
 
 # -- adopting files saved before the app was installed
@@ -266,7 +300,7 @@ def cleanup_local(
         if not storage.local.exists(record.name):
             outcome.skip("without a local copy", record.name)
             continue
-        check = verify(record)
+        check = verify(record, read_back=True)
         if not check.ok:
             outcome.skip("kept: remote copy not verified", record.name)
             if report:
@@ -327,7 +361,8 @@ def rekey(
             outcome.skip(reason, name)
             if report:
                 report(
-                    f"left {name}: {reason}" + ("" if _is_missing(exc) else f": {type(exc).__name__}: {exc}")
+                    f"left {name}: {reason}"
+                    + ("" if _is_missing(exc) else redact(f": {type(exc).__name__}: {exc}"))
                 )
             continue
         if record.size is not None and size != record.size:

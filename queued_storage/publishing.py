@@ -32,6 +32,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from .conf import conf
+from .redaction import redact
 from .signals import transfer_requested
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def _publish(
             "until `manage.py queued_storage requeue` or the requeue task runs.",
             what,
             type(exc).__name__,
-            exc,
+            redact(str(exc)),
         )
         return False
     return True

@@ -12,26 +12,29 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
-from django.core.exceptions import ImproperlyConfigured
-from django.db import close_old_connections, connection
+from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
+from django.db import close_old_connections, connections
 
 from . import location, registry
-from .conf import conf, default
+from .conf import conf, problems
 from .location import Claim
 from .models import FileRecord, State
 from .publishing import Message, coalesce, enqueue, enqueue_many
+from .redaction import redact
 from .signals import file_transferred, transfer_failed
 from .transfer import (
     Copied,
     PermanentTransferError,
     Progress,
     TransferError,
+    confirm_content,
     copy_file,
     remote_fingerprint,
 )
@@ -88,33 +91,31 @@ class _LeaseKeeper(threading.Thread):
 
     @staticmethod
     def _beat() -> float:
-        """A third of the lease; of the default lease while the setting is invalid.
-
-        The thread must outlive a bad setting (check E007 names it): if it
-        died, no later copy in this process would have its lease renewed.
-        """
-        try:
-            return conf.LEASE / 3
-        except ImproperlyConfigured:
-            logger.exception("queued_storage: renewing leases at the default interval meanwhile")
-            return float(default("QUEUED_STORAGE_LEASE")) / 3
+        """A third of the lease (a setting out of range reads as the default, see check E007)."""
+        return conf.LEASE / 3
 
     def run(self) -> None:
         while True:
             time.sleep(self._beat())
-            with self._lock:
-                files = [(key, version, done[0]) for key, (version, done) in self._files.items()]
-            if not files:
-                continue
-            try:
-                for (storage, name), version, done in files:
-                    location.heartbeat(storage, name, version, done)
-            except Exception:
-                # The database is down: the next beat tries again, and a lease
-                # that lapses meanwhile only lets the sweeper queue the file.
-                logger.exception("queued_storage: could not renew the leases of %d files", len(files))
-            finally:
-                connection.close()  # no idle connection held between beats
+            self.renew()
+
+    def renew(self) -> None:
+        """One beat: renew the lease and record the progress of every file kept."""
+        with self._lock:
+            files = [(key, version, done[0]) for key, (version, done) in self._files.items()]
+        if not files:
+            return
+        try:
+            for (storage, name), version, done in files:
+                location.heartbeat(storage, name, version, done)
+        except Exception:
+            # The database is down: the next beat tries again, and a lease
+            # that lapses meanwhile only lets the sweeper queue the file.
+            logger.exception("queued_storage: could not renew the leases of %d files", len(files))
+        finally:
+            # No idle connection held between beats: every one this thread
+            # opened, wherever a router sends FileRecord.
+            connections.close_all()
 
 
 _keeper: _LeaseKeeper | None = None
@@ -141,23 +142,69 @@ _uploaders = threading.local()
 _Landed = tuple[str, str, FileRecord, Copied, float]
 
 
+class _Uploader:
+    """Held by one pool thread alone (thread-local): when that thread ends, it is freed."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="queued_storage upload")
+
+
+# Every upload thread of this process, with what stops it when its pool thread ends.
+# No lock: each change is one dict operation, and a finalizer may run in any thread.
+_uploads: dict[ThreadPoolExecutor, weakref.finalize[Any, _Uploader]] = {}
+
+
 def _upload_thread() -> ThreadPoolExecutor:
     """The upload thread of several-file messages run by this thread, started at first use.
 
     One per pool thread (one per process with prefork), kept for later tasks:
     the remote storage's connection is per thread (django-storages), and a
-    new one costs a new boto3 client.
+    new one costs a new boto3 client.  It is shut down when its pool thread
+    ends and at the worker's shutdown (:func:`stop_upload_threads`).
     """
-    uploader: ThreadPoolExecutor | None = getattr(_uploaders, "executor", None)
-    if uploader is None:
-        uploader = _uploaders.executor = ThreadPoolExecutor(1, thread_name_prefix="queued_storage upload")
-    return uploader
+    uploader: _Uploader | None = getattr(_uploaders, "uploader", None)
+    if uploader is None or uploader.executor not in _uploads:
+        uploader = _uploaders.uploader = _Uploader()
+        _uploads[uploader.executor] = weakref.finalize(uploader, _retire, uploader.executor)
+    return uploader.executor
+
+
+def _retire(executor: ThreadPoolExecutor, *, wait: bool = False) -> None:
+    """Shut ``executor`` down: copies queued and not started are dropped (their leases lapse)."""
+    _uploads.pop(executor, None)
+    executor.shutdown(wait=wait, cancel_futures=True)
+
+
+def stop_upload_threads(**kwargs: Any) -> None:
+    """Shut down every upload thread of this process and wait for them: at the worker's shutdown.
+
+    Connected to Celery's ``worker_process_shutdown`` (prefork children) and
+    ``worker_shutdown`` (thread and solo pools).
+    """
+    for executor, finalizer in list(_uploads.items()):
+        finalizer.detach()
+        _retire(executor, wait=True)
+
+
+worker_process_shutdown.connect(stop_upload_threads, weak=False, dispatch_uid=__name__ + ".uploads")
+worker_shutdown.connect(stop_upload_threads, weak=False, dispatch_uid=__name__ + ".uploads")
+
+
+def report_settings(**kwargs: Any) -> None:
+    """Log each ``QUEUED_STORAGE_*`` setting out of its range (a worker runs no system checks)."""
+    for problem in problems():
+        logger.error("queued_storage: %s", problem)
+
+
+worker_init.connect(report_settings, weak=False, dispatch_uid=__name__ + ".settings")
 
 
 def _forget_threads() -> None:
-    # A forked child does not have the parent's threads.
-    global _uploaders, _keeper, _keeper_lock
-    _uploaders = threading.local()
+    # A forked child does not have the parent's threads: nothing to stop, only to forget.
+    global _uploaders, _uploads, _keeper, _keeper_lock
+    for finalizer in list(_uploads.values()):
+        finalizer.detach()
+    _uploaders, _uploads = threading.local(), {}
     _keeper, _keeper_lock = None, threading.Lock()
 
 
@@ -329,6 +376,10 @@ class Transfer(_Task):
                     f"{type(self).__name__}.transfer() returned {result!r}; it must return True or False."
                 )
             copied = result if isinstance(result, Copied) else self._fingerprint(storage.remote, name)
+            if self._deletes_local(storage):
+                # Checked in content, not only in size, before the switch that
+                # lets the local copy go: read back when the remote kept no hash.
+                copied = confirm_content(name, storage.local, storage.remote, copied)
         except Exception as exc:
             return exc, time.monotonic() - started
         return copied, time.monotonic() - started
@@ -361,7 +412,7 @@ class Transfer(_Task):
         seconds: float,
     ) -> str:
         """What follows a won switch: the local copy dropped if asked, the log line, the signal."""
-        if self.delete_local or storage.delete_local:
+        if self._deletes_local(storage):
             with location.local_copy_removable(storage.key, name, version) as removable:
                 if removable:
                     storage.local.delete(name)
@@ -395,6 +446,9 @@ class Transfer(_Task):
         )
         file_transferred.send(sender=type(self), name=name, local=storage.local, remote=storage.remote)
         return "remote"
+
+    def _deletes_local(self, storage: QueuedStorage) -> bool:
+        return bool(self.delete_local or storage.delete_local)
 
     def transfer(self, name: str, local: Storage, remote: Storage, **kwargs: Any) -> bool | Copied:
         """Copy ``name`` and verify it; the override hook of 0.8 (True done, False retry)."""
@@ -436,7 +490,7 @@ class Transfer(_Task):
         self, storage: QueuedStorage, name: str, version: str, exc: Exception, *, alone: bool = True
     ) -> str:
         """Record a failed attempt; retry later (this message, or a one-file one) or give up."""
-        error = f"{type(exc).__name__}: {exc}"
+        error = redact(f"{type(exc).__name__}: {exc}")
         retries = self.request.retries if alone else 0
         final = isinstance(exc, PermanentTransferError) or retries >= conf.RETRIES
         record = location.release(storage.key, name, version, error=error, failed=final)
@@ -461,7 +515,9 @@ class Transfer(_Task):
             # The other files of the message are done; this one retries by itself.
             enqueue(storage, name, version, record.host, countdown=countdown, retries=retries + 1)
             return "retrying"
-        raise self.retry(exc=exc, countdown=countdown, max_retries=conf.RETRIES)
+        # Celery logs the exception it is given: the redacted text when it held a secret.
+        shown = exc if error == f"{type(exc).__name__}: {exc}" else TransferError(error)
+        raise self.retry(exc=shown, countdown=countdown, max_retries=conf.RETRIES)
 
 
 class TransferAndDelete(Transfer):

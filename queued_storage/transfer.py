@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import hashlib
 import io
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ from typing import IO, Any
 
 from django.core.files import File
 from django.core.files.storage import Storage
+
+logger = logging.getLogger("queued_storage")
 
 
 class TransferError(Exception):
@@ -45,9 +48,15 @@ class VerificationFailed(TransferError):
 class Copied:
     size: int
     checksum: str  # "md5:<hex>" of the bytes sent, or "etag:<S3 multipart ETag>"
+    # Whether the remote copy's content was checked against the bytes sent
+    # (a hash the remote computed, or the copy read back), not only its size.
+    content_verified: bool = False
 
 
 Progress = Callable[[int], None]
+
+# What one read of a local or remote file takes at most while it is hashed.
+_CHUNK = 1024 * 1024
 
 
 class _MeteredReader(io.RawIOBase):
@@ -137,11 +146,27 @@ class _MeteredReader(io.RawIOBase):
 
 def _s3_object(remote: Storage, name: str) -> Any | None:
     """The boto3 ``Object`` behind ``name`` when the remote is django-storages' S3Storage."""
-    if not hasattr(remote, "bucket") or not hasattr(remote, "_normalize_name"):
+    if not all(hasattr(remote, a) for a in ("bucket", "_normalize_name", "_get_write_parameters")):
         return None
     from storages.utils import clean_name
 
-    return remote.bucket.Object(remote._normalize_name(clean_name(name)))
+    s3: Any = remote
+    return s3.bucket.Object(s3._normalize_name(clean_name(name)))
+
+
+def _is_azure(remote: Storage) -> bool:
+    """Whether ``remote`` is django-storages' AzureStorage (told by its API, so no SDK import)."""
+    return hasattr(remote, "client") and hasattr(remote, "_get_valid_path")
+
+
+def _is_gcs(remote: Storage) -> bool:
+    """Whether ``remote`` is django-storages' GoogleCloudStorage."""
+    return hasattr(remote, "_get_blob") and hasattr(remote, "_normalize_name")
+
+
+def _etag_is_digest(sse: str | None, sse_customer_algorithm: str | None) -> bool:
+    """Whether S3 made the object's ETag from its bytes: not for SSE-KMS, DSSE-KMS or SSE-C."""
+    return not sse_customer_algorithm and not str(sse or "").startswith("aws:kms")
 
 
 def _stamp(local: Storage, name: str) -> tuple[int, int] | None:
@@ -159,12 +184,84 @@ def _part_size(remote: Storage) -> int | None:
 
 
 def remote_fingerprint(remote: Storage, name: str) -> tuple[int, str | None]:
-    """Size of the remote copy and its S3 ETag when there is one: one request on S3."""
+    """Size of the remote copy and the hash the remote keeps of its content, if any: one request.
+
+    The hash is a hex MD5, or S3's multipart ETag (``<hex>-<parts>``): the
+    ETag on S3 unless the object is encrypted with SSE-KMS or SSE-C (its ETag
+    is then no digest of the bytes), the blob's Content-MD5 on Azure (set
+    for a blob uploaded in one request), the object's md5Hash on Google Cloud
+    Storage (none for a composite object).  None for any other storage.
+    """
     obj = _s3_object(remote, name)
-    if obj is None:
-        return remote.size(name), None
-    obj.load()
-    return int(obj.content_length), str(obj.e_tag).strip('"')
+    if obj is not None:
+        obj.load()
+        etag = str(obj.e_tag).strip('"')
+        digest = _etag_is_digest(obj.server_side_encryption, obj.sse_customer_algorithm)
+        return int(obj.content_length), etag if digest else None
+    other: Any = remote  # AzureStorage or GoogleCloudStorage, known by their API alone
+    try:
+        if _is_azure(remote):
+            blob = other.client.get_blob_client(other._get_valid_path(name)).get_blob_properties()
+            md5 = blob.content_settings.content_md5
+            return int(blob.size), bytes(md5).hex() if md5 else None
+        if _is_gcs(remote):
+            from storages.utils import clean_name
+
+            blob = other._get_blob(other._normalize_name(clean_name(name)))
+            return int(blob.size), base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else None
+    except Exception as exc:
+        if 404 in (getattr(exc, "status_code", None), getattr(exc, "code", None)):
+            raise FileNotFoundError(f"The remote storage has no file named {name!r}.") from exc
+        raise
+    return remote.size(name), None
+
+
+def remote_md5(remote: Storage, name: str) -> tuple[str, int]:
+    """The MD5 (hex) and size of the remote copy, read back a chunk at a time: one download."""
+    obj = _s3_object(remote, name)
+    if obj is not None:
+        from s3transfer.constants import ALLOWED_DOWNLOAD_ARGS
+
+        s3: Any = remote
+        # The SSE-C key, if any, as S3Storage.open() would send it.
+        params = {k: v for k, v in s3.get_object_parameters(name).items() if k in ALLOWED_DOWNLOAD_ARGS}
+        body = obj.get(**params)["Body"]  # streamed, with no temporary copy
+        try:
+            digest, size = _md5_of_chunks(iter(lambda: body.read(_CHUNK), b""))
+        finally:
+            body.close()
+    else:
+        with remote.open(name, "rb") as fh:
+            digest, size = _md5_of_chunks(iter(lambda: fh.read(_CHUNK), b""))
+    return digest.hexdigest(), size
+
+
+def local_md5(local: Storage, name: str) -> str:
+    """The MD5 (hex) of the local copy, read a chunk at a time."""
+    with local.open(name, "rb") as fh:
+        digest, _ = _md5_of_chunks(iter(lambda: fh.read(_CHUNK), b""))
+    return digest.hexdigest()
+
+
+def confirm_content(name: str, local: Storage, remote: Storage, copied: Copied) -> Copied:
+    """``copied`` once its content is checked: by the remote's own hash if it was, else read back.
+
+    For a local copy about to be deleted.  The remote copy must hash to the
+    MD5 of the bytes sent, or, where that is not known (a multipart copy, a
+    copy by a ``transfer()`` override), to the local file's.
+    """
+    if copied.content_verified:
+        return copied
+    sent = copied.checksum.removeprefix("md5:") if copied.checksum.startswith("md5:") else ""
+    want = sent or local_md5(local, name)
+    got, size = remote_md5(remote, name)
+    if (got, size) != (want, copied.size):
+        raise VerificationFailed(
+            f"The remote copy of {name!r} read back has {size} bytes with MD5 {got}, but the bytes "
+            f"sent are {copied.size} with MD5 {want}; it was not switched in, the local copy is "
+            "kept, and it will be sent again."
+        )
+    return Copied(size=size, checksum=f"md5:{got}", content_verified=True)
 
 
 class _ProgressSubscriber:
@@ -265,6 +362,8 @@ def _upload_s3(
     params = _write_parameters(remote, key)
     if params is None:
         return None
+    if replace:
+        _abort_incomplete(name, client, remote.bucket_name, key)
     config = remote.transfer_config
     if expected < config.multipart_threshold:
         return _put_small(
@@ -293,6 +392,38 @@ def _upload_s3(
         multipart = _multipart_etag(path, part_size)
         future.result()
     return _verified(name, remote, expected, None, multipart, verify_checksum=verify_checksum)
+
+
+def _abort_incomplete(name: str, client: Any, bucket: str, key: str) -> int:
+    """Abort the multipart uploads of ``key`` that an earlier attempt left; how many there were.
+
+    A worker killed during a multipart copy leaves its parts on S3, billed and
+    missing from listings: S3 keeps an upload until it is completed or
+    aborted, and s3transfer aborts only on an error in a live process.  Only
+    a retry calls this (``replace``): an upload of that key is then ours.
+    Without the permission to list or abort them, the copy goes on and
+    the parts stay for the bucket's lifecycle rule.
+    """
+    from botocore.exceptions import ClientError
+
+    aborted = 0
+    try:
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key):
+            for upload in page.get("Uploads", []):
+                if upload["Key"] == key:
+                    client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+                    aborted += 1
+    except ClientError as exc:
+        logger.warning(
+            "queued_storage: could not abort the incomplete multipart uploads of %s (%s); their parts "
+            "stay billed until removed. Grant s3:ListBucketMultipartUploads and s3:AbortMultipartUpload, "
+            "or add an AbortIncompleteMultipartUpload lifecycle rule to the bucket.",
+            name,
+            exc.response.get("Error", {}).get("Code"),
+        )
+    if aborted:
+        logger.info("queued_storage: aborted %d incomplete multipart upload(s) of %s", aborted, name)
+    return aborted
 
 
 # A PUT of fewer bytes goes without "Expect: 100-continue".  botocore sends
@@ -345,40 +476,66 @@ def _put_small(
     """One PutObject: S3 checks Content-MD5 and, unless replacing, that the key is free.
 
     The response's ETag is the verification, so a small file costs one request.
+    The body streams from the open file, hashed first in one pass: what is
+    held at once is a chunk, whatever ``multipart_threshold`` allows.
     """
     from botocore.exceptions import ClientError
 
     with open(path, "rb") as fh:
-        data = fh.read()
-    digest = hashlib.md5(data, usedforsecurity=False)
-    request = {**params, "Bucket": bucket, "Key": key, "Body": data}
-    request["ContentMD5"] = base64.b64encode(digest.digest()).decode()
-    if not replace:
-        request["IfNoneMatch"] = "*"
-    with _sent_at_once(client, len(data)):
-        try:
-            response = client.put_object(**request)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code == "PreconditionFailed":
-                raise _conflict(name) from exc
-            if code != "NotImplemented" or replace:
-                raise
-            # An S3-compatible server without conditional writes: look, then write.
-            if _s3_key_exists(client, bucket, key):
-                raise _conflict(name) from exc
-            del request["IfNoneMatch"]
-            response = client.put_object(**request)
+        digest, size = _md5_of(fh)
+        fh.seek(0)
+        request = {**params, "Bucket": bucket, "Key": key, "Body": fh}
+        request["ContentMD5"] = base64.b64encode(digest.digest()).decode()
+        if not replace:
+            request["IfNoneMatch"] = "*"
+        with _sent_at_once(client, size):
+            try:
+                response = client.put_object(**request)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "PreconditionFailed":
+                    raise _conflict(name) from exc
+                if code != "NotImplemented" or replace:
+                    raise
+                # An S3-compatible server without conditional writes: look, then write.
+                if _s3_key_exists(client, bucket, key):
+                    raise _conflict(name) from exc
+                del request["IfNoneMatch"]
+                fh.seek(0)
+                response = client.put_object(**request)
     if progress is not None:
-        progress(len(data))
+        progress(size)
     md5 = digest.hexdigest()
     etag = str(response.get("ETag", "")).strip('"')
-    if verify and etag and _comparable(etag, None) and etag != md5:
+    digest_etag = _etag_is_digest(response.get("ServerSideEncryption"), response.get("SSECustomerAlgorithm"))
+    if verify and etag and digest_etag and _comparable(etag, None) and etag != md5:
         raise VerificationFailed(
             f"The remote copy of {name!r} has ETag {etag}, but the bytes sent hash to {md5}; "
             "it was not switched in and will be sent again."
         )
-    return Copied(size=len(data), checksum=f"md5:{md5}")
+    # S3 refuses a body that does not match its Content-MD5: the content is checked.
+    return Copied(size=size, checksum=f"md5:{md5}", content_verified=True)
+
+
+def _md5_of_chunks(chunks: Iterator[bytes]) -> tuple[hashlib._Hash, int]:
+    """The MD5 of ``chunks`` and their total length."""
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+    return digest, size
+
+
+def _md5_of(fh: IO[bytes]) -> tuple[hashlib._Hash, int]:
+    """The MD5 of what is left in ``fh`` and its length, read a chunk at a time."""
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    buffer = memoryview(bytearray(_CHUNK))
+    while n := fh.readinto(buffer):  # type: ignore[attr-defined]
+        digest.update(buffer[:n])
+        size += n
+    return digest, size
 
 
 def _s3_key_exists(client: Any, bucket: str, key: str) -> bool:
@@ -409,7 +566,7 @@ def _verified(
     *,
     verify_checksum: bool,
 ) -> Copied:
-    """Compare the remote copy (one HEAD on S3) with what was sent."""
+    """Compare the remote copy (one request) with what was sent: its size, and its hash if it keeps one."""
     size, etag = remote_fingerprint(remote, name)
     if size != expected:
         raise VerificationFailed(
@@ -417,13 +574,14 @@ def _verified(
             "it was not switched in and will be sent again."
         )
     sent = md5 or multipart
-    if verify_checksum and etag and sent and _comparable(etag, multipart) and etag not in (md5, multipart):
+    checked = bool(verify_checksum and etag and sent and _comparable(etag, multipart))
+    if checked and etag not in (md5, multipart):
         raise VerificationFailed(
             f"The remote copy of {name!r} has ETag {etag}, but the bytes sent hash to {sent}; "
             "it was not switched in and will be sent again."
         )
     checksum = f"md5:{md5}" if md5 else f"etag:{multipart}" if multipart else ""
-    return Copied(size=size, checksum=checksum)
+    return Copied(size=size, checksum=checksum, content_verified=checked)
 
 
 def copy_file(
@@ -502,7 +660,7 @@ def _changed(name: str) -> VerificationFailed:
 
 
 def _comparable(etag: str, multipart: str | None) -> bool:
-    """Whether ``etag`` is an MD5 we can recompute: not SSE-KMS, and the same part count."""
+    """Whether ``etag`` has the shape of an MD5 we can recompute, and the same part count."""
     head, _, parts = etag.partition("-")
     if len(head) != 32 or any(c not in "0123456789abcdef" for c in head):
         return False

@@ -194,6 +194,36 @@ def test_whole_worker_killed_mid_copy_recovered_by_sweeper(start_worker, service
     verify(s3, files, book)
 
 
+def _parts_uploaded(s3, key: str) -> int:
+    """Parts S3 holds for incomplete multipart uploads of ``key`` (asked of moto, past the proxy)."""
+    uploads = s3.list_multipart_uploads(Bucket="qs-bucket", Prefix=key).get("Uploads", [])
+    return sum(
+        len(s3.list_parts(Bucket="qs-bucket", Key=key, UploadId=u["UploadId"]).get("Parts", []))
+        for u in uploads
+        if u["Key"] == key
+    )
+
+
+def test_whole_worker_killed_mid_multipart_leaves_no_incomplete_upload(start_worker, services, s3, ledger):
+    book = ledger("whole worker SIGKILLed mid-multipart, new worker + sweeper")
+    small_parts = {"QS_S3_SMALL_PARTS": "1"}  # 5 MiB parts, one at a time
+    services.s3_proxy.bandwidth = 2_000_000
+    worker = start_worker(env=small_parts)
+    files = save_many(1, 15 * 2**20, "kill-multipart", book)  # three parts
+    (name,) = files
+    wait_for(lambda: _parts_uploaded(s3, name) >= 1, timeout=60, what="a part uploaded")
+    worker.kill()
+    assert _parts_uploaded(s3, name) >= 1  # left behind by the killed worker
+    services.s3_proxy.bandwidth = None
+    start_worker(env=small_parts)
+    wait_for(lambda: record(name).lease_until.timestamp() < time.time(), what="lease lapsed")
+    call_command("queued_storage", "requeue", "--older-than", "0")
+    wait_for(lambda: all_remote(list(files)), timeout=60, what="remote after the sweeper")
+    assert record(name).attempts == 2
+    assert "Uploads" not in s3.list_multipart_uploads(Bucket="qs-bucket", Prefix=name)
+    verify(s3, files, book)
+
+
 def test_s3_endpoint_stopped_then_restarted(start_worker, services, s3, ledger):
     book = ledger("S3 endpoint stopped, then restarted")
     services.moto.stop()

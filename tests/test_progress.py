@@ -84,7 +84,7 @@ def test_the_lease_keeper_renews_a_file_until_it_is_discarded(settings):
     assert FileRecord.objects.get(name=name).lease_until == last  # no longer renewed
 
 
-def test_the_lease_keeper_outlives_an_invalid_lease_setting(settings, monkeypatch, caplog):
+def test_the_lease_keeper_outlives_an_invalid_lease_setting(settings, monkeypatch):
     import threading
     import types
 
@@ -110,7 +110,14 @@ def test_the_lease_keeper_outlives_an_invalid_lease_setting(settings, monkeypatc
     assert enough.wait(5), f"the keeper stopped beating: {beats}"
     assert keeper.is_alive()
     assert beats == [20.0, 20.0, 20.0]  # a third of the default lease, 60 s
-    assert "QUEUED_STORAGE_LEASE" in caplog.text
+
+
+def test_a_worker_names_a_setting_out_of_range_at_its_start(settings, caplog):
+    from celery.signals import worker_init
+
+    settings.QUEUED_STORAGE_LEASE = -5
+    worker_init.send(sender=None)
+    assert "QUEUED_STORAGE_LEASE must be a positive number of seconds; got -5" in caplog.text
 
 
 def test_one_structured_log_record_per_transfer(caplog):

@@ -12,7 +12,15 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage
 from storages.backends.s3 import S3Storage
 
-from queued_storage.transfer import LocalFileMissing, RemoteConflict, VerificationFailed, copy_file
+from queued_storage.transfer import (
+    Copied,
+    LocalFileMissing,
+    RemoteConflict,
+    VerificationFailed,
+    confirm_content,
+    copy_file,
+    remote_fingerprint,
+)
 
 from .conftest import s3_body
 
@@ -131,3 +139,194 @@ def test_large_file_whose_parts_do_not_match_is_not_verified(local, s3):
     patched = mock.patch("queued_storage.transfer._multipart_etag", return_value=wrong)
     with patched, pytest.raises(VerificationFailed, match=wrong):
         copy_file(name, local, S3Storage(transfer_config=config))
+
+
+def test_file_below_a_large_multipart_threshold_is_streamed_not_read_whole(local, services, s3):
+    import tracemalloc
+
+    data = os.urandom(20 * MiB)
+    name = local.save("small/streamed.bin", ContentFile(data))
+    # Straight to moto: the proxy's thread would count its own buffers.
+    remote = S3Storage(
+        endpoint_url=services.moto.endpoint_url,
+        transfer_config=TransferConfig(multipart_threshold=5 * 1024 * MiB),
+    )
+    assert remote.connection.meta.client  # the client is built before measuring
+    tracemalloc.start()
+    try:
+        copied = copy_file(name, local, remote)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert copied.checksum == "md5:" + hashlib.md5(data).hexdigest()
+    assert peak < 4 * MiB, f"{peak / MiB:.1f} MiB held at once for a 20 MiB file"
+    assert s3_body(s3, "qs-bucket", name) == data
+
+
+# -- what each remote's own hash checks
+
+
+class _Missing(Exception):
+    """What the Azure and Google SDKs raise for a missing blob: an exception with a 404 on it."""
+
+    status_code = code = 404
+
+
+class AzureLike(FileSystemStorage):
+    """A local folder behind the API of django-storages' AzureStorage that the transfer reads."""
+
+    def __init__(self, *args, content_md5: bytes | str | None = "computed", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._md5 = content_md5
+
+    @property
+    def client(self):
+        return self
+
+    def _get_valid_path(self, name):
+        return name
+
+    def get_blob_client(self, path):
+        return self._Blob(self, path)
+
+    class _Blob:
+        def __init__(self, storage, path):
+            self.storage, self.path = storage, path
+
+        def get_blob_properties(self):
+            from types import SimpleNamespace
+
+            if not self.storage.exists(self.path):
+                raise _Missing("BlobNotFound")
+            with self.storage.open(self.path) as fh:
+                data = fh.read()
+            md5 = hashlib.md5(data).digest() if self.storage._md5 == "computed" else self.storage._md5
+            return SimpleNamespace(size=len(data), content_settings=SimpleNamespace(content_md5=md5))
+
+
+class GcsLike(FileSystemStorage):
+    """A local folder behind the API of django-storages' GoogleCloudStorage that the transfer reads."""
+
+    bucket = object()  # it has one, as the real storage does: not to be taken for S3
+
+    def __init__(self, *args, composite: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._composite = composite
+
+    def _normalize_name(self, name):
+        return name
+
+    def _get_blob(self, name):
+        import base64
+        from types import SimpleNamespace
+
+        if not self.exists(name):
+            raise _Missing("404 No such object")
+        with self.open(name) as fh:
+            data = fh.read()
+        md5 = None if self._composite else base64.b64encode(hashlib.md5(data).digest()).decode()
+        return SimpleNamespace(size=len(data), md5_hash=md5)
+
+
+def test_azure_blob_is_verified_by_its_content_md5(local, tmp_path):
+    data = os.urandom(5000)
+    name = local.save("az/a.bin", ContentFile(data))
+    copied = copy_file(name, local, AzureLike(location=str(tmp_path / "azure")))
+    assert copied.content_verified
+    assert copied.checksum == "md5:" + hashlib.md5(data).hexdigest()
+    assert remote_fingerprint(AzureLike(location=str(tmp_path / "azure")), name) == (
+        len(data),
+        hashlib.md5(data).hexdigest(),
+    )
+
+
+def test_azure_blob_whose_content_md5_differs_is_not_verified(local, tmp_path):
+    name = local.save("az/bad.bin", ContentFile(b"ours"))
+    with pytest.raises(VerificationFailed, match="ETag " + "00" * 16):
+        copy_file(name, local, AzureLike(location=str(tmp_path / "azure"), content_md5=bytes(16)))
+
+
+def test_azure_blob_without_content_md5_is_checked_in_size_only(local, tmp_path):
+    name = local.save("az/big.bin", ContentFile(b"uploaded in blocks"))
+    copied = copy_file(name, local, AzureLike(location=str(tmp_path / "azure"), content_md5=None))
+    assert not copied.content_verified
+
+
+def test_gcs_object_is_verified_by_its_md5_hash(local, tmp_path):
+    data = os.urandom(5000)
+    name = local.save("gcs/a.bin", ContentFile(data))
+    copied = copy_file(name, local, GcsLike(location=str(tmp_path / "gcs")))
+    assert copied.content_verified
+    md5 = hashlib.md5(data).hexdigest()
+    assert remote_fingerprint(GcsLike(location=str(tmp_path / "gcs")), name) == (len(data), md5)
+    composite = copy_file(name, local, GcsLike(location=str(tmp_path / "gcs2"), composite=True))
+    assert not composite.content_verified
+
+
+def test_a_missing_blob_is_file_not_found(tmp_path):
+    for remote in (AzureLike(location=str(tmp_path)), GcsLike(location=str(tmp_path))):
+        with pytest.raises(FileNotFoundError):
+            remote_fingerprint(remote, "never/there.bin")
+
+
+def test_any_other_remote_is_checked_in_size_only(local, tmp_path):
+    name = local.save("fs/a.bin", ContentFile(b"plain"))
+    copied = copy_file(name, local, FileSystemStorage(location=str(tmp_path / "fs")))
+    assert copied.checksum == "md5:" + hashlib.md5(b"plain").hexdigest()  # of the bytes sent
+    assert not copied.content_verified
+
+
+def test_s3_copies_are_verified_in_content(local, s3):
+    small = copy_file(local.save("s3/small.bin", ContentFile(b"x" * 100)), local, S3Storage())
+    assert small.content_verified  # Content-MD5, checked by S3
+    config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    name = local.save("s3/large.bin", ContentFile(os.urandom(6 * MiB)))
+    assert copy_file(name, local, S3Storage(transfer_config=config)).content_verified  # multipart ETag
+
+
+def test_an_sse_kms_etag_is_not_taken_for_an_md5(s3):
+    s3.put_object(Bucket="qs-bucket", Key="kms/a.bin", Body=b"secret", ServerSideEncryption="aws:kms")
+    assert remote_fingerprint(S3Storage(), "kms/a.bin") == (6, None)
+
+
+def test_a_small_sse_kms_copy_is_verified_by_content_md5_not_its_etag(local):
+    remote = S3Storage()
+    client = remote.connection.meta.client
+    name = local.save("kms/small.bin", ContentFile(b"abc"))
+    kms = {"ETag": '"' + "f" * 32 + '"', "ServerSideEncryption": "aws:kms"}  # no digest of the bytes
+    with mock.patch.object(client, "put_object", return_value=kms):
+        copied = copy_file(name, local, remote)
+    assert copied.content_verified and copied.checksum == "md5:" + hashlib.md5(b"abc").hexdigest()
+
+
+def test_confirm_content_reads_back_a_copy_without_a_hash(local, tmp_path):
+    remote = FileSystemStorage(location=str(tmp_path / "fs"))
+    name = local.save("back/a.bin", ContentFile(b"same size"))
+    copied = copy_file(name, local, remote)
+    assert confirm_content(name, local, remote, copied).content_verified
+    os.remove(remote.path(name))
+    remote.save(name, ContentFile(b"SAME SIZE"))
+    with pytest.raises(VerificationFailed, match="read back"):
+        confirm_content(name, local, remote, copied)
+    # Without an MD5 of the bytes sent, the local file's is the one to match.
+    with pytest.raises(VerificationFailed, match=hashlib.md5(b"same size").hexdigest()):
+        confirm_content(name, local, remote, Copied(size=9, checksum=""))
+
+
+def _incomplete(s3, prefix):
+    uploads = s3.list_multipart_uploads(Bucket="qs-bucket", Prefix=prefix).get("Uploads", [])
+    return sorted(upload["Key"] for upload in uploads)
+
+
+def test_a_retry_aborts_the_multipart_uploads_an_earlier_attempt_left(local, s3):
+    data = os.urandom(6 * MiB)
+    name = local.save("big/left.bin", ContentFile(data))
+    for key in (name, name, name + ".other"):  # two of an earlier attempt, one of another key
+        upload = s3.create_multipart_upload(Bucket="qs-bucket", Key=key)
+        s3.upload_part(Bucket="qs-bucket", Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x")
+    config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    copy_file(name, local, S3Storage(transfer_config=config))
+    assert _incomplete(s3, name) == [name, name, name + ".other"]  # a first attempt leaves them
+    copy_file(name, local, S3Storage(transfer_config=config), replace=True)
+    assert _incomplete(s3, name) == [name + ".other"]
+    assert s3_body(s3, "qs-bucket", name) == data
