@@ -115,8 +115,11 @@ def test_the_lease_keeper_outlives_an_invalid_lease_setting(settings, monkeypatc
 def test_a_worker_names_a_setting_out_of_range_at_its_start(settings, caplog):
     from celery.signals import worker_init
 
+    from queued_storage import tasks
+
+    assert any(key[0] == "queued_storage.tasks.settings" for key, _ in worker_init.receivers)
     settings.QUEUED_STORAGE_LEASE = -5
-    worker_init.send(sender=None)
+    tasks.report_settings()
     assert "QUEUED_STORAGE_LEASE must be a positive number of seconds; got -5" in caplog.text
 
 
