@@ -98,6 +98,13 @@ def _cache_set(key: str, value: str, timeout: int | None = None) -> bool:
     return True
 
 
+def _cache_delete(*keys: str) -> None:
+    try:
+        caches[conf.CACHE].delete_many(list(keys))
+    except Exception as exc:  # the entry expires after QUEUED_STORAGE_CACHE_TIMEOUT
+        logger.warning("queued_storage: cache delete failed (%s)", exc)
+
+
 def _cache_fill(key: str, value: str) -> None:
     """Fill a missing entry from the database, never over a newer one.
 
@@ -127,6 +134,15 @@ def _mirror_many(storage: str, names: list[str], state: str) -> None:
         caches[conf.CACHE].set_many({cache_key(storage, name): state for name in names}, conf.CACHE_TIMEOUT)
     except Exception as exc:  # a stale cache entry is refreshed on the next change
         logger.warning("queued_storage: cache write failed (%s)", exc)
+
+
+def uncache(storage: str, name: str) -> None:
+    """Drop the cached state of ``name``: called once a save under that name has committed.
+
+    A delete, not a write of ``pending``: the worker may already have moved the
+    new file on, and a later read fills the entry from the row.
+    """
+    _cache_delete(cache_key(storage, name))
 
 
 @functools.cache
@@ -206,10 +222,9 @@ def record_saved(storage: str, name: str, size: int | None) -> FileRecord:
     CPU caches.  The record comes back without its primary key; it is found
     by (storage, name).
 
-    Not mirrored in the cache: that round trip would sit in every save().  The
-    first read fills the cache from this row (without overwriting a newer
-    entry), and every later transition that changes where reads go (switch,
-    release, delete) writes the cache itself.
+    Not mirrored in the cache: the row is not committed yet.  Once it is,
+    ``QueuedStorage`` clears the name's entry (:func:`uncache`), and the first
+    read fills it from this row.
     """
     record = FileRecord(
         storage=storage, name=name, state=State.PENDING, version=new_version(), size=size, host=conf.HOST

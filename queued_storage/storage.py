@@ -291,6 +291,12 @@ class QueuedStorage(Storage):
                 finally:
                     _saving.reset(token)
                 continue
+            # Cleared once the row has committed, so an "absent" cached by an
+            # earlier probe of this name goes; cleared sooner, a reader could
+            # refill it before the commit.  Registered first: it runs before the publish.
+            transaction.on_commit(
+                partial(location.uncache, self.key, stored), using=router.db_for_write(FileRecord)
+            )
             if not self.delayed:
                 self._queue(stored, record.version, record.host, size)
             return stored

@@ -8,11 +8,13 @@ from typing import Any, cast
 
 import pytest
 from django.conf import settings
+from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage as _default_storage
 from django.core.files.storage import storages
 from django.core.handlers.wsgi import WSGIHandler
+from django.db import transaction
 from django.http import FileResponse
 from django.test import RequestFactory, override_settings
 
@@ -25,6 +27,8 @@ from .testapp.models import photos
 default_storage = cast(QueuedStorage, _default_storage)
 
 DATA = bytes(range(256)) * 1000  # 256 000 bytes: several blocks
+
+cache = caches["default"]
 
 
 def only_staff(request, name):
@@ -271,3 +275,35 @@ def test_wsgi_file_wrapper_gets_the_file_and_ranges_stay_bounded():
     # A range is handed over without fileno(): a sendfile to the end of the file is impossible.
     assert (status, data) == ("206 Partial Content", DATA[100:200])
     assert not hasattr(wrapped[0], "fileno")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_name_probed_through_the_view_then_saved_is_served(client):
+    assert client.get("/files/views/probed.txt").status_code == 404
+    name = default_storage.save("views/probed.txt", ContentFile(b"new"))
+    try:
+        assert name == "views/probed.txt"
+        response = client.get(f"/files/{name}")
+        assert response.status_code == 200
+        assert body(response) == b"new"
+    finally:
+        default_storage.delete(name)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_save_clears_a_cached_absent_once_it_commits(client):
+    name = "views/absent-then-saved.txt"
+    key = default_storage.get_cache_key(name)
+    with pytest.raises(FileNotFoundError):
+        default_storage.size(name)  # a read through the storage API found it nowhere
+    assert cache.get(key) == "absent"
+    with transaction.atomic():
+        assert default_storage.save(name, ContentFile(b"saved")) == name
+        assert cache.get(key) == "absent"  # not before the row commits
+    try:
+        assert cache.get(key) is None
+        response = client.get(f"/files/{name}")
+        assert response.status_code == 200
+        assert body(response) == b"saved"
+    finally:
+        default_storage.delete(name)
