@@ -307,3 +307,31 @@ def test_a_save_clears_a_cached_absent_once_it_commits(client):
         assert body(response) == b"saved"
     finally:
         default_storage.delete(name)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lookup_racing_a_save_of_the_name_does_not_hide_the_file(client, monkeypatch):
+    name = "views/raced.txt"
+    local = default_storage.local
+    real_exists = local.exists
+    raced: list[str] = []
+
+    def exists_then_saved(path):
+        found = real_exists(path)
+        if path == name and not raced:
+            # The lookup of an unknown name saw no local file; the save lands right after.
+            raced.append(name)
+            assert default_storage.save(name, ContentFile(b"raced")) == name
+        return found
+
+    monkeypatch.setattr(local, "exists", exists_then_saved)
+    try:
+        assert default_storage.using_local(name)
+        assert raced == [name]
+        assert cache.get(default_storage.get_cache_key(name)) in (None, "pending")
+        response = client.get(f"/files/{name}")
+        assert response.status_code == 200
+        assert body(response) == b"raced"
+    finally:
+        monkeypatch.undo()
+        default_storage.delete(name)
