@@ -13,12 +13,13 @@ from django.core.cache import caches
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage as _default
 from django.db import connection
-from django.test import override_settings
+from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 
-from queued_storage import QueuedStorage, location
+from queued_storage import QueuedStorage, location, views
 from queued_storage.models import FileRecord
 from queued_storage.tasks import resolve_task
+from queued_storage.views import serve
 
 default_storage: QueuedStorage = _default  # type: ignore[assignment]
 
@@ -193,6 +194,7 @@ READERS: dict[str, Callable[[QueuedStorage, str], Any]] = {
     "transfer": lambda storage, name: storage.transfer(name),
     "url": lambda storage, name: storage.url(name),
     "open": _read,
+    "view": lambda storage, name: serve(RequestFactory().get("/"), name).close(),
 }
 
 
@@ -200,7 +202,9 @@ READERS: dict[str, Callable[[QueuedStorage, str], Any]] = {
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
 @pytest.mark.parametrize("reader", READERS)
 @override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
-def test_reads_never_stay_on_a_deleted_local_copy_whatever_ran_during_the_switch(make, reader, warm, flushed):
+def test_reads_never_stay_on_a_deleted_local_copy_whatever_ran_during_the_switch(
+    make, monkeypatch, reader, warm, flushed
+):
     """The worker switches a delete_local file (and the cache may be flushed) at every step of a reader.
 
     Among them the interleaving of issue 12: ``transfer(name)`` read the row
@@ -208,6 +212,7 @@ def test_reads_never_stay_on_a_deleted_local_copy_whatever_ran_during_the_switch
     copy, then ``transfer()`` wrote the state it had read to the cache.
     """
     storage = make(delayed=True, delete_local=True)
+    monkeypatch.setattr(views, "_storage", lambda label: storage)  # the view serves this storage
     task = resolve_task(storage.task)
     data = b"switched while read"
     for at in itertools.count():
