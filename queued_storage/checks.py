@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -186,3 +187,35 @@ def check_records(*, databases: Sequence[str] | None = None, **kwargs: Any) -> l
             id="queued_storage.W005",
         )
     ]
+
+
+@register()
+def check_nested_roots(**kwargs: Any) -> list[CheckMessage]:
+    """Queued storages whose local directories nest while one of them serves its files by URL."""
+    roots = []
+    unique = {s.key: s for _, s in [*registry.everything(), *registry.registered()]}
+    for storage in unique.values():
+        root = getattr(storage.local, "location", None)
+        if root:
+            roots.append((storage, os.path.realpath(root)))
+    messages: list[CheckMessage] = []
+    for outer, outer_root in roots:
+        for inner, inner_root in roots:
+            if inner is outer or not (outer.serve_url or inner.serve_url):
+                continue
+            if os.path.commonpath([outer_root, inner_root]) != outer_root:
+                continue
+            if inner_root == outer_root and outer.key > inner.key:
+                continue  # one directory shared by two: reported once
+            where = "shares" if inner_root == outer_root else "lies inside"
+            messages.append(
+                Warning(
+                    f"The local directory of queued storage {registry.label_of(inner.key)!r} ({inner_root}) "
+                    f"{where} that of {registry.label_of(outer.key)!r} ({outer_root}), and serve_url is set: "
+                    "a name of one storage can then reach a file of the other.",
+                    hint="Give each queued storage a local directory of its own, side by side "
+                    "(e.g. MEDIA_ROOT/files and MEDIA_ROOT/photos), not one inside the other.",
+                    id="queued_storage.W004",
+                )
+            )
+    return messages

@@ -4,6 +4,30 @@ The database row (:class:`~queued_storage.models.FileRecord`) is the truth; the
 Django cache mirrors the state as a fast path.  Each transition is one
 conditional ``UPDATE`` so two processes can never both win it, on SQLite and
 PostgreSQL alike.
+
+The cache only ever keeps a state its row had at or after the moment the
+entry was written (``absent``: no row).  Django's cache has no
+compare-and-set, so this holds by four rules:
+
+- A transition that changes where reads go (a save, the switch to
+  ``remote``, a delete) writes or clears the entry after it commits.  The
+  others (claim, requeue, release) move between ``pending``,
+  ``transferring`` and ``failed``, which reads route alike, and leave the
+  cache alone: a write of theirs could land after a newer one.
+- Every write of a state is followed by a read of the row, and the entry is
+  removed again if the row no longer has that state (:func:`_checked`): a
+  write that lost a race with a transition undoes itself.  A delete writes
+  ``absent`` for a short while the same way, so a reader racing it cannot
+  refill the old state, and a save committed just before it is not hidden.
+- Readers only fill a missing entry (``add``), so they never replace one;
+  the check above catches a fill that lands after a transition cleared the
+  entry (or after a flush).
+- A write made while the row is locked (:func:`local_copy_removable`) needs
+  no check: nothing can change the row before it lands.
+
+A stale state is therefore visible only between such a write and its check,
+or when the cache fails and the write or the removal is lost (logged; the
+entry expires after ``QUEUED_STORAGE_CACHE_TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -90,44 +114,90 @@ def _cache_get(key: str) -> Any:
         return None
 
 
+def _timeout(state: str) -> int | None:
+    return ABSENT_TIMEOUT if state == ABSENT else conf.CACHE_TIMEOUT
+
+
 def _cache_set(key: str, value: str, timeout: int | None = None) -> bool:
     try:
-        caches[conf.CACHE].set(key, value, conf.CACHE_TIMEOUT if timeout is None else timeout)
+        caches[conf.CACHE].set(key, value, _timeout(value) if timeout is None else timeout)
     except Exception as exc:  # a stale cache entry is refreshed on the next change
         logger.warning("queued_storage: cache write failed (%s)", exc)
         return False
     return True
 
 
-def _cache_fill(key: str, value: str) -> None:
-    """Fill a missing entry from the database, never over a newer one.
+def _cache_delete(*keys: str) -> None:
+    try:
+        caches[conf.CACHE].delete_many(list(keys))
+    except Exception as exc:  # the entry expires after QUEUED_STORAGE_CACHE_TIMEOUT
+        logger.warning("queued_storage: cache delete failed (%s)", exc)
 
-    ``add``, not ``set``: a transition that wrote the cache between our read
-    of the row and this write wins, so a reader cannot put back a stale state.
+
+def _cache_fill(storage: str, name: str, key: str, state: str) -> str:
+    """Fill a missing entry with ``state`` just read from the row; returns the state to use.
+
+    ``add``, not ``set``: a transition that wrote the cache since our read of
+    the row wins.  One that cleared it instead (or a flush) lets the add land,
+    so the row is read again (:func:`_checked`).
     """
     try:
-        caches[conf.CACHE].add(key, value, conf.CACHE_TIMEOUT)
+        added = caches[conf.CACHE].add(key, state, _timeout(state))
     except Exception as exc:
         logger.warning("queued_storage: cache write failed (%s)", exc)
+        return state
+    return _checked(storage, name, key, state) if added else state
 
 
-def _cache_forget(key: str) -> None:
-    """Mark a name as gone (briefly), so a reader racing the delete cannot refill its old state."""
-    _cache_set(key, ABSENT, ABSENT_TIMEOUT)
+def _checked(storage: str, name: str, key: str, state: str) -> str:
+    """Remove the entry just written if the row no longer has ``state``; returns the row's state.
+
+    Read from the database that takes the writes (:func:`row_state`): a replica
+    could still show the state a transition has just replaced.
+    """
+    now = row_state(storage, name)
+    if now == (None if state == ABSENT else state):
+        return state
+    _cache_delete(key)
+    # A row gone since the first read was deleted: absent, not a file to look up again.
+    return ABSENT if now is None else now
 
 
-def _mirror(storage: str, name: str, state: str) -> bool:
-    return _cache_set(cache_key(storage, name), state)
+def _mirror(storage: str, name: str, state: str) -> None:
+    """Write the state a transition has committed, then check it against the row."""
+    key = cache_key(storage, name)
+    if _cache_set(key, state):
+        _checked(storage, name, key, state)
 
 
 def _mirror_many(storage: str, names: list[str], state: str) -> None:
-    """:func:`_mirror` for several names in one cache round trip."""
+    """:func:`_mirror` for several names: one cache write, one query, and one delete if needed."""
     if not names:
         return
+    keys = {name: cache_key(storage, name) for name in names}
     try:
-        caches[conf.CACHE].set_many({cache_key(storage, name): state for name in names}, conf.CACHE_TIMEOUT)
+        caches[conf.CACHE].set_many({keys[name]: state for name in names}, _timeout(state))
     except Exception as exc:  # a stale cache entry is refreshed on the next change
         logger.warning("queued_storage: cache write failed (%s)", exc)
+        return
+    alias = router.db_for_write(FileRecord)
+    still = set(
+        FileRecord.objects.using(alias)
+        .filter(storage=storage, name__in=names, state=state)
+        .values_list("name", flat=True)
+    )
+    moved = [keys[name] for name in names if name not in still]
+    if moved:
+        _cache_delete(*moved)
+
+
+def uncache(storage: str, name: str) -> None:
+    """Drop the cached state of ``name``: called once a save under that name has committed.
+
+    A delete, not a write of ``pending``: the worker may already have moved the
+    new file on, and a later read fills the entry from the row.
+    """
+    _cache_delete(cache_key(storage, name))
 
 
 @functools.cache
@@ -142,7 +212,11 @@ def _connect_cache() -> None:
 
 
 def cached_state(storage: str, name: str) -> str | None:
-    """The state as the cache and then the database know it, without touching storages."""
+    """The state as the cache and then the database know it; ``None`` when neither has one.
+
+    Never looks at the storages and never creates a record: the serving view
+    answers from here alone.
+    """
     key = cache_key(storage, name)
     state = _cache_get(key)
     if state is not None:
@@ -150,17 +224,21 @@ def cached_state(storage: str, name: str) -> str | None:
     found = _stored_state(storage, name)
     if found is None:
         return None
-    _cache_fill(key, found)
-    return found
+    return _cache_fill(storage, name, key, found)
 
 
-def _stored_state(storage: str, name: str) -> str | None:
+def row_state(storage: str, name: str) -> str | None:
+    """The row's state now, past the cache, from the database that takes the writes."""
+    return _stored_state(storage, name, alias=router.db_for_write(FileRecord))
+
+
+def _stored_state(storage: str, name: str, alias: str | None = None) -> str | None:
     """The row's state, read through a plain cursor.
 
     Every read after a cache flush passes here.  Building the query with the
     ORM took 0.12 ms, eight times the indexed SELECT itself (SQLite, measured).
     """
-    alias = router.db_for_read(FileRecord)
+    alias = alias or router.db_for_read(FileRecord)
     with connections[alias].cursor() as cursor:
         cursor.execute(_state_query(alias), [storage, name])
         row = cursor.fetchone()
@@ -179,18 +257,24 @@ def _state_query(alias: str) -> str:
 
 
 def remember_unknown(storage: str, name: str, *, on_remote: bool, on_local: bool, size: int | None) -> str:
-    """Record a file saved before this app knew of it, as found by one lookup."""
-    key = cache_key(storage, name)
+    """Record a file saved before this app knew of it, as found by one lookup.
+
+    A name found nowhere is cached as ``absent`` for ``ABSENT_TIMEOUT``
+    seconds, so probing it again costs no lookup; a save under it clears that.
+    """
     if not (on_remote or on_local):
-        _cache_set(key, ABSENT, ABSENT_TIMEOUT)
-        return ABSENT
+        return _cache_fill(storage, name, cache_key(storage, name), ABSENT)
     state = State.REMOTE if on_remote else State.PENDING
     record, _ = FileRecord.objects.get_or_create(
         storage=storage,
         name=name,
         defaults={"state": state, "version": new_version(), "size": size, "host": conf.HOST},
     )
-    _cache_fill(key, record.state)
+    # A new record changes where reads go (an ``absent`` may be cached): written
+    # over whatever is there, once the row has committed.
+    transaction.on_commit(
+        functools.partial(_mirror, storage, name, str(record.state)), using=router.db_for_write(FileRecord)
+    )
     return str(record.state)
 
 
@@ -207,10 +291,9 @@ def record_saved(storage: str, name: str, size: int | None) -> FileRecord:
     CPU caches.  The record comes back without its primary key; it is found
     by (storage, name).
 
-    Not mirrored in the cache: that round trip would sit in every save().  The
-    first read fills the cache from this row (without overwriting a newer
-    entry), and every later transition that changes where reads go (switch,
-    release, delete) writes the cache itself.
+    Not mirrored in the cache: the row is not committed yet.  Once it is,
+    ``QueuedStorage`` clears the name's entry (:func:`uncache`), and the first
+    read fills it from this row.
     """
     record = FileRecord(
         storage=storage, name=name, state=State.PENDING, version=new_version(), size=size, host=conf.HOST
@@ -269,10 +352,9 @@ def requeue(storage: str, name: str) -> FileRecord | None:
     FileRecord.objects.filter(storage=storage, name=name, state__in=[State.PENDING, State.FAILED]).update(
         state=State.PENDING, last_error="", updated_at=now, queued_at=now
     )
-    record = get(storage, name)
-    if record is not None:
-        _mirror(storage, name, record.state)
-    return record
+    # Not mirrored: reads route ``failed`` and ``pending`` alike, and a write of
+    # the row as read here could land after the switch (see the module docstring).
+    return get(storage, name)
 
 
 def claim(storage: str, name: str, version: str, owner: str) -> tuple[Claim, FileRecord | None]:
@@ -392,10 +474,8 @@ def release(storage: str, name: str, version: str, *, error: str, failed: bool) 
         lease_until=None,
         updated_at=timezone.now(),
     )
-    record = get(storage, name)
-    if record is not None:
-        _mirror(storage, name, record.state)
-    return record
+    # Not mirrored, as in requeue(): reads route these states alike.
+    return get(storage, name)
 
 
 @dataclass(frozen=True)
@@ -434,7 +514,7 @@ def forget(storage: str, name: str) -> Tombstone | None:
     for _ in range(10):
         record = get(storage, name)
         if record is None:
-            _cache_forget(cache_key(storage, name))
+            _mirror(storage, name, ABSENT)  # a reader racing the delete cannot refill it
             return None
         now = timezone.now()
         held = record.lease_until is not None and record.lease_until >= now
@@ -469,7 +549,7 @@ def discard(storage: str, name: str, version: str) -> bool:
         storage=storage, name=name, version=version, state=State.DELETED
     ).delete()
     if deleted:
-        _cache_forget(cache_key(storage, name))
+        _mirror(storage, name, ABSENT)  # a reader racing the delete cannot refill it
     return bool(deleted)
 
 
@@ -587,13 +667,14 @@ def local_copy_removable(storage: str, name: str, version: str) -> Iterator[bool
     a cache left at ``transferring`` (its write failed at the switch) would
     send reads to a local copy that is gone.  The row stays locked until the
     block ends, so a delete of the name, and with it a new save under the same
-    name, waits instead of losing its fresh local file to this delete.
+    name, waits instead of losing its fresh local file to this delete; and the
+    cache write needs no check against the row, which cannot change before it.
     """
     with transaction.atomic(using=router.db_for_write(FileRecord)):
         # An UPDATE, not SELECT FOR UPDATE: SQLite locks on writes only.
         row = FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE)
         held = row.update(updated_at=timezone.now())
-        yield bool(held) and _mirror(storage, name, State.REMOTE)
+        yield bool(held) and _cache_set(cache_key(storage, name), State.REMOTE)
 
 
 def move(old: str, new: str, name: str, version: str, *, size: int) -> bool:

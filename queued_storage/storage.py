@@ -214,7 +214,14 @@ class QueuedStorage(Storage):
         return name
 
     def locate(self, name: str) -> str:
-        """The file's state; a file unknown to the app is looked up once and recorded."""
+        """The file's state; a file unknown to the app is looked up once and recorded.
+
+        Only for the storage API, whose names come from the application (a
+        file field's value), so a name without a record is a file saved before
+        the app was installed, as under django-queued-storage 0.8.  The serving
+        view, whose names come from requests, reads ``location.cached_state()``
+        and never records anything.
+        """
         state = location.cached_state(self.key, name)
         if state is None:
             # Remote first: a file moved by another tool (or by 0.8) is remote
@@ -281,6 +288,12 @@ class QueuedStorage(Storage):
                 finally:
                     _saving.reset(token)
                 continue
+            # Cleared once the row has committed, so an "absent" cached by an
+            # earlier probe of this name goes; cleared sooner, a reader could
+            # refill it before the commit.  Registered first: it runs before the publish.
+            transaction.on_commit(
+                partial(location.uncache, self.key, stored), using=router.db_for_write(FileRecord)
+            )
             if not self.delayed:
                 self._queue(stored, record.version, record.host, size)
             return stored

@@ -24,6 +24,7 @@ from django.utils.http import http_date, parse_http_date_safe
 from django.utils.module_loading import import_string
 from django.views.decorators.http import require_safe
 
+from . import location
 from .conf import conf
 from .models import State
 from .registry import by_label
@@ -63,8 +64,12 @@ def _storage(label: str) -> QueuedStorage:
         raise ImproperlyConfigured(f"queued_storage.urls is included with storage={label!r}: {exc}") from exc
 
 
-def _allowed(request: HttpRequest, name: str, permission: str | None) -> bool:
-    path = permission or conf.SERVE_PERMISSION
+def _guard(permission: str | None) -> str | None:
+    """The dotted path of the permission check that applies, if any."""
+    return permission or conf.SERVE_PERMISSION
+
+
+def _allowed(request: HttpRequest, name: str, path: str | None) -> bool:
     if not path:
         return True
     try:
@@ -106,24 +111,45 @@ def _range(header: str, size: int) -> tuple[int, int] | None:
 def serve(
     request: HttpRequest, name: str, storage: str = "default", permission: str | None = None
 ) -> HttpResponseBase:
-    """Redirect to the remote copy of ``name``, or stream its local copy (Range and 304 aware)."""
+    """Redirect to the remote copy of ``name``, or stream its local copy (Range and 304 aware).
+
+    Only recorded files are served: a name without a record is 404 even if a
+    file of that name lies in the local directory (dropped there, or another
+    storage's file nested inside), and a request never creates a record.
+    """
     qs = _storage(storage)
     name = qs.check_name(name)  # traversal, NUL bytes, absolute paths: SuspiciousFileOperation -> 400
-    if not _allowed(request, name, permission):
+    guard = _guard(permission)
+    if not _allowed(request, name, guard):
         raise PermissionDenied
-    state = qs.locate(name)
+    state = location.cached_state(qs.key, name)
     if state == State.REMOTE:
-        response: HttpResponseBase = HttpResponseRedirect(qs.remote.url(name))
-        # Signed URLs expire: the redirect itself must not be cached.
-        patch_cache_control(response, no_cache=True, private=True)
-        return response
+        return _redirect(qs, name)
     if state not in (State.PENDING, State.TRANSFERRING, State.FAILED):
         raise Http404("No such file.")
     try:
         file = qs.local.open(name, "rb")
     except FileNotFoundError:
+        # Switched since the lookup, its local copy deleted (delete_local)?
+        if location.row_state(qs.key, name) == State.REMOTE:
+            return _redirect(qs, name)
         raise Http404("No such file.") from None
-    return _local_response(request, name, file)
+    try:
+        response = _local_response(request, name, file)
+        if guard:
+            # Allowed for this request only: no shared cache may keep it for others.
+            patch_cache_control(response, private=True)
+    except BaseException:
+        file.close()  # no response reaches the server to close it
+        raise
+    return response
+
+
+def _redirect(qs: QueuedStorage, name: str) -> HttpResponseBase:
+    response = HttpResponseRedirect(qs.remote.url(name))
+    # Signed URLs expire: the redirect itself must not be cached.
+    patch_cache_control(response, no_cache=True, private=True)
+    return response
 
 
 def _fingerprint(name: str, file: Any) -> tuple[int, float]:

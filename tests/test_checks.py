@@ -156,3 +156,31 @@ def test_records_of_an_identity_no_storage_has_warn_with_the_way_forward():
         "FileSystemStorage-S3Storage-0ldb0cket000" in warning.msg and default_storage.key not in warning.msg
     )
     assert "queued_storage rekey OLD_IDENTITY LABEL" in warning.hint
+
+
+def test_nested_local_directories_with_serve_url_warn(make, tmp_path):
+    def storage(local: str, **options):
+        return make(
+            local_options={"location": str(tmp_path / local)},
+            remote_options={"location": str(tmp_path / f"remote-{local.replace('/', '-')}")},
+            **options,
+        )
+
+    storage("media")
+    storage("media/photos")
+    storage("beside", serve_url="/beside/")
+    assert ids() == []  # nested without serve_url, or on its own with it: nothing to say
+    storage("beside/inner")
+    assert ids() == ["queued_storage.W004"]
+    [warning] = [m for m in run_checks() if m.id == "queued_storage.W004"]
+    assert str(tmp_path / "beside/inner") in warning.msg and str(tmp_path / "beside") in warning.msg
+
+
+def test_one_local_directory_shared_by_two_storages_warns_once(make, tmp_path):
+    for remote in ("r1", "r2"):
+        make(
+            local_options={"location": str(tmp_path / "shared")},
+            remote_options={"location": str(tmp_path / remote)},
+            serve_url="/files/",
+        )
+    assert ids() == ["queued_storage.W004"]

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+from unittest import mock
+
 import pytest
 from django.core.cache import caches
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage as _default
 from django.db import connection
-from django.test import override_settings
+from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 
-from queued_storage import QueuedStorage, location
+from queued_storage import QueuedStorage, location, views
 from queued_storage.models import FileRecord
+from queued_storage.publishing import resolve_task
+from queued_storage.views import serve
 
 default_storage: QueuedStorage = _default  # type: ignore[assignment]
 
@@ -29,14 +37,18 @@ def test_save_leaves_the_cache_alone_and_the_first_read_fills_it():
 
 
 @override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
-def test_a_cache_miss_reads_the_state_of_exactly_this_name_in_one_query():
+def test_a_cache_miss_reads_the_state_of_exactly_this_name_and_checks_its_fill():
     names = ['o\'brien "q".txt', "ünïcode/ß.txt", 'o\'brien "q".txt.bak']
     saved = [default_storage.save(n, ContentFile(b"x")) for n in names]
     FileRecord.objects.filter(name=saved[1]).update(state="remote")
     caches["default"].clear()
     with CaptureQueriesContext(connection) as queries:
         assert location.cached_state(default_storage.key, saved[0]) == "pending"
-    assert len(queries) == 1
+    # The state, then the same read once the cache is filled (see location's docstring).
+    assert [q["sql"] for q in queries] == [queries[0]["sql"]] * 2
+    with CaptureQueriesContext(connection) as queries:
+        assert location.cached_state(default_storage.key, saved[0]) == "pending"
+    assert len(queries) == 0
     assert location.cached_state(default_storage.key, saved[1]) == "remote"
     assert location.cached_state(default_storage.key, "o'brien") is None
     assert location.cached_state("another-storage", saved[1]) is None
@@ -58,7 +70,7 @@ def test_a_reader_filling_the_cache_never_overwrites_a_newer_transition():
     key = default_storage.get_cache_key(name)
     # The worker switched (and wrote the cache) after a reader read "pending" from the row.
     caches["default"].set(key, "remote")
-    location._cache_fill(key, "pending")
+    location._cache_fill(default_storage.key, name, key, "pending")
     assert caches["default"].get(key) == "remote"
 
 
@@ -83,7 +95,8 @@ def test_delete_leaves_a_short_tombstone_so_a_racing_reader_cannot_refill():
     key = default_storage.get_cache_key(name)
     default_storage.url(name)
     default_storage.delete(name)
-    location._cache_fill(key, "remote")  # a reader that read the row just before the delete
+    # A reader that read the row just before the delete fills the cache after it.
+    location._cache_fill(default_storage.key, name, key, "remote")
     assert caches["default"].get(key) == "absent"
     assert not default_storage.exists(name)
 
@@ -121,3 +134,132 @@ def test_switching_several_copies_sets_each_on_its_own_and_the_cache_once(monkey
     assert len(writes) == 1  # one round trip for the batch
     assert [location.cached_state(key, name) for name in names] == ["remote", "remote", "transferring"]
     assert location.switch_many(key, copies) == [False, False, False]  # each set happens once
+
+
+class Interleave:
+    """Runs ``step_in`` just before step ``at`` of a reader: its ``at``-th query or cache call.
+
+    The reader is whatever runs while :meth:`installed` is active; what
+    ``step_in`` itself does is not counted.  Stepping ``at`` through 0, 1, 2 ...
+    places ``step_in`` at every point of the reader, then after it.
+    """
+
+    CALLS = ("get", "add", "set", "delete", "get_many", "set_many", "delete_many")
+
+    def __init__(self, at: int, step_in: Callable[[], None]) -> None:
+        self.at, self.step_in = at, step_in
+        self.steps: list[str] = []
+        self.fired = self._inside = False
+
+    def _step(self, what: str) -> None:
+        if self._inside:
+            return
+        if len(self.steps) == self.at:
+            self._inside = True
+            try:
+                self.step_in()
+            finally:
+                self._inside = False
+            self.fired = True
+        self.steps.append(what)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        cache = caches["default"]
+
+        def query(execute, sql, params, many, context):
+            self._step(sql.split()[0])
+            return execute(sql, params, many, context)
+
+        def counted(call: str, real: Callable[..., Any]) -> Callable[..., Any]:
+            def call_cache(*args: Any, **kwargs: Any) -> Any:
+                self._step(f"cache.{call}")
+                return real(*args, **kwargs)
+
+            return call_cache
+
+        with ExitStack() as stack:
+            for call in self.CALLS:
+                stack.enter_context(mock.patch.object(cache, call, counted(call, getattr(cache, call))))
+            stack.enter_context(connection.execute_wrapper(query))
+            yield
+
+
+def _read(storage: QueuedStorage, name: str) -> None:
+    with storage.open(name) as fh:
+        fh.read()
+
+
+READERS: dict[str, Callable[[QueuedStorage, str], Any]] = {
+    "transfer": lambda storage, name: storage.transfer(name),
+    "url": lambda storage, name: storage.url(name),
+    "open": _read,
+    "view": lambda storage, name: serve(RequestFactory().get("/"), name).close(),
+}
+
+
+@pytest.mark.parametrize("flushed", [False, True], ids=["cache-kept", "cache-flushed"])
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+@pytest.mark.parametrize("reader", READERS)
+@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
+def test_reads_never_stay_on_a_deleted_local_copy_whatever_ran_during_the_switch(
+    make, monkeypatch, reader, warm, flushed
+):
+    """The worker switches a delete_local file (and the cache may be flushed) at every step of a reader.
+
+    Among them the interleaving of issue 12: ``transfer(name)`` read the row
+    while the file was copied, the worker switched and deleted the local
+    copy, then ``transfer()`` wrote the state it had read to the cache.
+    """
+    storage = make(delayed=True, delete_local=True)
+    monkeypatch.setattr(views, "_storage", lambda label: storage)  # the view serves this storage
+    task = resolve_task(storage.task)
+    data = b"switched while read"
+    for at in itertools.count():
+        name = storage.save(f"f{at}.txt", ContentFile(data))
+        if warm:
+            storage.url(name)  # a read before the copy cached "pending"
+        version = FileRecord.objects.get(storage=storage.key, name=name).version
+        outcome, record = location.claim(storage.key, name, version, owner="test")
+        assert outcome is location.Claim.CLAIMED and record is not None
+        copied, _ = task._copy(storage, name, record, lambda done: None)
+
+        def switch(name: str = name, record: FileRecord = record, copied: Any = copied) -> None:
+            assert task._settle(storage, name, record.version, record, copied, 0.0) == "remote"
+            if flushed:
+                caches["default"].clear()
+
+        interleave = Interleave(at, switch)
+        try:
+            with interleave.installed():
+                READERS[reader](storage, name)
+        except FileNotFoundError:
+            # Only a read in flight may miss: it chose the local copy before the worker deleted it.
+            assert reader == "open" and interleave.fired
+        if not interleave.fired:
+            switch()  # the reader had ended: the worker switches after it
+        where = f"worker switched before step {at} of {interleave.steps}"
+        assert FileRecord.objects.get(storage=storage.key, name=name).state == "remote", where
+        assert not storage.local.exists(name), where
+        assert caches["default"].get(storage.get_cache_key(name)) in (None, "remote"), where
+        assert storage.get_storage(name) is storage.remote, where
+        with storage.open(name) as fh:
+            assert fh.read() == data, where
+        if not interleave.fired:
+            break
+
+
+@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
+def test_a_transitions_cache_write_that_lands_late_removes_itself():
+    # The file was deleted and saved again (pending, a new version) while
+    # these writes of older transitions were on their way.
+    names = [default_storage.save(f"late/{n}.txt", ContentFile(b"x")) for n in "ab"]
+    still = default_storage.save("late/still-remote.txt", ContentFile(b"x"))
+    FileRecord.objects.filter(name=still).update(state="remote")
+    key = default_storage.key
+    location._mirror_many(key, [*names, still], "remote")  # the switch of the old versions
+    location._mirror(key, names[0], "deleted")  # forget() of an old version
+    cache = caches["default"]
+    assert [cache.get(default_storage.get_cache_key(n)) for n in names] == [None, None]
+    assert cache.get(default_storage.get_cache_key(still)) == "remote"  # still true: kept
+    assert [default_storage.url(n) for n in names] == ["/media/late/a.txt", "/media/late/b.txt"]

@@ -8,15 +8,18 @@ from typing import Any, cast
 
 import pytest
 from django.conf import settings
+from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage as _default_storage
 from django.core.files.storage import storages
 from django.core.handlers.wsgi import WSGIHandler
+from django.db import transaction
 from django.http import FileResponse
 from django.test import RequestFactory, override_settings
 
-from queued_storage import QueuedStorage
+from queued_storage import QueuedStorage, views
+from queued_storage.models import FileRecord
 from queued_storage.views import BLOCK_SIZE, serve
 
 from .conftest import transfer_now
@@ -25,6 +28,8 @@ from .testapp.models import photos
 default_storage = cast(QueuedStorage, _default_storage)
 
 DATA = bytes(range(256)) * 1000  # 256 000 bytes: several blocks
+
+cache = caches["default"]
 
 
 def only_staff(request, name):
@@ -272,3 +277,136 @@ def test_wsgi_file_wrapper_gets_the_file_and_ranges_stay_bounded():
     # A range is handed over without fileno(): a sendfile to the end of the file is impossible.
     assert (status, data) == ("206 Partial Content", DATA[100:200])
     assert not hasattr(wrapped[0], "fileno")
+
+
+def allow_all(request, name):
+    return True
+
+
+@pytest.mark.services  # the default storage's remote is S3
+@pytest.mark.django_db(transaction=True)
+def test_a_file_nobody_recorded_is_404_and_stays_unrecorded(client):
+    dropped = Path(default_storage.local.path("views/dropped.txt"))
+    dropped.parent.mkdir(parents=True, exist_ok=True)
+    dropped.write_bytes(b"dropped here by hand")
+    # Another storage's file, its local directory nested inside this one's.
+    nested = photos.save("views/nested.png", ContentFile(b"png"))
+    assert Path(photos.local.path(nested)).is_relative_to(default_storage.local.location)
+    try:
+        for path in ("/files/views/dropped.txt", f"/files/photos/{nested}"):
+            assert client.get(path).status_code == 404
+            assert client.head(path).status_code == 404
+        assert not FileRecord.objects.filter(storage=default_storage.key).exists()
+        assert cache.get(default_storage.get_cache_key("views/dropped.txt")) is None
+        # The storage API still records a file saved before the app (see docs/migrating.rst) ...
+        assert default_storage.status("views/dropped.txt").state == "pending"
+        # ... and the view then serves it.
+        assert body(client.get("/files/views/dropped.txt")) == b"dropped here by hand"
+    finally:
+        default_storage.delete("views/dropped.txt")
+        photos.delete(nested)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_name_probed_through_the_view_then_saved_is_served(client):
+    assert client.get("/files/views/probed.txt").status_code == 404
+    name = default_storage.save("views/probed.txt", ContentFile(b"new"))
+    try:
+        assert name == "views/probed.txt"
+        response = client.get(f"/files/{name}")
+        assert response.status_code == 200
+        assert body(response) == b"new"
+    finally:
+        default_storage.delete(name)
+
+
+@pytest.mark.services  # the default storage's remote is S3
+@pytest.mark.django_db(transaction=True)
+def test_a_save_clears_a_cached_absent_once_it_commits(client):
+    name = "views/absent-then-saved.txt"
+    key = default_storage.get_cache_key(name)
+    with pytest.raises(FileNotFoundError):
+        default_storage.size(name)  # a read through the storage API found it nowhere
+    assert cache.get(key) == "absent"
+    with transaction.atomic():
+        assert default_storage.save(name, ContentFile(b"saved")) == name
+        assert cache.get(key) == "absent"  # not before the row commits
+    try:
+        assert cache.get(key) is None
+        response = client.get(f"/files/{name}")
+        assert response.status_code == 200
+        assert body(response) == b"saved"
+    finally:
+        default_storage.delete(name)
+
+
+@pytest.mark.services  # the default storage's remote is S3
+@pytest.mark.django_db(transaction=True)
+def test_a_lookup_racing_a_save_of_the_name_does_not_hide_the_file(client, monkeypatch):
+    name = "views/raced.txt"
+    local = default_storage.local
+    real_exists = local.exists
+    raced: list[str] = []
+
+    def exists_then_saved(path):
+        found = real_exists(path)
+        if path == name and not raced:
+            # The lookup of an unknown name saw no local file; the save lands right after.
+            raced.append(name)
+            assert default_storage.save(name, ContentFile(b"raced")) == name
+        return found
+
+    monkeypatch.setattr(local, "exists", exists_then_saved)
+    try:
+        assert default_storage.using_local(name)
+        assert raced == [name]
+        assert cache.get(default_storage.get_cache_key(name)) in (None, "pending")
+        response = client.get(f"/files/{name}")
+        assert response.status_code == 200
+        assert body(response) == b"raced"
+    finally:
+        monkeypatch.undo()
+        default_storage.delete(name)
+
+
+def test_files_behind_a_permission_are_private(client, saved):
+    public = client.get(f"/files/{saved}")
+    assert "Cache-Control" not in public  # a file anyone may fetch may be kept by a shared cache
+    body(public)
+    with override_settings(QUEUED_STORAGE_SERVE_PERMISSION="tests.test_views.allow_all"):
+        full = client.get(f"/files/{saved}")
+        assert (full.status_code, full["Cache-Control"]) == (200, "private")
+        body(full)
+        ranged = client.get(f"/files/{saved}", headers={"Range": "bytes=0-9"})
+        assert (ranged.status_code, ranged["Cache-Control"]) == (206, "private")
+        body(ranged)
+        unchanged = client.get(f"/files/{saved}", headers={"If-None-Match": full["ETag"]})
+        assert (unchanged.status_code, unchanged["Cache-Control"]) == (304, "private")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_files_behind_the_permission_of_the_include_are_private(admin_client):
+    name = photos.save("views/private.png", ContentFile(b"png"))
+    try:
+        response = admin_client.get(f"/photos/{name}")  # tests.urls: only staff
+        assert (response.status_code, response["Cache-Control"]) == (200, "private")
+        assert body(response) == b"png"
+    finally:
+        photos.delete(name)
+
+
+@pytest.mark.parametrize("headers", [{}, {"Range": "bytes=0-9"}], ids=["full", "range"])
+def test_the_file_is_closed_when_building_the_response_fails(rf, saved, monkeypatch, headers):
+    opened: list[Any] = []
+    real_open = default_storage.local.open
+    monkeypatch.setattr(
+        default_storage.local, "open", lambda *args: opened.append(real_open(*args)) or opened[-1]
+    )
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("building the response failed")
+
+    monkeypatch.setattr(views, "FileResponse", broken)
+    with pytest.raises(RuntimeError, match="building the response failed"):
+        serve(rf.get(f"/files/{saved}", headers=headers), saved)
+    assert len(opened) == 1 and opened[0].closed
