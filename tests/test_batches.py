@@ -37,9 +37,9 @@ def test_every_file_of_a_message_is_transferred_and_switched(make, eager):
         with storage.remote.open(name) as fh:
             assert fh.read() == name.encode() * 10
         assert storage.url(name).startswith("/remote/")
-    from queued_storage import tasks
+    from queued_storage import threads
 
-    assert not tasks._lease_keeper()._files  # each lease renewed only while its file copies
+    assert not threads.lease_keeper().kept()  # each lease renewed only while its file copies
 
 
 def test_a_second_delivery_finds_them_done(make, eager):
@@ -110,18 +110,18 @@ def test_delete_local_applies_to_each_file(make, eager):
 def test_a_forked_child_gets_its_own_upload_thread_and_lease_keeper():
     import os
 
-    from queued_storage import tasks
+    from queued_storage import threads
 
-    parent = tasks._upload_thread()
+    parent = threads.upload_executor()
     assert parent.submit(lambda: 1).result(5) == 1
-    parent_keeper = tasks._lease_keeper()
+    parent_keeper = threads.lease_keeper()
     pid = os.fork()
     if pid == 0:  # the parent's threads do not exist here; new ones must be started
         ok = False
         try:
-            child = tasks._upload_thread()
+            child = threads.upload_executor()
             ok = child is not parent and child.submit(lambda: 2).result(5) == 2
-            keeper = tasks._lease_keeper()
+            keeper = threads.lease_keeper()
             ok = ok and keeper is not parent_keeper and keeper.is_alive()
         finally:
             os._exit(0 if ok else 1)
@@ -130,7 +130,7 @@ def test_a_forked_child_gets_its_own_upload_thread_and_lease_keeper():
 
 
 def test_a_database_error_stops_the_message_and_leaves_the_rest_to_the_sweeper(make, eager, monkeypatch):
-    from queued_storage import location, tasks
+    from queued_storage import location, mover, threads
 
     storage = make(delayed=True)
     files = _saved(storage, ["a.txt", "b.txt", "c.txt"])
@@ -139,11 +139,11 @@ def test_a_database_error_stops_the_message_and_leaves_the_rest_to_the_sweeper(m
         raise RuntimeError("database went away")
 
     monkeypatch.setattr(location, "switch_many", down)
-    monkeypatch.setattr(tasks, "SWITCH_BATCH", 1)  # a's switch fails while b copies
+    monkeypatch.setattr(mover, "SWITCH_BATCH", 1)  # a's switch fails while b copies
     result = resolve_task(storage.task).apply(args=(storage.key,), kwargs={"files": files})
     assert result.failed() and "database went away" in str(result.result)
-    tasks._upload_thread().submit(lambda: None).result(5)  # whatever was running has finished
+    threads.upload_executor().submit(lambda: None).result(5)  # whatever was running has finished
     assert not storage.remote.exists("c.txt")  # never started once the message failed
     # Still claimed: the leases lapse and the sweeper queues them again.
     assert {storage.status(name).state for name, _ in files} == {"transferring"}
-    assert not tasks._lease_keeper()._files  # no longer renewed
+    assert not threads.lease_keeper().kept()  # no longer renewed

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from queued_storage import QueuedStorage, location
 from queued_storage.models import FileRecord
-from queued_storage.tasks import Transfer, requeue
+from queued_storage.mover import Kind, Mover
+from queued_storage.tasks import requeue
 
 from .conftest import transfer_now
 
@@ -153,7 +154,7 @@ def test_a_worker_that_cannot_remove_its_copy_leaves_it_to_the_sweeper(flaky):
     flaky.delete(name)  # the worker holds the lease: it removes the copy when its copy ends
     _failures["delete"] = 1
 
-    assert Transfer()._orphaned(flaky, name, record.version) == "gone"
+    assert Mover(flaky)._orphaned(name, record.version).kind is Kind.GONE
 
     tombstone = row(flaky, name)
     assert tombstone is not None and tombstone.lease_until is None  # given back at once
@@ -215,7 +216,7 @@ def test_no_interleaving_orphans_a_copy_or_keeps_the_name_for_good(flaky, copyin
         elif step == "worker ends" and alive:
             alive = False
             if not location.switch_to_remote(flaky.key, name, record.version, size=4, checksum=""):
-                Transfer()._orphaned(flaky, name, record.version)
+                Mover(flaky)._orphaned(name, record.version)
         elif step == "worker beats" and alive:
             location.heartbeat(flaky.key, name, record.version, 4)
         now = row(flaky, name)

@@ -18,7 +18,7 @@ from django.test.utils import CaptureQueriesContext
 
 from queued_storage import QueuedStorage, location, views
 from queued_storage.models import FileRecord
-from queued_storage.publishing import resolve_task
+from queued_storage.mover import Kind, Mover
 from queued_storage.views import serve
 
 default_storage: QueuedStorage = _default  # type: ignore[assignment]
@@ -213,7 +213,7 @@ def test_reads_never_stay_on_a_deleted_local_copy_whatever_ran_during_the_switch
     """
     storage = make(delayed=True, delete_local=True)
     monkeypatch.setattr(views, "_storage", lambda label: storage)  # the view serves this storage
-    task = resolve_task(storage.task)
+    mover = Mover(storage)
     data = b"switched while read"
     for at in itertools.count():
         name = storage.save(f"f{at}.txt", ContentFile(data))
@@ -222,10 +222,13 @@ def test_reads_never_stay_on_a_deleted_local_copy_whatever_ran_during_the_switch
         version = FileRecord.objects.get(storage=storage.key, name=name).version
         outcome, record = location.claim(storage.key, name, version, owner="test")
         assert outcome is location.Claim.CLAIMED and record is not None
-        copied, _ = task._copy(storage, name, record, lambda done: None)
+        copied, _ = mover._copy(name, record, lambda done: None)
 
         def switch(name: str = name, record: FileRecord = record, copied: Any = copied) -> None:
-            assert task._settle(storage, name, record.version, record, copied, 0.0) == "remote"
+            won = location.switch_to_remote(
+                storage.key, name, record.version, size=copied.size, checksum=copied.checksum
+            )
+            assert mover._settle(name, record.version, record, copied, 0.0, won).kind is Kind.REMOTE
             if flushed:
                 caches["default"].clear()
 

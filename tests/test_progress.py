@@ -46,7 +46,7 @@ def test_status_shows_bytes_done_mid_copy(start_worker, services, s3):
 
 
 def test_the_lease_keeper_renews_a_file_until_it_is_discarded(settings):
-    from queued_storage import location, tasks
+    from queued_storage import location, threads
     from queued_storage.models import FileRecord
 
     settings.QUEUED_STORAGE_QUEUE = "nobody-consumes-this"
@@ -55,7 +55,7 @@ def test_the_lease_keeper_renews_a_file_until_it_is_discarded(settings):
     location.claim(default_storage.key, name, version, owner="test")
     claimed = default_storage.status(name)
     settings.QUEUED_STORAGE_LEASE = 0.6  # a beat every 0.2 s
-    keeper = tasks._LeaseKeeper()
+    keeper = threads.LeaseKeeper()
     keeper.start()
     progress = keeper.add(default_storage.key, name, version)
     progress(123)
@@ -88,10 +88,10 @@ def test_the_lease_keeper_outlives_an_invalid_lease_setting(settings, monkeypatc
     import threading
     import types
 
-    from queued_storage import tasks
+    from queued_storage import threads
 
     settings.QUEUED_STORAGE_LEASE = -5
-    keeper = tasks._LeaseKeeper()
+    keeper = threads.LeaseKeeper()
     beats: list[float] = []
     enough, never = threading.Event(), threading.Event()
 
@@ -105,7 +105,7 @@ def test_the_lease_keeper_outlives_an_invalid_lease_setting(settings, monkeypatc
 
     fake = types.SimpleNamespace(**{n: getattr(time, n) for n in dir(time) if not n.startswith("_")})
     fake.sleep = sleep
-    monkeypatch.setattr(tasks, "time", fake)
+    monkeypatch.setattr(threads, "time", fake)
     keeper.start()
     assert enough.wait(5), f"the keeper stopped beating: {beats}"
     assert keeper.is_alive()

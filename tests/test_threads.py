@@ -13,7 +13,7 @@ from django.core.files.base import ContentFile
 from django.db import connections
 from django.db.backends.signals import connection_created
 
-from queued_storage import tasks
+from queued_storage import threads
 from queued_storage.models import FileRecord
 from queued_storage.publishing import resolve_task
 
@@ -52,7 +52,7 @@ def test_a_beat_closes_the_connection_of_the_database_records_are_routed_to(reco
     def created(sender: Any, connection: Any, **kwargs: Any) -> None:
         opened.append(connection)
 
-    keeper = tasks._LeaseKeeper()
+    keeper = threads.LeaseKeeper()
     keeper.add("storage", "name.txt", "v1")
     connection_created.connect(created, weak=False, dispatch_uid="test_threads")
     try:
@@ -87,7 +87,7 @@ def test_the_worker_shutdown_stops_the_upload_threads(make, eager):
     for thread in started:
         thread.join(10)
     assert not [t for t in started if t.is_alive()]
-    assert not tasks._uploads
+    assert not threads._uploads
     # A later message in the same thread gets a new upload thread.
     assert _message(storage, ["c.txt"]) == "remote: 1"
 
@@ -108,4 +108,4 @@ def test_a_pool_thread_that_ends_takes_its_upload_thread_along(make, eager):
     pool_thread.join()
     assert results == ["remote: 2"]
     wait_for(lambda: not (_upload_threads() - before), timeout=10, what="its upload thread to end")
-    assert len(tasks._uploads) == len(before)
+    assert len(threads._uploads) == len(before)

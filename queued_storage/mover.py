@@ -1,0 +1,384 @@
+"""Moving files to the remote storage: claim, copy, verify, switch, settle.
+
+Knows nothing of any queue.  A queue's task (:mod:`queued_storage.tasks` for
+Celery) builds a :class:`Mover` for one message, calls :meth:`Mover.one` or
+:meth:`Mover.many`, and turns each :class:`Outcome` into what its queue does:
+nothing, a retry later, or a message of its own (:func:`report` logs it and
+sends the signals).  Every state change goes through
+:mod:`queued_storage.location`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from django.db import close_old_connections
+
+from . import location, threads
+from .conf import conf
+from .location import Claim
+from .models import FileRecord, State
+from .redaction import redact
+from .signals import file_transferred, transfer_failed
+from .transfer import (
+    Copied,
+    PermanentTransferError,
+    Progress,
+    TransferError,
+    confirm_content,
+    copy_file,
+    remote_fingerprint,
+)
+
+if TYPE_CHECKING:
+    from django.core.files.storage import Storage
+
+    from .storage import QueuedStorage
+
+logger = logging.getLogger("queued_storage")
+
+#: How the bytes move: ``copy(name, local, remote, replace=..., progress=...)``
+#: returns what it copied (:class:`~queued_storage.transfer.Copied`), True when
+#: done (the remote is then asked what it holds), or False to retry.
+Copier = Callable[..., "bool | Copied"]
+
+# Files claimed by one UPDATE in a several-file message; their leases run from then on.
+CLAIM_CHUNK = 50
+# Copied files of a several-file message switched together, while the next one copies.
+SWITCH_BATCH = 5
+
+
+class Kind(str, Enum):
+    """What became of one file of a message."""
+
+    REMOTE = "remote"  # copied, verified, reads switched to the remote copy
+    DONE = "done"  # remote already: a message delivered twice
+    GONE = "gone"  # deleted or replaced meanwhile; any copy of ours was removed
+    BUSY = "busy"  # another worker holds its lease: try again after ``retry_after``
+    RETRY = "retry"  # the copy failed: try again after ``retry_after``, as retry ``retries``
+    FAILED = "failed"  # failed for good; the record says why
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    version: str
+    kind: Kind
+    retry_after: float = 0.0
+    retries: int = 0  # the retry this outcome asks for (RETRY)
+    host: str = ""  # where the local copy is: the queue of a retry
+    error: Exception | None = None
+    copied: Copied | None = None
+    seconds: float = 0.0
+    attempts: int = 0
+
+
+def backoff(retries: int) -> float:
+    """Seconds before retry number ``retries + 1``: exponential, with "equal jitter".
+
+    Full jitter may draw 0 every time and spend all retries within a second
+    of an outage; half the interval is always waited.
+    """
+    interval = min(conf.RETRY_DELAY * 2.0**retries, conf.RETRY_BACKOFF_MAX)
+    return interval / 2 + random.uniform(0, interval / 2)
+
+
+def busy_wait(record: FileRecord | None) -> float:
+    """Seconds until the lease another worker holds on ``record`` would have lapsed."""
+    lease = record.lease_until if record is not None else None
+    return max(1.0, lease.timestamp() - time.time() + 1) if lease is not None else 1.0
+
+
+def default_copy(name: str, local: Storage, remote: Storage, **kwargs: Any) -> Copied:
+    """Copy ``name`` with :func:`~queued_storage.transfer.copy_file` and verify it."""
+    return copy_file(
+        name, local, remote, replace=kwargs.get("replace", False), progress=kwargs.get("progress")
+    )
+
+
+# A copied file of a several-file message waiting for its switch.
+_Landed = tuple[str, str, FileRecord, Copied, float]
+
+
+class Mover:
+    """Moves files of one storage for one message.
+
+    ``copy`` moves the bytes (:data:`Copier`; ``copy_name`` names it in
+    errors); ``retries`` is how many times this message was retried already;
+    ``owner`` names the worker that holds the leases.
+    """
+
+    def __init__(
+        self,
+        storage: QueuedStorage,
+        *,
+        copy: Copier = default_copy,
+        delete_local: bool = False,
+        copy_name: str = "copy_file()",
+        retries: int = 0,
+        owner: str = "",
+    ) -> None:
+        self.storage = storage
+        self.copy = copy
+        self.copy_name = copy_name
+        self.delete_local = delete_local or storage.delete_local
+        self.retries = retries
+        self.owner = owner
+
+    # -- one file
+
+    def one(self, name: str, version: str) -> Outcome:
+        """Claim, copy, verify and switch one file."""
+        claim, record = location.claim(self.storage.key, name, version, owner=self.owner)
+        if claim is not Claim.CLAIMED:
+            return self._unclaimed(name, version, claim, record)
+        assert record is not None
+        keeper = threads.lease_keeper()
+        progress = keeper.add(self.storage.key, name, version)
+        try:
+            copied, seconds = self._copy(name, record, progress)
+        finally:
+            keeper.discard(self.storage.key, name)
+        if isinstance(copied, Exception):
+            return self._failed(name, version, copied, retries=self.retries)
+        won = location.switch_to_remote(
+            self.storage.key, name, version, size=copied.size, checksum=copied.checksum
+        )
+        return self._settle(name, version, record, copied, seconds, won)
+
+    # -- several files
+
+    def many(self, files: list[tuple[str, str]]) -> list[Outcome]:
+        """Move several files, one copy in flight while the others are claimed and switched.
+
+        One upload thread copies, as :meth:`one` would; this thread meanwhile
+        claims the next files and switches the copied ones, :data:`SWITCH_BATCH`
+        at a time, so the database and cache round trips cost no time on the
+        link.  A failure never stops the others: it is that file's outcome.
+        """
+        keeper = threads.lease_keeper()
+        outcomes: list[Outcome] = []
+        flight: tuple[str, str, FileRecord, Future[tuple[Copied | Exception, float]]] | None = None
+        latest: Future[tuple[Copied | Exception, float]] | None = None
+        landed: list[_Landed] = []
+        uploader = threads.upload_executor()
+        files = list(dict.fromkeys(files))  # a name twice would be copied twice
+        try:
+            for start in range(0, len(files), CLAIM_CHUNK):
+                chunk = files[start : start + CLAIM_CHUNK]
+                claims = location.claim_many(self.storage.key, chunk, self.owner)
+                for (name, version), (claim, record) in zip(chunk, claims, strict=True):
+                    if claim is not Claim.CLAIMED:
+                        outcomes.append(self._unclaimed(name, version, claim, record))
+                        continue
+                    assert record is not None
+                    progress = keeper.add(self.storage.key, name, version)
+                    latest = uploader.submit(self._copy, name, record, progress)
+                    if flight is not None:
+                        self._land(landed, outcomes, *flight)
+                    flight = (name, version, record, latest)
+                    if len(landed) >= SWITCH_BATCH:
+                        self._switch(landed, outcomes)
+            if flight is not None:
+                self._land(landed, outcomes, *flight)
+            self._switch(landed, outcomes)
+            # A copier may have used the database in that thread.
+            uploader.submit(close_old_connections).result()
+        except BaseException:
+            # A copy not started yet is not started at all: its lease lapses
+            # and the sweeper queues it, as for a worker that died here.
+            if latest is not None:
+                latest.cancel()
+            for name, _ in files:
+                keeper.discard(self.storage.key, name)
+            raise
+        return outcomes
+
+    def _land(
+        self,
+        landed: list[_Landed],
+        outcomes: list[Outcome],
+        name: str,
+        version: str,
+        record: FileRecord,
+        future: Future[tuple[Copied | Exception, float]],
+    ) -> None:
+        """Wait for the copy of ``name``; a copy joins ``landed``, a failure is its outcome now."""
+        copied, seconds = future.result()
+        if isinstance(copied, Exception):
+            threads.lease_keeper().discard(self.storage.key, name)
+            # Retried in a message of its own, as a first retry: the others are done.
+            outcomes.append(self._failed(name, version, copied, retries=0))
+        else:
+            landed.append((name, version, record, copied, seconds))
+
+    def _switch(self, landed: list[_Landed], outcomes: list[Outcome]) -> None:
+        """Switch the copies in ``landed`` together (one commit, one cache write), then empty it."""
+        if not landed:
+            return
+        won = location.switch_many(
+            self.storage.key,
+            [(name, version, copied.size, copied.checksum) for name, version, _, copied, _ in landed],
+        )
+        keeper = threads.lease_keeper()
+        for (name, version, record, copied, seconds), switched in zip(landed, won, strict=True):
+            keeper.discard(self.storage.key, name)
+            outcomes.append(self._settle(name, version, record, copied, seconds, switched))
+        landed.clear()
+
+    # -- the steps
+
+    def _unclaimed(self, name: str, version: str, claim: Claim, record: FileRecord | None) -> Outcome:
+        if claim is Claim.BUSY:
+            host = record.host if record is not None else ""
+            return Outcome(name, version, Kind.BUSY, retry_after=busy_wait(record), host=host)
+        return Outcome(name, version, Kind.DONE if claim is Claim.DONE else Kind.GONE)
+
+    def _copy(self, name: str, record: FileRecord, progress: Progress) -> tuple[Copied | Exception, float]:
+        """Run the copier; what it copied (or why not) and how long it took."""
+        started = time.monotonic()
+        storage = self.storage
+        try:
+            result = self.copy(
+                name, storage.local, storage.remote, replace=record.attempts > 1, progress=progress
+            )
+            if result is False:
+                raise TransferError(f"{self.copy_name} returned False")
+            if result is not True and not isinstance(result, Copied):
+                raise PermanentTransferError(
+                    f"{self.copy_name} returned {result!r}; it must return True or False."
+                )
+            copied = result if isinstance(result, Copied) else _fingerprint(storage.remote, name)
+            if self.delete_local:
+                # Checked in content, not only in size, before the switch that
+                # lets the local copy go: read back when the remote kept no hash.
+                copied = confirm_content(name, storage.local, storage.remote, copied)
+        except Exception as exc:
+            return exc, time.monotonic() - started
+        return copied, time.monotonic() - started
+
+    def _settle(
+        self, name: str, version: str, record: FileRecord, copied: Copied, seconds: float, won: bool
+    ) -> Outcome:
+        """After the switch: drop the local copy if asked; a lost switch means the file was deleted."""
+        if not won:
+            return self._orphaned(name, version)
+        if self.delete_local:
+            with location.local_copy_removable(self.storage.key, name, version) as removable:
+                if removable:
+                    self.storage.local.delete(name)
+                else:
+                    logger.warning(
+                        "queued_storage: kept the local copy of %s: the file changed or the cache "
+                        "could not be updated; 'queued_storage cleanup-local' removes it later",
+                        name,
+                    )
+        return Outcome(
+            name,
+            version,
+            Kind.REMOTE,
+            host=record.host,
+            copied=copied,
+            seconds=seconds,
+            attempts=record.attempts,
+        )
+
+    def _orphaned(self, name: str, version: str) -> Outcome:
+        """The file was deleted while it copied: remove the copies and the tombstone instead of switching.
+
+        If that fails the tombstone stays, its lease given back, for the sweeper.
+        """
+        record = location.get(self.storage.key, name)
+        try:
+            if record is None:
+                self.storage.remote.delete(name)
+            elif record.version == version and record.state == State.DELETED:
+                self.storage._finish_delete(name, version, None)
+        except Exception as exc:
+            logger.warning(
+                "queued_storage: could not remove the copies of the deleted file %s (%s); "
+                "`manage.py queued_storage requeue` (or the requeue_stale task) removes them later",
+                name,
+                redact(f"{type(exc).__name__}: {exc}"),
+            )
+        return Outcome(name, version, Kind.GONE)
+
+    def _failed(self, name: str, version: str, exc: Exception, *, retries: int) -> Outcome:
+        """Record a failed attempt: retry it after a backoff, or give up."""
+        error = redact(f"{type(exc).__name__}: {exc}")
+        final = isinstance(exc, PermanentTransferError) or retries >= conf.RETRIES
+        record = location.release(self.storage.key, name, version, error=error, failed=final)
+        if record is None or record.version != version or record.state == State.DELETED:
+            return self._orphaned(name, version)
+        if final:
+            return Outcome(name, version, Kind.FAILED, host=record.host, error=exc, attempts=record.attempts)
+        return Outcome(
+            name,
+            version,
+            Kind.RETRY,
+            retry_after=backoff(retries),
+            retries=retries + 1,
+            host=record.host,
+            error=exc,
+            attempts=record.attempts,
+        )
+
+
+def _fingerprint(remote: Storage, name: str) -> Copied:
+    size, etag = remote_fingerprint(remote, name)
+    return Copied(size=size, checksum=f"etag:{etag}" if etag else "")
+
+
+def report(storage: QueuedStorage, outcome: Outcome, *, sender: Any, worker: str = "") -> None:
+    """Log an outcome and send its signal (:data:`file_transferred`, :data:`transfer_failed`)."""
+    if outcome.kind is Kind.REMOTE:
+        copied = outcome.copied
+        assert copied is not None
+        rate = copied.size / 1e6 / max(outcome.seconds, 1e-9)
+        logger.info(
+            "queued_storage: transferred %s (%d bytes) in %.2f s, %.1f MB/s, attempt %d, by %s",
+            outcome.name,
+            copied.size,
+            outcome.seconds,
+            rate,
+            outcome.attempts,
+            worker,
+            extra={
+                "queued_storage": {
+                    "event": "transferred",
+                    "storage": storage.key,
+                    "name": outcome.name,
+                    "size": copied.size,
+                    "seconds": round(outcome.seconds, 3),
+                    "mb_per_s": round(rate, 2),
+                    "attempts": outcome.attempts,
+                    "host": outcome.host,
+                    "worker": worker,
+                }
+            },
+        )
+        file_transferred.send(sender=sender, name=outcome.name, local=storage.local, remote=storage.remote)
+    elif outcome.kind is Kind.FAILED:
+        assert outcome.error is not None
+        error = redact(f"{type(outcome.error).__name__}: {outcome.error}")
+        logger.error("queued_storage: transfer of %s failed for good: %s", outcome.name, error)
+        transfer_failed.send(
+            sender=sender, name=outcome.name, local=storage.local, remote=storage.remote, error=outcome.error
+        )
+    elif outcome.kind is Kind.RETRY:
+        assert outcome.error is not None
+        logger.warning(
+            "queued_storage: transfer of %s failed (%s); retry %d of %d in %.1f s",
+            outcome.name,
+            redact(f"{type(outcome.error).__name__}: {outcome.error}"),
+            outcome.retries,
+            conf.RETRIES,
+            outcome.retry_after,
+        )
