@@ -1,39 +1,15 @@
 """Where each file lives: every state change of a file is decided here.
 
-The database row (:class:`~queued_storage.models.FileRecord`) is the truth; the
-Django cache mirrors the state as a fast path.  Each transition is one
-conditional ``UPDATE`` so two processes can never both win it, on SQLite and
-PostgreSQL alike.
-
-The cache only ever keeps a state its row had at or after the moment the
-entry was written (``absent``: no row).  Django's cache has no
-compare-and-set, so this holds by four rules:
-
-- A transition that changes where reads go (a save, the switch to
-  ``remote``, a delete) writes or clears the entry after it commits.  The
-  others (claim, requeue, release) move between ``pending``,
-  ``transferring`` and ``failed``, which reads route alike, and leave the
-  cache alone: a write of theirs could land after a newer one.
-- Every write of a state is followed by a read of the row, and the entry is
-  removed again if the row no longer has that state (:func:`_checked`): a
-  write that lost a race with a transition undoes itself.  A delete writes
-  ``absent`` for a short while the same way, so a reader racing it cannot
-  refill the old state, and a save committed just before it is not hidden.
-- Readers only fill a missing entry (``add``), so they never replace one;
-  the check above catches a fill that lands after a transition cleared the
-  entry (or after a flush).
-- A write made while the row is locked (:func:`local_copy_removable`) needs
-  no check: nothing can change the row before it lands.
-
-A stale state is therefore visible only between such a write and its check,
-or when the cache fails and the write or the removal is lost (logged; the
-entry expires after ``QUEUED_STORAGE_CACHE_TIMEOUT``).
+The database row (:class:`~queued_storage.models.FileRecord`) is the truth.
+Each transition is one conditional ``UPDATE`` (a compare-and-set) so two
+processes can never both win it, on SQLite and PostgreSQL alike.  The Django
+cache mirrors the state for reads (:mod:`queued_storage.mirror`); a
+transition that changes where reads go updates the mirror after it commits.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import secrets
 from collections.abc import Collection, Iterator
@@ -43,20 +19,16 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from django.core.cache import caches
 from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from . import mirror
 from .conf import conf
 from .models import FileRecord, State
 
 logger = logging.getLogger("queued_storage")
-
-# Cached for files that exist nowhere, so probing a missing name stays cheap.
-ABSENT = "absent"
-ABSENT_TIMEOUT = 60
 
 
 @dataclass(frozen=True)
@@ -101,179 +73,35 @@ def new_version() -> str:
     return secrets.token_hex(8)
 
 
-def cache_key(storage: str, name: str) -> str:
-    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{conf.CACHE_PREFIX}:{storage}:{digest}"
-
-
-def _cache_get(key: str) -> Any:
-    try:
-        return caches[conf.CACHE].get(key)
-    except Exception as exc:  # the database answers when the cache cannot
-        logger.warning("queued_storage: cache read failed (%s); using the database", exc)
-        return None
-
-
-def _timeout(state: str) -> int | None:
-    return ABSENT_TIMEOUT if state == ABSENT else conf.CACHE_TIMEOUT
-
-
-def _cache_set(key: str, value: str, timeout: int | None = None) -> bool:
-    try:
-        caches[conf.CACHE].set(key, value, _timeout(value) if timeout is None else timeout)
-    except Exception as exc:  # a stale cache entry is refreshed on the next change
-        logger.warning("queued_storage: cache write failed (%s)", exc)
-        return False
-    return True
-
-
-def _cache_delete(*keys: str) -> None:
-    try:
-        caches[conf.CACHE].delete_many(list(keys))
-    except Exception as exc:  # the entry expires after QUEUED_STORAGE_CACHE_TIMEOUT
-        logger.warning("queued_storage: cache delete failed (%s)", exc)
-
-
-def _cache_fill(storage: str, name: str, key: str, state: str) -> str:
-    """Fill a missing entry with ``state`` just read from the row; returns the state to use.
-
-    ``add``, not ``set``: a transition that wrote the cache since our read of
-    the row wins.  One that cleared it instead (or a flush) lets the add land,
-    so the row is read again (:func:`_checked`).
-    """
-    try:
-        added = caches[conf.CACHE].add(key, state, _timeout(state))
-    except Exception as exc:
-        logger.warning("queued_storage: cache write failed (%s)", exc)
-        return state
-    return _checked(storage, name, key, state) if added else state
-
-
-def _checked(storage: str, name: str, key: str, state: str) -> str:
-    """Remove the entry just written if the row no longer has ``state``; returns the row's state.
-
-    Read from the database that takes the writes (:func:`row_state`): a replica
-    could still show the state a transition has just replaced.
-    """
-    now = row_state(storage, name)
-    if now == (None if state == ABSENT else state):
-        return state
-    _cache_delete(key)
-    # A row gone since the first read was deleted: absent, not a file to look up again.
-    return ABSENT if now is None else now
-
-
-def _mirror(storage: str, name: str, state: str) -> None:
-    """Write the state a transition has committed, then check it against the row."""
-    key = cache_key(storage, name)
-    if _cache_set(key, state):
-        _checked(storage, name, key, state)
-
-
-def _mirror_many(storage: str, names: list[str], state: str) -> None:
-    """:func:`_mirror` for several names: one cache write, one query, and one delete if needed."""
-    if not names:
-        return
-    keys = {name: cache_key(storage, name) for name in names}
-    try:
-        caches[conf.CACHE].set_many({keys[name]: state for name in names}, _timeout(state))
-    except Exception as exc:  # a stale cache entry is refreshed on the next change
-        logger.warning("queued_storage: cache write failed (%s)", exc)
-        return
-    alias = router.db_for_write(FileRecord)
-    still = set(
-        FileRecord.objects.using(alias)
-        .filter(storage=storage, name__in=names, state=state)
-        .values_list("name", flat=True)
-    )
-    moved = [keys[name] for name in names if name not in still]
-    if moved:
-        _cache_delete(*moved)
-
-
-def uncache(storage: str, name: str) -> None:
-    """Drop the cached state of ``name``: called once a save under that name has committed.
-
-    A delete, not a write of ``pending``: the worker may already have moved the
-    new file on, and a later read fills the entry from the row.
-    """
-    _cache_delete(cache_key(storage, name))
-
-
-@functools.cache
-def _connect_cache() -> None:
-    """Open this process's cache connection once, before its first switch.
-
-    Otherwise a fresh worker would connect (and import the client) between the
-    switch's commit and its cache write, where a reader sees ``remote`` in the
-    row but still ``pending`` in the cache: a wider window of stale local URLs.
-    """
-    _cache_get(f"{conf.CACHE_PREFIX}:connect")
-
-
-def cached_state(storage: str, name: str) -> str | None:
-    """The state as the cache and then the database know it; ``None`` when neither has one.
-
-    Never looks at the storages and never creates a record: the serving view
-    answers from here alone.
-    """
-    key = cache_key(storage, name)
-    state = _cache_get(key)
-    if state is not None:
-        return str(state)
-    found = _stored_state(storage, name)
-    if found is None:
-        return None
-    return _cache_fill(storage, name, key, found)
-
-
-def row_state(storage: str, name: str) -> str | None:
-    """The row's state now, past the cache, from the database that takes the writes."""
-    return _stored_state(storage, name, alias=router.db_for_write(FileRecord))
-
-
-def _stored_state(storage: str, name: str, alias: str | None = None) -> str | None:
-    """The row's state, read through a plain cursor.
-
-    Every read after a cache flush passes here.  Building the query with the
-    ORM took 0.12 ms, eight times the indexed SELECT itself (SQLite, measured).
-    """
-    alias = alias or router.db_for_read(FileRecord)
-    with connections[alias].cursor() as cursor:
-        cursor.execute(_state_query(alias), [storage, name])
-        row = cursor.fetchone()
-    return None if row is None else str(row[0])
-
-
-@functools.cache
-def _state_query(alias: str) -> str:
-    quote = connections[alias].ops.quote_name
-    meta = FileRecord._meta
-    column = {field.name: quote(field.column) for field in meta.concrete_fields if field.column}
-    return (
-        f"SELECT {column['state']} FROM {quote(meta.db_table)} "
-        f"WHERE {column['storage']} = %s AND {column['name']} = %s"
-    )
-
-
 def remember_unknown(storage: str, name: str, *, on_remote: bool, on_local: bool, size: int | None) -> str:
     """Record a file saved before this app knew of it, as found by one lookup.
 
-    A name found nowhere is cached as ``absent`` for ``ABSENT_TIMEOUT``
+    A name found nowhere is cached as ``absent`` for ``mirror.ABSENT_TIMEOUT``
     seconds, so probing it again costs no lookup; a save under it clears that.
     """
     if not (on_remote or on_local):
-        return _cache_fill(storage, name, cache_key(storage, name), ABSENT)
-    state = State.REMOTE if on_remote else State.PENDING
-    record, _ = FileRecord.objects.get_or_create(
+        return mirror.fill(storage, name, mirror.cache_key(storage, name), mirror.ABSENT)
+    record = FileRecord(
         storage=storage,
         name=name,
-        defaults={"state": state, "version": new_version(), "size": size, "host": conf.HOST},
+        state=State.REMOTE if on_remote else State.PENDING,
+        version=new_version(),
+        size=size,
+        host=conf.HOST,
     )
+    try:
+        with transaction.atomic(using=router.db_for_write(FileRecord)):
+            _insert(record)
+    except IntegrityError:  # recorded meanwhile, by a save or another reader
+        found = get(storage, name)
+        if found is None:  # and deleted again since: nothing to record
+            return mirror.ABSENT
+        record = found
     # A new record changes where reads go (an ``absent`` may be cached): written
     # over whatever is there, once the row has committed.
     transaction.on_commit(
-        functools.partial(_mirror, storage, name, str(record.state)), using=router.db_for_write(FileRecord)
+        functools.partial(mirror.write, storage, name, str(record.state)),
+        using=router.db_for_write(FileRecord),
     )
     return str(record.state)
 
@@ -284,12 +112,8 @@ def record_saved(storage: str, name: str, size: int | None) -> FileRecord:
     The unique (storage, name) constraint makes it the name's reservation: a
     name recorded in any state raises IntegrityError here.
 
-    One prepared ``INSERT`` through a plain cursor, its values prepared by the
-    model's own fields: ``objects.create()`` cost 0.2 to 0.4 ms more per
-    ``save()`` (signals, building and compiling the query; measured from 1 KB
-    to 10 MB), most after a large write had pushed the ORM's code out of the
-    CPU caches.  The record comes back without its primary key; it is found
-    by (storage, name).
+    The record comes back without its primary key; it is found by
+    (storage, name).
 
     Not mirrored in the cache: the row is not committed yet.  Once it is,
     ``QueuedStorage`` clears the name's entry (:func:`uncache`), and the first
@@ -298,18 +122,30 @@ def record_saved(storage: str, name: str, size: int | None) -> FileRecord:
     record = FileRecord(
         storage=storage, name=name, state=State.PENDING, version=new_version(), size=size, host=conf.HOST
     )
+    _insert(record)
+    return record
+
+
+def _insert(record: FileRecord) -> None:
+    """The one writer of new rows: a prepared ``INSERT`` with the values the model's fields prepare.
+
+    It sits in every ``save()``, where building the ORM's query would cost
+    more than the statement (see docs/benchmarks.rst); the values come from
+    each field's own ``pre_save`` and ``get_db_prep_save``, so defaults,
+    ``auto_now`` and backend conversions are those of ``objects.create()``.
+    No ``pre_save``/``post_save`` signal is sent.
+    """
     alias = router.db_for_write(FileRecord)
     connection = connections[alias]
     values = [field.get_db_prep_save(field.pre_save(record, True), connection) for field in _inserted()]
     with connection.cursor() as cursor:
         cursor.execute(_insert_query(alias), values)
     record._state.adding, record._state.db = False, alias
-    return record
 
 
 @functools.cache
 def _inserted() -> list[Any]:
-    """The columns ``record_saved()`` writes: every one but the generated primary key."""
+    """The columns :func:`_insert` writes: every one but the generated primary key."""
     return [field for field in FileRecord._meta.concrete_fields if not field.primary_key]
 
 
@@ -399,7 +235,7 @@ def claim_many(
     if won:
         # Not mirrored: reads route ``pending`` and ``transferring`` alike, and
         # status() reads the row; a cache write here would cost every task.
-        _connect_cache()
+        mirror.connect()
     outcomes: list[tuple[Claim, FileRecord | None]] = []
     for name, version in files:
         record = rows.get(name)
@@ -462,7 +298,7 @@ def switch_many(storage: str, copies: list[tuple[str, str, int, str]]) -> list[b
                 updated_at=now,
             )
             won.append(bool(switched))
-    _mirror_many(storage, [copy[0] for copy, ok in zip(copies, won, strict=True) if ok], State.REMOTE)
+    mirror.write_many(storage, [copy[0] for copy, ok in zip(copies, won, strict=True) if ok], State.REMOTE)
     return won
 
 
@@ -514,7 +350,7 @@ def forget(storage: str, name: str) -> Tombstone | None:
     for _ in range(10):
         record = get(storage, name)
         if record is None:
-            _mirror(storage, name, ABSENT)  # a reader racing the delete cannot refill it
+            mirror.write(storage, name, mirror.ABSENT)  # a reader racing the delete cannot refill it
             return None
         now = timezone.now()
         held = record.lease_until is not None and record.lease_until >= now
@@ -528,12 +364,12 @@ def forget(storage: str, name: str) -> Tombstone | None:
         if held and record.state in (State.TRANSFERRING, State.DELETED):
             # A worker copies it (or another call cleans up): it finishes the job.
             if record.state == State.DELETED or row.update(state=State.DELETED, updated_at=now):
-                _mirror(storage, name, State.DELETED)
+                mirror.write(storage, name, State.DELETED)
                 return Tombstone(record, None)
             continue
         lease = _new_lease(now)
         if row.update(state=State.DELETED, lease_until=lease, updated_at=now):
-            _mirror(storage, name, State.DELETED)
+            mirror.write(storage, name, State.DELETED)
             return Tombstone(record, lease)
     raise RuntimeError(
         f"The record of {name!r} changed ten times while it was being deleted; call delete() again."
@@ -549,7 +385,7 @@ def discard(storage: str, name: str, version: str) -> bool:
         storage=storage, name=name, version=version, state=State.DELETED
     ).delete()
     if deleted:
-        _mirror(storage, name, ABSENT)  # a reader racing the delete cannot refill it
+        mirror.write(storage, name, mirror.ABSENT)  # a reader racing the delete cannot refill it
     return bool(deleted)
 
 
@@ -645,7 +481,7 @@ def stale(
         revived = {row.pk for row in rows if row.state == State.FAILED}
         for storage in {row.storage for row in won if row.pk in revived}:
             names = [row.name for row in won if row.pk in revived and row.storage == storage]
-            _mirror_many(storage, names, State.PENDING)
+            mirror.write_many(storage, names, State.PENDING)
         if won:
             yield won
 
@@ -674,7 +510,7 @@ def local_copy_removable(storage: str, name: str, version: str) -> Iterator[bool
         # An UPDATE, not SELECT FOR UPDATE: SQLite locks on writes only.
         row = FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE)
         held = row.update(updated_at=timezone.now())
-        yield bool(held) and _cache_set(cache_key(storage, name), State.REMOTE)
+        yield bool(held) and mirror.write_unchecked(mirror.cache_key(storage, name), State.REMOTE)
 
 
 def move(old: str, new: str, name: str, version: str, *, size: int) -> bool:
@@ -703,5 +539,5 @@ def move(old: str, new: str, name: str, version: str, *, size: int) -> bool:
     except IntegrityError:
         return False  # recorded under ``new`` already (a read looked it up meanwhile)
     if moved:
-        _mirror(new, name, State.REMOTE)
+        mirror.write(new, name, State.REMOTE)
     return bool(moved)

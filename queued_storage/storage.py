@@ -19,7 +19,7 @@ from django.utils.encoding import filepath_to_uri
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
-from . import identity, location
+from . import identity, location, mirror
 from .conf import conf
 from .location import FileStatus
 from .models import FileRecord, State
@@ -203,7 +203,7 @@ class QueuedStorage(Storage):
     # -- routing
 
     def get_cache_key(self, name: str) -> str:
-        return location.cache_key(self.key, name)
+        return mirror.cache_key(self.key, name)
 
     def check_name(self, name: str) -> str:
         """``name`` normalised, or SuspiciousFileOperation for traversal, absolute paths and NUL bytes."""
@@ -219,10 +219,10 @@ class QueuedStorage(Storage):
         Only for the storage API, whose names come from the application (a
         file field's value), so a name without a record is a file saved before
         the app was installed, as under django-queued-storage 0.8.  The serving
-        view, whose names come from requests, reads ``location.cached_state()``
+        view, whose names come from requests, reads ``mirror.cached_state()``
         and never records anything.
         """
-        state = location.cached_state(self.key, name)
+        state = mirror.cached_state(self.key, name)
         if state is None:
             # Remote first: a file moved by another tool (or by 0.8) is remote
             # even if a stale local copy remains.
@@ -292,7 +292,7 @@ class QueuedStorage(Storage):
             # earlier probe of this name goes; cleared sooner, a reader could
             # refill it before the commit.  Registered first: it runs before the publish.
             transaction.on_commit(
-                partial(location.uncache, self.key, stored), using=router.db_for_write(FileRecord)
+                partial(mirror.uncache, self.key, stored), using=router.db_for_write(FileRecord)
             )
             if not self.delayed:
                 self._queue(stored, record.version, record.host, size)
@@ -424,7 +424,7 @@ class QueuedStorage(Storage):
         """Where ``name`` is and how its transfer goes."""
         name = self.check_name(name)
         record = location.get(self.key, name)
-        if record is None and self.locate(name) != location.ABSENT:
+        if record is None and self.locate(name) != mirror.ABSENT:
             record = location.get(self.key, name)  # unknown until now: recorded by locate()
         if record is None or record.state == State.DELETED:
             raise FileNotFoundError(f"{name!r} is not in this storage.")

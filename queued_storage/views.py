@@ -24,7 +24,7 @@ from django.utils.http import http_date, parse_http_date_safe
 from django.utils.module_loading import import_string
 from django.views.decorators.http import require_safe
 
-from . import location
+from . import mirror
 from .conf import conf
 from .models import State
 from .registry import by_label
@@ -122,7 +122,7 @@ def serve(
     guard = _guard(permission)
     if not _allowed(request, name, guard):
         raise PermissionDenied
-    state = location.cached_state(qs.key, name)
+    state = mirror.cached_state(qs.key, name)
     if state == State.REMOTE:
         return _redirect(qs, name)
     if state not in (State.PENDING, State.TRANSFERRING, State.FAILED):
@@ -131,7 +131,7 @@ def serve(
         file = qs.local.open(name, "rb")
     except FileNotFoundError:
         # Switched since the lookup, its local copy deleted (delete_local)?
-        if location.row_state(qs.key, name) == State.REMOTE:
+        if mirror.row_state(qs.key, name) == State.REMOTE:
             return _redirect(qs, name)
         raise Http404("No such file.") from None
     try:

@@ -16,7 +16,7 @@ from django.db import connection
 from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 
-from queued_storage import QueuedStorage, location, views
+from queued_storage import QueuedStorage, location, mirror, views
 from queued_storage.models import FileRecord
 from queued_storage.mover import Kind, Mover
 from queued_storage.views import serve
@@ -43,15 +43,15 @@ def test_a_cache_miss_reads_the_state_of_exactly_this_name_and_checks_its_fill()
     FileRecord.objects.filter(name=saved[1]).update(state="remote")
     caches["default"].clear()
     with CaptureQueriesContext(connection) as queries:
-        assert location.cached_state(default_storage.key, saved[0]) == "pending"
+        assert mirror.cached_state(default_storage.key, saved[0]) == "pending"
     # The state, then the same read once the cache is filled (see location's docstring).
     assert [q["sql"] for q in queries] == [queries[0]["sql"]] * 2
     with CaptureQueriesContext(connection) as queries:
-        assert location.cached_state(default_storage.key, saved[0]) == "pending"
+        assert mirror.cached_state(default_storage.key, saved[0]) == "pending"
     assert len(queries) == 0
-    assert location.cached_state(default_storage.key, saved[1]) == "remote"
-    assert location.cached_state(default_storage.key, "o'brien") is None
-    assert location.cached_state("another-storage", saved[1]) is None
+    assert mirror.cached_state(default_storage.key, saved[1]) == "remote"
+    assert mirror.cached_state(default_storage.key, "o'brien") is None
+    assert mirror.cached_state("another-storage", saved[1]) is None
 
 
 @override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
@@ -70,22 +70,22 @@ def test_a_reader_filling_the_cache_never_overwrites_a_newer_transition():
     key = default_storage.get_cache_key(name)
     # The worker switched (and wrote the cache) after a reader read "pending" from the row.
     caches["default"].set(key, "remote")
-    location._cache_fill(default_storage.key, name, key, "pending")
+    mirror.fill(default_storage.key, name, key, "pending")
     assert caches["default"].get(key) == "remote"
 
 
 def test_a_read_racing_the_switch_leaves_the_switch_in_the_cache(monkeypatch):
     name = default_storage.save("race2.txt", ContentFile(b"x"))
     key = default_storage.get_cache_key(name)
-    real_get = location._cache_get
+    real_get = mirror.read
 
     def miss_then_switch(k):
         value = real_get(k)
         caches["default"].set(k, "remote")  # the worker's switch lands right after our miss
         return None if k == key else value
 
-    monkeypatch.setattr(location, "_cache_get", miss_then_switch)
-    assert location.cached_state(default_storage.key, name) == "pending"  # the row as read
+    monkeypatch.setattr(mirror, "read", miss_then_switch)
+    assert mirror.cached_state(default_storage.key, name) == "pending"  # the row as read
     assert caches["default"].get(key) == "remote"  # not overwritten by the stale read
 
 
@@ -96,7 +96,7 @@ def test_delete_leaves_a_short_tombstone_so_a_racing_reader_cannot_refill():
     default_storage.url(name)
     default_storage.delete(name)
     # A reader that read the row just before the delete fills the cache after it.
-    location._cache_fill(default_storage.key, name, key, "remote")
+    mirror.fill(default_storage.key, name, key, "remote")
     assert caches["default"].get(key) == "absent"
     assert not default_storage.exists(name)
 
@@ -132,7 +132,7 @@ def test_switching_several_copies_sets_each_on_its_own_and_the_cache_once(monkey
         "transferring",
     ]
     assert len(writes) == 1  # one round trip for the batch
-    assert [location.cached_state(key, name) for name in names] == ["remote", "remote", "transferring"]
+    assert [mirror.cached_state(key, name) for name in names] == ["remote", "remote", "transferring"]
     assert location.switch_many(key, copies) == [False, False, False]  # each set happens once
 
 
@@ -260,8 +260,8 @@ def test_a_transitions_cache_write_that_lands_late_removes_itself():
     still = default_storage.save("late/still-remote.txt", ContentFile(b"x"))
     FileRecord.objects.filter(name=still).update(state="remote")
     key = default_storage.key
-    location._mirror_many(key, [*names, still], "remote")  # the switch of the old versions
-    location._mirror(key, names[0], "deleted")  # forget() of an old version
+    mirror.write_many(key, [*names, still], "remote")  # the switch of the old versions
+    mirror.write(key, names[0], "deleted")  # forget() of an old version
     cache = caches["default"]
     assert [cache.get(default_storage.get_cache_key(n)) for n in names] == [None, None]
     assert cache.get(default_storage.get_cache_key(still)) == "remote"  # still true: kept

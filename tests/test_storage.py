@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from queued_storage import QueuedRemoteStorage, QueuedStorage
 from queued_storage.conf import conf
-from queued_storage.location import cache_key
+from queued_storage.mirror import cache_key
 from queued_storage.models import FileRecord
 from queued_storage.registry import lookup
 
