@@ -12,6 +12,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage
 from storages.backends.s3 import S3Storage
 
+from queued_storage import remotes
 from queued_storage.transfer import (
     Copied,
     LocalFileMissing,
@@ -136,7 +137,7 @@ def test_large_file_whose_parts_do_not_match_is_not_verified(local, s3):
     name = local.save("big/bad.bin", ContentFile(os.urandom(11 * MiB)))
     config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
     wrong = "0" * 32 + "-3"  # as if the bytes S3 stored were not the bytes of the file
-    patched = mock.patch("queued_storage.transfer._multipart_etag", return_value=wrong)
+    patched = mock.patch("queued_storage.s3._multipart_etag", return_value=wrong)
     with patched, pytest.raises(VerificationFailed, match=wrong):
         copy_file(name, local, S3Storage(transfer_config=config))
 
@@ -226,6 +227,16 @@ class GcsLike(FileSystemStorage):
             data = fh.read()
         md5 = None if self._composite else base64.b64encode(hashlib.md5(data).digest()).decode()
         return SimpleNamespace(size=len(data), md5_hash=md5)
+
+
+@pytest.fixture(autouse=True)
+def _fakes_declared():
+    """The fakes are told apart by class, as the real storages are: declared Azure and Google Cloud."""
+    remotes.register(AzureLike, remotes.AZURE)
+    remotes.register(GcsLike, remotes.GOOGLE_CLOUD)
+    yield
+    remotes.unregister(AzureLike)
+    remotes.unregister(GcsLike)
 
 
 def test_azure_blob_is_verified_by_its_content_md5(local, tmp_path):
