@@ -149,7 +149,7 @@ def _broker_needed(**kwargs: Any) -> None:
 def pytest_configure(config: Any) -> None:
     for marker in (
         "services: needs a real service (Redis, S3, a worker, PostgreSQL)",
-        "integration: end-to-end transfers through a real worker; run in every tox env",
+        "integration: a few end-to-end transfers through a real worker, run in every tox env",
         "e2e: the demo in a browser, the benchmark smoke run; once per test command",
     ):
         config.addinivalue_line("markers", marker)

@@ -149,24 +149,64 @@ def find_interpreter(name: str) -> str | None:
     return None
 
 
-def matrix() -> None:
-    say("tox matrix on the interpreters this machine has")
-    envs, found, skipped = [], [], []
+def matrix_command() -> list[str | Path]:
+    """The tox run of the supported matrix; exits, saying what to install, when an interpreter is missing."""
+    envs, found, missing = [], [], []
     for env, interpreter in MATRIX:
         path = find_interpreter(interpreter)
         if path:
             envs.append(env)
             found.append(path)
         else:
-            skipped.append(f"{env} ({interpreter} not found)")
-    if skipped:
+            missing.append(f"{env} ({interpreter} not found)")
+    if missing:
         # The matrix is the support promise: an env that cannot run fails the command.
         sys.exit(
-            f"Cannot run the supported matrix here: {', '.join(skipped)}. Install the missing "
+            f"Cannot run the supported matrix here: {', '.join(missing)}. Install the missing "
             "interpreters (e.g. `pyenv install 3.10`), or run `python3 tools/run.py test --no-matrix`."
         )
-    if envs:
-        run(PY, "-m", "tox", "run-parallel", "-p", "2", "-e", ",".join(envs), "--discover", *found)
+    return [PY, "-m", "tox", "run-parallel", "-p", "2", "-e", ",".join(envs), "--discover", *found]
+
+
+def run_together(jobs: list[tuple[str, list[str | Path], dict[str, str]]]) -> None:
+    """Run independent commands at once, each logging to its own file; print each log as it ends.
+
+    The suites spend most of their time waiting on the processes they start
+    (workers, servers), so on two cores they finish sooner side by side.
+    """
+    logs = Path(tempfile.mkdtemp(prefix="qs-run-"))
+    running = []
+    for title, cmd, env in jobs:
+        log = logs / (title.replace(" ", "-") + ".log")
+        printable = " ".join(str(c) for c in cmd)
+        print(f"$ {printable}  (started: {title}; log {log})", flush=True)
+        handle = open(log, "wb")  # noqa: SIM115 - closed when the job ends
+        proc = subprocess.Popen(
+            [str(c) for c in cmd],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+        running.append((title, proc, handle, log, time.monotonic()))
+    failed = []
+    while running:
+        for job in list(running):
+            title, proc, handle, log, started = job
+            if proc.poll() is None:
+                continue
+            running.remove(job)
+            handle.close()
+            verdict = "passed" if proc.returncode == 0 else "FAILED"
+            say(f"{title}: {verdict} in {time.monotonic() - started:.0f} s")
+            sys.stdout.write(log.read_text(errors="replace"))
+            sys.stdout.flush()
+            if proc.returncode:
+                failed.append(title)
+        time.sleep(0.5)
+    shutil.rmtree(logs, ignore_errors=True)
+    if failed:
+        sys.exit(f"FAILED: {', '.join(failed)}")
 
 
 def cmd_test(args: argparse.Namespace) -> None:
@@ -175,16 +215,21 @@ def cmd_test(args: argparse.Namespace) -> None:
     # Chromium drives the browser test of the demo (Playwright cannot download its own here).
     ensure_system({**SYSTEM_PACKAGES, **BROWSER_PACKAGES})
     ensure_venv("dev")
+    tox: list[tuple[str, list[str | Path], dict[str, str]]] = []
+    if not args.no_matrix:
+        tox.append(("tox matrix", matrix_command(), {}))
     lint()
     docs()
-    say("Test suite on SQLite")
-    pytest()
-    say("Test suite on PostgreSQL")
-    # The browser test (the demo keeps its own SQLite database) and the benchmark
-    # smoke run (its own services) run once, above.
-    pytest("-m", "not e2e", env={"QS_DB": "postgres"})
-    if not args.no_matrix:
-        matrix()
+    say("The suite on SQLite and on PostgreSQL, and the tox matrix, side by side")
+    # The browser test (the demo keeps its own SQLite database) and the
+    # benchmark smoke run (its own services) run once, on SQLite.
+    run_together(
+        [
+            ("Test suite on SQLite", [PY, "-m", "pytest"], {}),
+            ("Test suite on PostgreSQL", [PY, "-m", "pytest", "-m", "not e2e"], {"QS_DB": "postgres"}),
+            *tox,
+        ]
+    )
     say(f"All tests passed in {time.monotonic() - started:.0f} s")
 
 
