@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Info, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, router
 
 from . import registry
 from .conf import conf, problems
-from .publishing import celery_configured, import_task, resolve_task
+from .publishing import celery_configured, import_task, mode, resolve_task
 
 _PROCESS_LOCAL_CACHES = (
     "django.core.cache.backends.locmem.LocMemCache",
@@ -138,7 +138,8 @@ def check_worker_death(**kwargs: Any) -> list[CheckMessage]:
                 "The Redis broker redelivers an unacknowledged transfer after its visibility_timeout "
                 "(1 hour by default); a transfer that runs longer is started twice.",
                 hint="Set CELERY_BROKER_TRANSPORT_OPTIONS = {'visibility_timeout': N} with N longer "
-                "than your longest transfer, and run `manage.py queued_storage requeue` periodically.",
+                "than your longest transfer; the workers' own sweeps (QUEUED_STORAGE_SWEEP_INTERVAL) "
+                "queue again what a dead worker held.",
                 id="queued_storage.W002",
             )
         )
@@ -157,6 +158,23 @@ def check_worker_death(**kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return messages
+
+
+@register(deploy=True)
+def check_publishing(**kwargs: Any) -> list[CheckMessage]:
+    """Which way this process sends transfer messages, and why (``manage.py check --deploy``)."""
+    if not celery_configured():
+        return []  # E004 says it all
+    how = mode()
+    if how.background:
+        said = (
+            f"Transfer messages are sent from a background thread ({how.reason}): save() returns "
+            "without waiting for the broker. A process under uWSGI without --enable-threads sends "
+            "them inline, and logs it."
+        )
+    else:
+        said = f"Transfer messages are sent inline, so each save() waits for the broker: {how.reason}."
+    return [Info(said, id="queued_storage.I001")]
 
 
 @register(Tags.database)

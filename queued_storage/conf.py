@@ -74,11 +74,20 @@ _SETTINGS: dict[str, _Setting] = {
         None, _optional(_text), "the dotted path of a callable(request, name) -> bool, or None"
     ),
     "QUEUED_STORAGE_S3_REQUEST_CHECKSUMS": _Setting(True, lambda v: isinstance(v, bool), "True or False"),
-    "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND": _Setting(False, lambda v: isinstance(v, bool), "True or False"),
+    "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND": _Setting(
+        True,
+        lambda v: isinstance(v, bool),
+        "True (send transfer messages from a background thread where one can run) or False (inline)",
+    ),
     "QUEUED_STORAGE_BATCH_FILES": _Setting(
         10,
         lambda v: _whole(v) and v >= 1,
         "a whole number of files, 1 or more (1 sends each file in a message of its own)",
+    ),
+    "QUEUED_STORAGE_SWEEP_INTERVAL": _Setting(
+        60,
+        _optional(lambda v: _number(v) and v >= 0),
+        "a positive number of seconds, or 0 or None to leave sweeping to `manage.py queued_storage requeue`",
     ),
 }
 
@@ -174,13 +183,19 @@ class Settings:
 
     @property
     def PUBLISH_IN_BACKGROUND(self) -> bool:
-        """Whether a commit hands transfer messages to a background thread instead of sending them."""
+        """Whether a commit hands transfer messages to a background thread (where one can run)."""
         return bool(self._get("QUEUED_STORAGE_PUBLISH_IN_BACKGROUND"))
 
     @property
     def BATCH_FILES(self) -> int:
         """Most small files in one transfer message (background publishing, the sweeper); 1: one each."""
         return int(self._get("QUEUED_STORAGE_BATCH_FILES"))
+
+    @property
+    def SWEEP_INTERVAL(self) -> float | None:
+        """Seconds between the sweeps of the workers, one at a time across all; ``None``: no sweeps."""
+        value = self._get("QUEUED_STORAGE_SWEEP_INTERVAL")
+        return float(value) if value else None
 
 
 conf = Settings()

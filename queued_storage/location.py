@@ -448,26 +448,34 @@ def abandoned() -> Iterator[list[FileRecord]]:
 
 
 def stale(
-    older_than: float, *, failed: bool = False, delayed: Collection[str] = ()
+    older_than: float,
+    *,
+    failed: bool = False,
+    delayed: Collection[str] = (),
+    lapsed_for: float | None = None,
 ) -> Iterator[list[FileRecord]]:
     """Records the sweeper should queue again, each stamped ``queued_at`` by this call.
 
-    Pending, or ``transferring`` with a lapsed lease, untouched for
-    ``older_than`` seconds and not queued within them; with ``failed`` also
-    every failed file, made pending again.  The pending files of the
-    ``delayed`` storages only once ``transfer()`` queued them.
+    Pending, untouched for ``older_than`` seconds and not queued within them;
+    ``transferring`` with a lapsed lease, the same for ``lapsed_for`` seconds
+    (default ``older_than``); with ``failed`` also every failed file, made
+    pending again.  The pending files of the ``delayed`` storages only once
+    ``transfer()`` queued them.
 
     In lists of at most :data:`CHUNK`.  The stamp is a compare-and-set, so
-    two sweepers at once never both queue a file within the threshold.
+    two sweepers at once never both queue a file within its threshold.
     """
     now = timezone.now()
-    cutoff = now - timedelta(seconds=older_than)
-    not_recent = Q(queued_at__isnull=True) | Q(queued_at__lt=cutoff)
-    waiting = Q(state=State.PENDING, updated_at__lt=cutoff)
+
+    def quiet_since(cutoff: datetime) -> Q:
+        return Q(updated_at__lt=cutoff) & (Q(queued_at__isnull=True) | Q(queued_at__lt=cutoff))
+
+    waiting = Q(state=State.PENDING) & quiet_since(now - timedelta(seconds=older_than))
     if delayed:
         waiting &= ~Q(storage__in=list(delayed), queued_at__isnull=True)
-    stuck = Q(state=State.TRANSFERRING, lease_until__lt=now, updated_at__lt=cutoff)
-    due = (waiting | stuck) & not_recent
+    lapsed = now - timedelta(seconds=older_than if lapsed_for is None else lapsed_for)
+    stuck = Q(state=State.TRANSFERRING, lease_until__lt=now) & quiet_since(lapsed)
+    due = waiting | stuck
     query = (due | Q(state=State.FAILED)) if failed else due
     for rows in chunked(FileRecord.objects.filter(query)):
         stamp = timezone.now() - timedelta(microseconds=secrets.randbelow(1_000_000))

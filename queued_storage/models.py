@@ -54,3 +54,20 @@ class FileRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.state})"
+
+
+class Lock(models.Model):
+    """A lock one process at a time holds across every host, such as the sweep's (see ``lock.py``)."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    # A new random token per take; empty once released.
+    holder = models.CharField(max_length=32, blank=True, default="")
+    # While held: when the holder's lease lapses.  Once released: when the
+    # next turn is due.  Free from then on.
+    until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "lock"
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,33 +1,37 @@
-"""Sending a saved file's transfer message: inline, or from a background thread.
+"""Sending a saved file's transfer message: from a background thread, or inline.
 
-With ``QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True`` the commit hands the
-message to one thread per process and ``save()`` returns without waiting for
-the broker (0.3 to 1 ms per save here).  That is safe because the record is the
-outbox: a message lost with its process (killed before the thread sent it) only
-delays the transfer until the sweeper (``queued_storage requeue``) queues it
-again.  Normal interpreter exit waits for the thread (up to
-``FLUSH_TIMEOUT``).  Eager Celery always publishes inline.
+By default the commit hands the message to one thread per process and
+``save()`` returns without waiting for the broker.  That is safe because the
+record is the outbox: a message lost with its process (killed before the
+thread sent it) only delays the transfer until a sweep queues it again (the
+workers sweep by themselves, see :mod:`queued_storage.threads`).  Normal
+interpreter exit waits for the thread (up to ``FLUSH_TIMEOUT``).
+
+The message is sent inline where the thread cannot run or is not wanted
+(:func:`mode`): eager Celery, uWSGI without ``--enable-threads``, or
+``QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = False``.
 
 The thread also sends a burst of small files in fewer messages: it waits up to
 ``LINGER`` seconds for more saves, then sends up to ``QUEUED_STORAGE_BATCH_FILES`` files of
-one storage and host, each under ``BATCH_MAX_SIZE``, as one task.  Celery
-costs a worker about 2 ms per message here, half the time of a 16 KB PUT to
-a local S3; that is then paid once for the lot.  A file alone, or a large
-one, still gets its own message.  The sweeper groups its backlog the same way
-(:func:`coalesce`).
+one storage and host, each under ``BATCH_MAX_SIZE``, as one task, so the
+worker pays Celery's cost per message once for the lot.  A file alone, or a
+large one, still gets its own message.  The sweeper groups its backlog the
+same way (:func:`coalesce`).
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
 from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from celery import Task, current_app
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
@@ -114,9 +118,8 @@ def enqueue(storage: QueuedStorage, name: str, version: str, host: str | None = 
 def enqueue_many(storage: QueuedStorage, files: list[tuple[str, str]], host: str | None = None) -> bool:
     """Publish the transfers of several ``(name, version)`` saved on ``host`` as one message.
 
-    One message is one task for the worker: Celery's cost per message (about
-    2 ms here) is paid once for the lot.  A single file is sent in the
-    one-file form.
+    One message is one task for the worker: Celery's cost per message is
+    paid once for the lot.  A single file is sent in the one-file form.
     """
     return _publish(storage, files, host, {})
 
@@ -148,7 +151,7 @@ def _publish(
     except Exception as exc:  # the record is the outbox: nothing is lost
         logger.warning(
             "queued_storage: could not queue the transfer of %s (%s: %s); it stays pending "
-            "until `manage.py queued_storage requeue` or the requeue task runs.",
+            "until a worker's sweep or `manage.py queued_storage requeue` queues it again.",
             what,
             type(exc).__name__,
             redact(str(exc)),
@@ -248,11 +251,69 @@ os.register_at_fork(after_in_child=_after_fork)
 atexit.register(lambda: _publisher.flush(FLUSH_TIMEOUT))
 
 
+class Mode(NamedTuple):
+    """How this process sends the transfer messages of its saves, and why."""
+
+    background: bool
+    reason: str
+
+
+def mode() -> Mode:
+    """Background where a thread of this process can run and the settings allow it; else inline."""
+    if not conf.PUBLISH_IN_BACKGROUND:
+        return Mode(False, "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND is False")
+    if current_app.conf.task_always_eager:
+        return Mode(False, "Celery runs tasks eagerly (task_always_eager), so a transfer runs within save()")
+    if uwsgi_without_threads():
+        return Mode(
+            False,
+            "this process runs under uWSGI without --enable-threads, where a thread the application "
+            "starts does not run",
+        )
+    if hasattr(settings, "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND"):
+        return Mode(True, "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND is True")
+    return Mode(True, "the default")
+
+
+def _truthy(value: Any) -> bool:
+    """A uWSGI option's value as given on the command line or in an ini file (``true``, ``1``, ``4``)."""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    if isinstance(value, list):  # an option given more than once
+        return any(_truthy(v) for v in value)
+    return bool(value)
+
+
+@functools.cache
+def uwsgi_without_threads() -> bool:
+    """Whether this process runs under uWSGI with Python threads off (no ``--enable-threads``).
+
+    uWSGI runs a thread the application starts only with ``--enable-threads``,
+    or ``--threads``, which implies it.  The options are fixed for the
+    process's life: asked once.
+    """
+    try:
+        import uwsgi  # only inside uWSGI
+    except ImportError:
+        return False
+    options = getattr(uwsgi, "opt", None) or {}
+    if _truthy(options.get("enable-threads")) or _truthy(options.get("threads")):
+        return False
+    logger.warning(
+        "queued_storage: uWSGI runs without --enable-threads, so this process sends transfer "
+        "messages inline and each save waits for the broker. Start uWSGI with --enable-threads "
+        "to send them from a background thread."
+    )
+    return True
+
+
 def publish(
     storage: QueuedStorage, name: str, version: str, host: str | None, size: int | None = None
 ) -> None:
-    """Send the transfer message of a committed save, as the settings ask."""
-    if conf.PUBLISH_IN_BACKGROUND and not current_app.conf.task_always_eager:
+    """Send the transfer message of a committed save, as :func:`mode` says."""
+    if mode().background:
         _publisher.submit((storage, name, version, host, size))
     else:
         enqueue(storage, name, version, host)

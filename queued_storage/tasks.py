@@ -1,4 +1,4 @@
-"""The Celery side of the worker: the task that runs the mover, and the sweeper.
+"""The Celery side of the worker: the task that runs the mover, and the sweeps.
 
 A message carries only ``(storage identity, name, version)``, or several
 ``files``; the worker finds the storage in :mod:`queued_storage.registry`,
@@ -10,11 +10,18 @@ turns its outcomes into Celery's retries and messages.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
-from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from django.db import close_old_connections
 
 from . import location, registry, threads
@@ -146,21 +153,41 @@ class Swept:
     undeletable: int = 0  # deleted files whose copies it could not remove (tried again next run)
 
 
-def sweep(older_than: float = 300, *, failed: bool = False) -> Swept:
+def sweep(
+    older_than: float = 300,
+    *,
+    failed: bool = False,
+    lapsed_for: float | None = None,
+    held: Callable[[], bool] | None = None,
+) -> Swept:
     """Finish abandoned deletions, then queue again what was left pending, stuck or (optionally) failed.
 
     A deletion is abandoned when the lease on its tombstone lapsed: the worker
     or the ``delete()`` call that held it died, or could not remove a copy.
-    A file is queued again when it waited ``older_than`` seconds since its
-    last change and since it was last queued: at most one message per file
-    per ``older_than``, however often the sweeper runs.  The pending files of
-    a ``delayed`` storage only once ``transfer()`` queued them.  Small files
-    go as messages of several, as the background publisher sends them.  The
-    rows are read :data:`location.CHUNK` at a time.
+    A pending file is queued again when it waited ``older_than`` seconds
+    since its last change and since it was last queued: at most one message
+    per file per ``older_than``, however often the sweeper runs.  A file
+    whose worker died (``transferring``, its lease lapsed) likewise after
+    ``lapsed_for`` seconds (default ``older_than``).  The pending files of a
+    ``delayed`` storage only once ``transfer()`` queued them.  Small files go
+    as messages of several, as the background publisher sends them.  The rows
+    are read :data:`location.CHUNK` at a time.
+
+    ``held`` is called between files; once it is False (another process took
+    over the sweep) the sweep stops after the chunk it holds, whose files
+    this call already took and so must finish.
     """
     swept = Swept()
+    lost = False
+
+    def going() -> bool:
+        nonlocal lost
+        lost = lost or (held is not None and not held())
+        return not lost
+
     for tombstones in location.abandoned():
         for record in tombstones:
+            going()
             try:
                 storage = registry.lookup(record.storage)
                 storage._finish_delete(record.name, record.version, record.lease_until)
@@ -177,7 +204,11 @@ def sweep(older_than: float = 300, *, failed: bool = False) -> Swept:
                 swept.undeletable += 1
             else:
                 swept.deleted += 1
-    for records in location.stale(older_than, failed=failed, delayed=registry.delayed()):
+        if not going():
+            return _stopped(swept)
+    for records in location.stale(
+        older_than, failed=failed, delayed=registry.delayed(), lapsed_for=lapsed_for
+    ):
         messages: list[Message] = []
         for record in records:
             try:
@@ -187,8 +218,16 @@ def sweep(older_than: float = 300, *, failed: bool = False) -> Swept:
                 continue
             messages.append((storage, record.name, record.version, record.host, record.size))
         for storage, files, host in coalesce(messages, conf.BATCH_FILES):
+            going()
             if enqueue_many(storage, files, host):
                 swept.queued += len(files)
+        if not going():
+            return _stopped(swept)
+    return swept
+
+
+def _stopped(swept: Swept) -> Swept:
+    logger.warning("queued_storage: another process took over the sweep, so this one stops")
     return swept
 
 
@@ -201,3 +240,46 @@ def requeue(older_than: float = 300, *, failed: bool = False) -> int:
 def requeue_stale(older_than: float = 300, failed: bool = False) -> int:
     """The sweeper as a task, for celery beat; returns the number of files queued again."""
     return requeue(older_than, failed=failed)
+
+
+# A message lost with its process, or with the broker, is sent again after this long.
+LOST_AFTER = 300
+
+
+def sweep_in_turn(held: Callable[[], bool]) -> Swept:
+    """A worker's own sweep (:class:`threads.Sweeper`): finished deletions, lost messages, dead workers.
+
+    A file whose worker died is queued again as soon as its lease lapsed;
+    one still pending, once its message has had :data:`LOST_AFTER` seconds
+    to arrive.
+    """
+    swept = sweep(LOST_AFTER, lapsed_for=conf.LEASE, held=held)
+    if swept.queued or swept.deleted or swept.undeletable:
+        logger.info(
+            "queued_storage: swept: %d files queued again, %d deletions finished, %d left to the next sweep",
+            swept.queued,
+            swept.deleted,
+            swept.undeletable,
+        )
+    return swept
+
+
+def start_sweeper(**kwargs: Any) -> None:
+    """Start this worker process's sweeper thread (unless QUEUED_STORAGE_SWEEP_INTERVAL turns it off)."""
+    threads.start_sweeper(sweep_in_turn)
+
+
+def _start_sweeper_in_main(sender: Any = None, **kwargs: Any) -> None:
+    # The thread and green pools run tasks in the main process, which gets no
+    # worker_process_init.  A prefork main process runs none: its children sweep.
+    from celery.concurrency.prefork import TaskPool
+
+    if not isinstance(getattr(sender, "pool", None), TaskPool):
+        start_sweeper()
+
+
+# Prefork children and the solo pool; then the thread and green pools.
+worker_process_init.connect(start_sweeper, weak=False, dispatch_uid=__name__ + ".sweeper")
+worker_ready.connect(_start_sweeper_in_main, weak=False, dispatch_uid=__name__ + ".sweeper")
+worker_process_shutdown.connect(threads.stop_sweeper, weak=False, dispatch_uid=__name__ + ".sweeper")
+worker_shutdown.connect(threads.stop_sweeper, weak=False, dispatch_uid=__name__ + ".sweeper")

@@ -1,7 +1,8 @@
-"""The helper threads of a worker process: the lease keeper and the upload threads.
+"""The helper threads of a worker process: the lease keeper, the upload threads and the sweeper.
 
-Both are started at first use and kept for later tasks; a forked child forgets
-its parent's and starts its own.  Neither knows of any queue.
+The first two are started at first use and kept for later tasks, the sweeper
+when the process starts; a forked child forgets its parent's and starts its
+own.  None knows of any queue: the sweep itself is given to the sweeper.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 from django.db import connections
 
-from . import location
+from . import location, lock
 from .conf import conf
 from .transfer import Progress
 
@@ -144,13 +147,94 @@ def stop_upload_executors(**kwargs: Any) -> None:
         _retire(executor, wait=True)
 
 
+SWEEP_LOCK = "sweep"
+
+# Called with a check of the sweep lock: ``held()`` renews it and is False
+# once another process has taken it over, when the sweep should stop.
+Sweep = Callable[[Callable[[], bool]], object]
+
+
+class Sweeper(threading.Thread):
+    """Runs ``sweep`` every ``QUEUED_STORAGE_SWEEP_INTERVAL`` seconds, in turn with every other process.
+
+    One per worker process.  At each turn it tries the cluster-wide sweep
+    lock (:mod:`queued_storage.lock`) and sweeps only if it got it; released,
+    the lock stays closed until an interval after that sweep began.  So the
+    processes together sweep about once per interval, never two at once, and
+    with nobody running anything.
+    """
+
+    def __init__(self, sweep: Sweep) -> None:
+        super().__init__(daemon=True, name="queued_storage sweeper")
+        self._sweep = sweep
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            interval = conf.SWEEP_INTERVAL
+            if interval is None or self._stopped.wait(interval):
+                return
+            try:
+                self.turn()
+            finally:
+                # No idle connection held between turns, wherever a router sends the rows.
+                connections.close_all()
+
+    def stop(self) -> None:
+        """End the thread after its current turn."""
+        self._stopped.set()
+
+    def turn(self) -> bool:
+        """Sweep if this process takes the sweep lock (its turn is due, nobody sweeps); whether it swept."""
+        try:
+            held = lock.take(SWEEP_LOCK, conf.LEASE)
+            if held is None:
+                return False
+            try:
+                self._sweep(lambda: lock.keep(held))
+            finally:
+                next_turn = held.taken_at + timedelta(seconds=conf.SWEEP_INTERVAL or 0)
+                lock.release(held, closed_until=next_turn)
+        except Exception:
+            # The database or the broker is down: the next turn tries again.
+            logger.exception("queued_storage: the sweep failed; the next turn tries again")
+            return False
+        return True
+
+
+_sweeper: Sweeper | None = None
+_sweeper_lock = threading.Lock()
+
+
+def start_sweeper(sweep: Sweep) -> Sweeper | None:
+    """Start this process's sweeper, unless one runs or ``QUEUED_STORAGE_SWEEP_INTERVAL`` is off."""
+    global _sweeper
+    with _sweeper_lock:
+        if conf.SWEEP_INTERVAL is None:
+            return None
+        if _sweeper is None or not _sweeper.is_alive():
+            _sweeper = Sweeper(sweep)
+            _sweeper.start()
+        return _sweeper
+
+
+def stop_sweeper(**kwargs: Any) -> None:
+    """Stop this process's sweeper after its current turn: at the worker's shutdown."""
+    global _sweeper
+    with _sweeper_lock:
+        if _sweeper is not None:
+            _sweeper.stop()
+            _sweeper = None
+
+
 def _forget_threads() -> None:
     # A forked child does not have the parent's threads: nothing to stop, only to forget.
-    global _uploaders, _uploads, _keeper, _keeper_lock
+    global _uploaders, _uploads, _keeper, _keeper_lock, _sweeper, _sweeper_lock
     for finalizer in list(_uploads.values()):
         finalizer.detach()
     _uploaders, _uploads = threading.local(), {}
     _keeper, _keeper_lock = None, threading.Lock()
+    _sweeper, _sweeper_lock = None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_threads)

@@ -120,6 +120,12 @@ QUEUED_STORAGE_RETRY_DELAY = 1
 QUEUED_STORAGE_LEASE = float(env("QS_LEASE", "6"))
 QUEUED_STORAGE_HOST = env("QS_HOST") or None
 QUEUED_STORAGE_HOST_QUEUE = env("QS_HOST_QUEUE") or None
+# Inline, so a save's message is in the broker when save() returns; the
+# default (a background thread) is tested where a test removes this setting.
+QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = False
+# A worker started with QS_SWEEP_INTERVAL sweeps that often; else every minute, the default.
+if env("QS_SWEEP_INTERVAL"):
+    QUEUED_STORAGE_SWEEP_INTERVAL = float(env("QS_SWEEP_INTERVAL", ""))
 
 if env("QS_S3_SMALL_PARTS") == "1":
     # 5 MB parts, one in memory at a time: a copy reads the local file only as

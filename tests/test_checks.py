@@ -184,3 +184,34 @@ def test_one_local_directory_shared_by_two_storages_warns_once(make, tmp_path):
             serve_url="/files/",
         )
     assert ids() == ["queued_storage.W004"]
+
+
+def deployed() -> list[str]:
+    """The messages of I001, with the checks ``manage.py check --deploy`` runs."""
+    return [m.msg for m in run_checks(include_deployment_checks=True) if m.id == "queued_storage.I001"]
+
+
+def test_i001_says_saves_publish_from_a_background_thread_by_default(settings):
+    del settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND  # tests/settings.py asks for inline
+    [said] = deployed()
+    assert said.startswith("Transfer messages are sent from a background thread (the default)")
+    assert "uWSGI without --enable-threads" in said
+
+
+@pytest.mark.parametrize(
+    ("eager", "reason"),
+    [(False, "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND is False"), (True, "Celery runs tasks eagerly")],
+)
+def test_i001_says_why_saves_publish_inline(settings, monkeypatch, eager, reason):
+    from .celery_app import app
+
+    if eager:
+        settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True
+        monkeypatch.setitem(app.conf, "task_always_eager", True)
+    [said] = deployed()
+    assert said.startswith("Transfer messages are sent inline") and reason in said
+
+
+def test_i001_is_only_shown_with_the_deployment_checks():
+    assert "queued_storage.I001" not in ids()
+    assert ids(include_deployment_checks=True) == ["queued_storage.I001"]

@@ -42,7 +42,10 @@ def test_host_defaults_to_the_machine_name(settings):
         ("QUEUED_STORAGE_CACHE_TIMEOUT", 0, "or None"),
         ("QUEUED_STORAGE_CACHE_TIMEOUT", "1h", "or None"),
         ("QUEUED_STORAGE_HOST_QUEUE", "transfers", "'{host}'"),
-        ("QUEUED_STORAGE_PUBLISH_IN_BACKGROUND", "yes", "True or False"),
+        ("QUEUED_STORAGE_PUBLISH_IN_BACKGROUND", "yes", "True (send transfer messages"),
+        ("QUEUED_STORAGE_SWEEP_INTERVAL", -1, "a positive number of seconds, or 0 or None"),
+        ("QUEUED_STORAGE_SWEEP_INTERVAL", "60", "a positive number of seconds, or 0 or None"),
+        ("QUEUED_STORAGE_SWEEP_INTERVAL", True, "a positive number of seconds, or 0 or None"),
     ],
 )
 def test_a_value_out_of_range_reads_as_the_default_and_is_named(settings, name, value, expected):
@@ -72,3 +75,15 @@ def test_batch_size_defaults_to_ten(settings):
     assert conf.BATCH_FILES == 10
     settings.QUEUED_STORAGE_BATCH_FILES = 1
     assert conf.BATCH_FILES == 1
+
+
+def test_background_publishing_and_the_workers_sweeps_are_on_by_default(settings):
+    del settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND  # tests/settings.py asks for inline
+    assert (conf.PUBLISH_IN_BACKGROUND, conf.SWEEP_INTERVAL) == (True, 60)
+
+
+@pytest.mark.parametrize(("value", "read"), [(0, None), (None, None), (0.5, 0.5), (300, 300)])
+def test_a_sweep_interval_of_zero_or_none_turns_the_sweeps_off(settings, value, read):
+    settings.QUEUED_STORAGE_SWEEP_INTERVAL = value
+    assert read == conf.SWEEP_INTERVAL
+    assert problems() == []

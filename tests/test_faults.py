@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,11 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.management import call_command
 from django.db import transaction
+from django.utils import timezone
 
+from queued_storage.conf import conf
 from queued_storage.models import FileRecord
+from queued_storage.tasks import LOST_AFTER
 
 from .conftest import s3_body, sha256, wait_for
 from .plugin import BUCKETS
@@ -175,22 +179,45 @@ def test_worker_child_killed_mid_batch(start_worker, services, s3, settings, led
     verify(s3, files, book)
 
 
-def test_whole_worker_killed_mid_copy_recovered_by_sweeper(start_worker, services, s3, ledger):
-    book = ledger("whole worker SIGKILLed mid-copy, new worker + sweeper")
+def test_whole_worker_killed_mid_copy_recovered_with_nobody_running_anything(
+    start_worker, services, s3, ledger
+):
+    book = ledger("whole worker SIGKILLed mid-copy, new worker sweeps by itself")
+    sweeping = {"QS_SWEEP_INTERVAL": "1"}
     services.s3_proxy.bandwidth = 1_000_000
-    worker = start_worker()
+    worker = start_worker(env=sweeping)
     files = save_many(2, 2_000_000, "kill-worker", book)
     wait_for(lambda: FileRecord.objects.filter(state="transferring").exists(), what="copy started")
     wait_for(lambda: services.s3_proxy.bytes_up > 500_000, what="part of a file sent")
     worker.kill()
-    stuck = FileRecord.objects.get(state="transferring")
+    killed = time.monotonic()
+    assert FileRecord.objects.filter(state="transferring").count() == 1
     services.s3_proxy.bandwidth = None
-    start_worker()
+    start_worker(env=sweeping)
     # The dead worker's message stays unacknowledged in Redis until the
-    # visibility timeout (an hour); the sweeper does not wait that long.
-    wait_for(lambda: record(stuck.name).lease_until.timestamp() < time.time(), what="lease lapsed")
-    call_command("queued_storage", "requeue", "--older-than", "0")
-    wait_for(lambda: all_remote(list(files)), timeout=60, what="all remote after the sweeper")
+    # visibility timeout (an hour); the new worker's own sweep queues the file
+    # again once its lease lapsed.  No command, no beat.
+    budget = 2 * conf.LEASE + 30
+    wait_for(
+        lambda: all_remote(list(files)),
+        timeout=killed + budget - time.monotonic(),
+        what=f"all remote within {budget:.0f} s of the kill",
+    )
+    verify(s3, files, book)
+
+
+def test_lost_messages_are_sent_again_by_a_thread_pool_worker_by_itself(
+    start_worker, services, s3, broker, ledger
+):
+    book = ledger("transfer messages lost, thread-pool worker sweeps by itself")
+    files = save_many(3, 10_000, "lost-messages", book)
+    broker.flushdb()  # the messages are lost with the broker
+    FileRecord.objects.filter(name__in=list(files)).update(
+        updated_at=timezone.now() - timedelta(seconds=LOST_AFTER + 1)
+    )
+    # The thread pool runs tasks in the main process: its sweeper starts on worker_ready.
+    start_worker(env={"QS_SWEEP_INTERVAL": "1"}, pool="threads", concurrency=2)
+    wait_for(lambda: all_remote(list(files)), timeout=30, what="all remote with nobody running anything")
     verify(s3, files, book)
 
 

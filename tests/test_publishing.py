@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import types
 
 import pytest
 from django.core.files.base import ContentFile
@@ -120,11 +122,64 @@ def test_coalesce_groups_small_files_by_storage_and_host(make, tmp_path):
     ]
 
 
-def test_inline_is_the_default(make, slow_broker):
+def test_background_is_the_default(make, settings, slow_broker):
+    release, sent = slow_broker
+    del settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND  # tests/settings.py asks for inline
+    assert publishing.mode() == (True, "the default")
+    name = make().save("a.txt", ContentFile(b"x"))
+    assert sent == []  # save() returned while the broker was still "busy"
+    release.set()
+    assert publishing.flush(5) is True
+    assert sent == [([name], "queued_storage publisher")]
+
+
+def test_the_setting_asks_for_inline(make, settings, slow_broker):
     release, sent = slow_broker
     release.set()
+    settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = False
+    assert publishing.mode() == (False, "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND is False")
     name = make().save("a.txt", ContentFile(b"x"))
     assert sent == [([name], threading.current_thread().name)]
+
+
+@pytest.fixture
+def uwsgi(monkeypatch):
+    """Run as under uWSGI, with the options the test puts in the returned dict."""
+    module = types.ModuleType("uwsgi")
+    module.opt = {}
+    monkeypatch.setitem(sys.modules, "uwsgi", module)
+    publishing.uwsgi_without_threads.cache_clear()
+    yield module.opt
+    publishing.uwsgi_without_threads.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("options", "background"),
+    [
+        ({}, False),
+        ({"enable-threads": b"false"}, False),
+        ({"threads": b"0"}, False),
+        ({"enable-threads": True}, True),  # --enable-threads on the command line
+        ({"enable-threads": b"true"}, True),  # enable-threads = true in an ini file
+        ({"threads": b"4"}, True),  # --threads implies --enable-threads
+        ({"enable-threads": [b"false", b"1"]}, True),  # given twice
+    ],
+)
+def test_under_uwsgi_without_threads_saves_publish_inline(
+    make, settings, slow_broker, uwsgi, caplog, options, background
+):
+    release, sent = slow_broker
+    del settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND
+    uwsgi.update(options)
+    assert publishing.mode().background is background
+    release.set()
+    names = [make().save(f"{i}.txt", ContentFile(b"x")) for i in range(2)]
+    assert publishing.flush(5) is True
+    thread = "queued_storage publisher" if background else threading.current_thread().name
+    assert [name for batch, _ in sent for name in batch] == names
+    assert {sender for _, sender in sent} == {thread}
+    said = [r.getMessage() for r in caplog.records if "--enable-threads" in r.getMessage()]
+    assert len(said) == (0 if background else 1)  # once per process, not per save
 
 
 def test_a_failing_message_does_not_stop_the_thread(make, settings, monkeypatch):
@@ -161,6 +216,10 @@ def test_a_forked_child_starts_its_own_publisher(make, settings, slow_broker):
 
 def test_eager_celery_publishes_inline_even_when_asked_for_background(make, settings, eager):
     settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True
+    assert publishing.mode() == (
+        False,
+        "Celery runs tasks eagerly (task_always_eager), so a transfer runs within save()",
+    )
     storage = make()
     name = storage.save("a.txt", ContentFile(b"x"))
     assert storage.status(name).state == "remote"  # transferred before save() returned

@@ -78,8 +78,9 @@ class Command(BaseCommand):
             "an expired lease (its worker died), and has been neither changed nor queued for "
             "--older-than seconds, so each file gets at most one message per --older-than however "
             "often this runs. Files of a delayed storage are queued only once transfer() was called "
-            "for them. With --failed, failed files are reset and queued as well. Safe to run at any "
-            "time, e.g. from cron.",
+            "for them. With --failed, failed files are reset and queued as well. The workers run "
+            "the same sweep by themselves every QUEUED_STORAGE_SWEEP_INTERVAL seconds; this runs it "
+            "now. Safe to run at any time, and from cron when the workers' sweeps are turned off.",
         )
         p.add_argument(
             "--older-than",
