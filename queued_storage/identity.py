@@ -107,10 +107,11 @@ def canonical(value: Any, option: str, depth: int = 0) -> Any:
         )
     if isinstance(value, enum.Enum):
         return {"enum": _qualified(type(value), option), "name": value.name}
-    if isinstance(
-        value,
-        (datetime.date, datetime.time, datetime.timedelta, decimal.Decimal, uuid.UUID, pathlib.PurePath),
-    ):
+    if isinstance(value, pathlib.PurePath):
+        # As its string: a storage takes either alike, and the class's module
+        # differs between Python versions (pathlib._local from 3.13 on).
+        return str(value)
+    if isinstance(value, (datetime.date, datetime.time, datetime.timedelta, decimal.Decimal, uuid.UUID)):
         return {"type": _qualified(type(value), option), "value": str(value)}
     if isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType)):
         return {"import": _qualified(value, option)}

@@ -105,7 +105,8 @@ def test_canonical_forms_of_objects_are_their_class_and_public_state():
     small, large = TransferConfig(max_concurrency=1), TransferConfig(max_concurrency=8)
     assert identity.canonical(small, "x") != identity.canonical(large, "x")
     assert identity.canonical(small, "x") == identity.canonical(TransferConfig(max_concurrency=1), "x")
-    assert identity.canonical(Path("/a"), "x") == {"type": "pathlib.PosixPath", "value": "/a"}
+    # A path is its string, in every Python version (3.13 moved PosixPath to pathlib._local).
+    assert identity.canonical(Path("/a"), "x") == identity.canonical("/a", "x") == "/a"
     assert identity.canonical(QueuedStorage, "x") == {"import": "queued_storage.storage.QueuedStorage"}
     with pytest.raises(ImproperlyConfigured, match=r"option x\[0\] .*cannot be named by an import path"):
         identity.canonical([lambda: 1], "x")

@@ -109,9 +109,9 @@ def rows_per_query(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     counts: list[int] = []
     from_db = FileRecord.from_db
 
-    def counting(cls: type[FileRecord], *args: Any) -> FileRecord:
+    def counting(cls: type[FileRecord], *args: Any, **kwargs: Any) -> FileRecord:
         counts[-1] += 1
-        return from_db(*args)
+        return from_db(*args, **kwargs)  # Django 6.1 passes fetch_mode
 
     def wrapper(execute: Callable[..., Any], *args: Any) -> Any:
         counts.append(0)
