@@ -31,7 +31,7 @@ from django.db import transaction
 from django.db.models import Count
 from django.test import override_settings
 
-from queued_storage import location, publishing
+from queued_storage import publishing, transitions
 from queued_storage.models import FileRecord, State
 
 from .harness import BUCKET, PARKED, Services, kib, reset_peak
@@ -178,7 +178,7 @@ def count_s3_requests() -> Iterator[list[str]]:
 def _forget_queued(prefix: str) -> None:
     for alias in ("default", "delayed", "wan"):
         storage: Any = storages[alias]
-        FileRecord.objects.filter(storage=storage.key, name__startswith=prefix).delete()
+        FileRecord.objects.filter(storage=storage.identity, name__startswith=prefix).delete()
         shutil.rmtree(Path(storage.local.path(prefix)), ignore_errors=True)
     caches["default"].clear()
 
@@ -193,7 +193,7 @@ def wait_remote(storage: Any, names: list[str], timeout: float, poll: float = 0.
     """
     deadline = time.monotonic() + timeout
     want = len(names)
-    rows = FileRecord.objects.filter(storage=storage.key)
+    rows = FileRecord.objects.filter(storage=storage.identity)
     if want <= 50:
         rows = rows.filter(name__in=names)
     else:
@@ -292,12 +292,12 @@ def _save_parts(results: Results, plan: Plan) -> None:
 
     def record() -> None:
         with transaction.atomic():
-            location.record_saved(default_storage.key, next(names), KB)
+            transitions.record_saved(default_storage.identity, next(names), KB)
 
     def by_orm() -> None:
         with transaction.atomic():
             FileRecord.objects.create(
-                storage=default_storage.key, name=next(names), state=State.PENDING, version="v", size=KB
+                storage=default_storage.identity, name=next(names), state=State.PENDING, version="v", size=KB
             )
 
     def publish() -> None:

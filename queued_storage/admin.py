@@ -1,4 +1,4 @@
-"""The location records in the Django admin: see every file's state, retry and verify transfers."""
+"""The file records in the Django admin: see every file's state, retry and verify transfers."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class FileRecordAdmin(_ModelAdmin):
     ordering = ("-updated_at",)
     date_hierarchy = "created_at"
     actions = ("retry_transfer", "verify_remote_copy")
-    # The state machine lives in queued_storage.location; an edit by hand
+    # The state machine lives in queued_storage.transitions; an edit by hand
     # (state, version, lease) would let a worker switch or skip the wrong copy.
     readonly_fields = tuple(f.name for f in FileRecord._meta.fields)
 

@@ -52,7 +52,7 @@ def check_storages(**kwargs: Any) -> list[Error]:
     for _, storage in registry.conflicts():
         errors.append(
             Error(
-                f"Two QueuedStorages with the same local and remote storage ({storage.key}) differ "
+                f"Two QueuedStorages with the same local and remote storage ({storage.identity}) differ "
                 "in 'task' or 'delete_local', so a worker could not tell which one a file belongs to.",
                 hint="Give one of them a distinct cache_prefix, or make their options equal.",
                 id="queued_storage.E005",
@@ -74,7 +74,7 @@ def check_storages(**kwargs: Any) -> list[Error]:
         if same:
             errors.append(
                 Error(
-                    f"QueuedStorage {storage.key} uses {storage.local_path!r} as both local and "
+                    f"QueuedStorage {storage.identity} uses {storage.local_path!r} as both local and "
                     "remote storage, so a transfer would copy each file onto itself.",
                     hint="Point 'remote' at the remote storage (e.g. storages.backends.s3.S3Storage).",
                     id="queued_storage.E003",
@@ -83,7 +83,7 @@ def check_storages(**kwargs: Any) -> list[Error]:
         if getattr(storage.remote, "gzip", False) is True:
             errors.append(
                 Error(
-                    f"QueuedStorage {storage.key} has a remote storage with gzip=True: the remote copy "
+                    f"QueuedStorage {storage.identity} has a remote storage with gzip=True: the remote copy "
                     "would differ from the local file, so no transfer could be verified.",
                     hint="Set gzip=False in remote_options (compress files before saving them if needed).",
                     id="queued_storage.E006",
@@ -211,7 +211,7 @@ def check_records(*, databases: Sequence[str] | None = None, **kwargs: Any) -> l
 def check_nested_roots(**kwargs: Any) -> list[CheckMessage]:
     """Queued storages whose local directories nest while one of them serves its files by URL."""
     roots = []
-    unique = {s.key: s for _, s in [*registry.everything(), *registry.registered()]}
+    unique = {s.identity: s for _, s in [*registry.everything(), *registry.registered()]}
     for storage in unique.values():
         root = getattr(storage.local, "location", None)
         if root:
@@ -223,13 +223,14 @@ def check_nested_roots(**kwargs: Any) -> list[CheckMessage]:
                 continue
             if os.path.commonpath([outer_root, inner_root]) != outer_root:
                 continue
-            if inner_root == outer_root and outer.key > inner.key:
+            if inner_root == outer_root and outer.identity > inner.identity:
                 continue  # one directory shared by two: reported once
             where = "shares" if inner_root == outer_root else "lies inside"
             messages.append(
                 Warning(
-                    f"The local directory of queued storage {registry.label_of(inner.key)!r} ({inner_root}) "
-                    f"{where} that of {registry.label_of(outer.key)!r} ({outer_root}), and serve_url is set: "
+                    f"The local directory of queued storage {registry.label_of(inner.identity)!r} "
+                    f"({inner_root}) {where} that of {registry.label_of(outer.identity)!r} "
+                    f"({outer_root}), and serve_url is set: "
                     "a name of one storage can then reach a file of the other.",
                     hint="Give each queued storage a local directory of its own, side by side "
                     "(e.g. MEDIA_ROOT/files and MEDIA_ROOT/photos), not one inside the other.",

@@ -1,7 +1,7 @@
 """The cache's mirror of each file's state: the fast path of every read.
 
 The database row (:class:`~queued_storage.models.FileRecord`) is the truth,
-and :mod:`queued_storage.location` changes it; this module keeps the cache
+and :mod:`queued_storage.transitions` changes it; this module keeps the cache
 from contradicting it.
 
 The cache only ever keeps a state its row had at or after the moment the
@@ -21,7 +21,7 @@ compare-and-set, so this holds by four rules:
 - Readers only fill a missing entry (``add``), so they never replace one;
   the check above catches a fill that lands after a transition cleared the
   entry (or after a flush).
-- A write made while the row is locked (:func:`queued_storage.location.local_copy_removable`) needs
+- A write made while the row is locked (:func:`queued_storage.transitions.local_copy_removable`) needs
   no check: nothing can change the row before it lands.
 
 A stale state is therefore visible only between such a write and its check,

@@ -5,7 +5,7 @@ Celery) builds a :class:`Mover` for one message, calls :meth:`Mover.one` or
 :meth:`Mover.many`, and turns each :class:`Outcome` into what its queue does:
 nothing, a retry later, or a message of its own (:func:`report` logs it and
 sends the signals).  Every state change goes through
-:mod:`queued_storage.location`.
+:mod:`queued_storage.transitions`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import close_old_connections
 
-from . import location, threads
+from . import threads, transitions
 from .conf import conf
-from .location import Claim
 from .models import FileRecord, State
 from .redaction import redact
 from .signals import file_transferred, transfer_failed
@@ -36,6 +35,7 @@ from .transfer import (
     copy_file,
     remote_fingerprint,
 )
+from .transitions import Claim
 
 if TYPE_CHECKING:
     from django.core.files.storage import Storage
@@ -136,20 +136,20 @@ class Mover:
 
     def one(self, name: str, version: str) -> Outcome:
         """Claim, copy, verify and switch one file."""
-        claim, record = location.claim(self.storage.key, name, version, owner=self.owner)
+        claim, record = transitions.claim(self.storage.identity, name, version, owner=self.owner)
         if claim is not Claim.CLAIMED:
             return self._unclaimed(name, version, claim, record)
         assert record is not None
         keeper = threads.lease_keeper()
-        progress = keeper.add(self.storage.key, name, version)
+        progress = keeper.add(self.storage.identity, name, version)
         try:
             copied, seconds = self._copy(name, record, progress)
         finally:
-            keeper.discard(self.storage.key, name)
+            keeper.discard(self.storage.identity, name)
         if isinstance(copied, Exception):
             return self._failed(name, version, copied, retries=self.retries)
-        won = location.switch_to_remote(
-            self.storage.key, name, version, size=copied.size, checksum=copied.checksum
+        won = transitions.switch_to_remote(
+            self.storage.identity, name, version, size=copied.size, checksum=copied.checksum
         )
         return self._settle(name, version, record, copied, seconds, won)
 
@@ -173,13 +173,13 @@ class Mover:
         try:
             for start in range(0, len(files), CLAIM_CHUNK):
                 chunk = files[start : start + CLAIM_CHUNK]
-                claims = location.claim_many(self.storage.key, chunk, self.owner)
+                claims = transitions.claim_many(self.storage.identity, chunk, self.owner)
                 for (name, version), (claim, record) in zip(chunk, claims, strict=True):
                     if claim is not Claim.CLAIMED:
                         outcomes.append(self._unclaimed(name, version, claim, record))
                         continue
                     assert record is not None
-                    progress = keeper.add(self.storage.key, name, version)
+                    progress = keeper.add(self.storage.identity, name, version)
                     latest = uploader.submit(self._copy, name, record, progress)
                     if flight is not None:
                         self._land(landed, outcomes, *flight)
@@ -197,7 +197,7 @@ class Mover:
             if latest is not None:
                 latest.cancel()
             for name, _ in files:
-                keeper.discard(self.storage.key, name)
+                keeper.discard(self.storage.identity, name)
             raise
         return outcomes
 
@@ -213,7 +213,7 @@ class Mover:
         """Wait for the copy of ``name``; a copy joins ``landed``, a failure is its outcome now."""
         copied, seconds = future.result()
         if isinstance(copied, Exception):
-            threads.lease_keeper().discard(self.storage.key, name)
+            threads.lease_keeper().discard(self.storage.identity, name)
             # Retried in a message of its own, as a first retry: the others are done.
             outcomes.append(self._failed(name, version, copied, retries=0))
         else:
@@ -223,13 +223,13 @@ class Mover:
         """Switch the copies in ``landed`` together (one commit, one cache write), then empty it."""
         if not landed:
             return
-        won = location.switch_many(
-            self.storage.key,
+        won = transitions.switch_many(
+            self.storage.identity,
             [(name, version, copied.size, copied.checksum) for name, version, _, copied, _ in landed],
         )
         keeper = threads.lease_keeper()
         for (name, version, record, copied, seconds), switched in zip(landed, won, strict=True):
-            keeper.discard(self.storage.key, name)
+            keeper.discard(self.storage.identity, name)
             outcomes.append(self._settle(name, version, record, copied, seconds, switched))
         landed.clear()
 
@@ -271,7 +271,7 @@ class Mover:
         if not won:
             return self._orphaned(name, version)
         if self.delete_local:
-            with location.local_copy_removable(self.storage.key, name, version) as removable:
+            with transitions.local_copy_removable(self.storage.identity, name, version) as removable:
                 if removable:
                     self.storage.local.delete(name)
                 else:
@@ -295,7 +295,7 @@ class Mover:
 
         If that fails the tombstone stays, its lease given back, for the sweeper.
         """
-        record = location.get(self.storage.key, name)
+        record = transitions.get(self.storage.identity, name)
         try:
             if record is None:
                 self.storage.remote.delete(name)
@@ -314,7 +314,7 @@ class Mover:
         """Record a failed attempt: retry it after a backoff, or give up."""
         error = redact(f"{type(exc).__name__}: {exc}")
         final = isinstance(exc, PermanentTransferError) or retries >= conf.RETRIES
-        record = location.release(self.storage.key, name, version, error=error, failed=final)
+        record = transitions.release(self.storage.identity, name, version, error=error, failed=final)
         if record is None or record.version != version or record.state == State.DELETED:
             return self._orphaned(name, version)
         if final:
@@ -353,7 +353,7 @@ def report(storage: QueuedStorage, outcome: Outcome, *, sender: Any, worker: str
             extra={
                 "queued_storage": {
                     "event": "transferred",
-                    "storage": storage.key,
+                    "storage": storage.identity,
                     "name": outcome.name,
                     "size": copied.size,
                     "seconds": round(outcome.seconds, 3),

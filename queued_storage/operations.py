@@ -1,6 +1,6 @@
 """Operations on many files at once, shared by the admin and the ``queued_storage`` command.
 
-Every state change still goes through :mod:`queued_storage.location`; this
+Every state change still goes through :mod:`queued_storage.transitions`; this
 module only decides which files to act on and reports what it did.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
 
-from . import location, registry
+from . import registry, transitions
 from .models import FileRecord, State
 from .redaction import redact
 from .registry import declared, label_of, lookup
@@ -113,7 +113,7 @@ def retry(records: Iterable[FileRecord]) -> Outcome:
         storage = _storage_of(record, outcome)
         if storage is None:
             continue
-        fresh = location.requeue(record.storage, record.name)
+        fresh = transitions.requeue(record.storage, record.name)
         if fresh is None or fresh.state == State.REMOTE:
             outcome.skip("already remote", record.name)
             continue
@@ -205,7 +205,7 @@ def verify(record: FileRecord, *, read_back: bool = False) -> Verification:
                 record.name, False, redact(f"could not be checked: {type(exc).__name__}: {exc}"), False
             )
         error = "Verification failed: the remote copy is missing."
-    recorded = location.record_verification(record.storage, record.name, record.version, error)
+    recorded = transitions.record_verification(record.storage, record.name, record.version, error)
     return Verification(record.name, not error, error or f"remote copy matches ({how})", recorded)
 
 
@@ -217,7 +217,7 @@ def _other_roots(storage: QueuedStorage) -> set[str]:
     roots = set()
     for other in declared().values():
         location_ = getattr(other.local, "location", None)
-        if other.key != storage.key and location_:
+        if other.identity != storage.identity and location_:
             roots.add(os.path.realpath(location_))
     return roots
 
@@ -243,7 +243,7 @@ def unrecorded(storage: QueuedStorage) -> Iterator[str]:
                 pending.append(path)
         names = [f"{directory}/{name}" if directory else name for name in sorted(files)]
         known = set(
-            FileRecord.objects.filter(storage=storage.key, name__in=names).values_list("name", flat=True)
+            FileRecord.objects.filter(storage=storage.identity, name__in=names).values_list("name", flat=True)
         )
         yield from (name for name in names if name not in known)
 
@@ -254,15 +254,15 @@ def adopt(storage: QueuedStorage, name: str) -> str:
     One request asks the remote first, as a read of an unknown file does: a
     file already there (moved by another tool) is recorded as remote.
     """
-    state = location.remember_unknown(
-        storage.key,
+    state = transitions.remember_unknown(
+        storage.identity,
         name,
         on_remote=storage.remote.exists(name),
         on_local=True,
         size=storage.local.size(name),
     )
     if state == State.PENDING:
-        record = location.get(storage.key, name)
+        record = transitions.get(storage.identity, name)
         assert record is not None
         storage._queue(name, record.version, record.host, record.size)
     return state
@@ -277,7 +277,7 @@ def cleanup_candidates(older_than_days: float) -> Iterator[FileRecord]:
     records = FileRecord.objects.filter(state=State.REMOTE).filter(
         Q(transferred_at__lte=cutoff) | Q(transferred_at__isnull=True, updated_at__lte=cutoff)
     )
-    for chunk in location.chunked(records):
+    for chunk in transitions.chunked(records):
         yield from chunk
 
 
@@ -310,7 +310,7 @@ def cleanup_local(
         # Checked again, under a row lock, just before deleting: a file deleted
         # and saved anew since has a new version whose only copy is the local one.
         if not dry_run:
-            with location.local_copy_removable(record.storage, record.name, record.version) as removable:
+            with transitions.local_copy_removable(record.storage, record.name, record.version) as removable:
                 if removable:
                     storage.local.delete(record.name)
             if not removable:
@@ -328,7 +328,7 @@ def cleanup_local(
 
 def unknown_identities(using: str | None = None) -> list[str]:
     """Storage identities in the records that no storage of this project has."""
-    known = {storage.key for _, storage in [*registry.everything(), *registry.registered()]}
+    known = {storage.identity for _, storage in [*registry.everything(), *registry.registered()]}
     records = FileRecord.objects.using(using) if using else FileRecord.objects.all()
     found = records.order_by().values_list("storage", flat=True).distinct()
     return sorted(set(found) - known)
@@ -351,7 +351,7 @@ def rekey(
         if record.state == State.TRANSFERRING and record.lease_until and record.lease_until > now:
             outcome.skip("being copied now", name)
             continue
-        if location.get(storage.key, name) is not None:
+        if transitions.get(storage.identity, name) is not None:
             outcome.skip("recorded under the new identity already", name)
             continue
         try:
@@ -371,7 +371,7 @@ def rekey(
         if record.state == State.REMOTE and _checksum_mismatch(record.checksum, etag):
             outcome.skip("of another checksum in the new remote", name)
             continue
-        if not dry_run and not location.move(old, storage.key, name, record.version, size=size):
+        if not dry_run and not transitions.move(old, storage.identity, name, record.version, size=size):
             outcome.skip("changed meanwhile", name)
             continue
         outcome.done.append(name)

@@ -145,9 +145,9 @@ def _publish(
             options["queue"] = queue
         task = resolve_task(storage.task)
         if len(files) == 1:
-            task.apply_async((storage.key, *files[0]), **options)
+            task.apply_async((storage.identity, *files[0]), **options)
         else:
-            task.apply_async((storage.key,), {"files": [list(f) for f in files]}, **options)
+            task.apply_async((storage.identity,), {"files": [list(f) for f in files]}, **options)
     except Exception as exc:  # the record is the outbox: nothing is lost
         logger.warning(
             "queued_storage: could not queue the transfer of %s (%s: %s); it stays pending "
@@ -183,9 +183,9 @@ def coalesce(
         if size is None or size > BATCH_MAX_SIZE:
             groups.append((storage, [(name, version)], host))
             continue
-        index = open_groups.get((storage.key, host))
+        index = open_groups.get((storage.identity, host))
         if index is None or len(groups[index][1]) >= most:
-            index = open_groups[(storage.key, host)] = len(groups)
+            index = open_groups[(storage.identity, host)] = len(groups)
             groups.append((storage, [], host))
         groups[index][1].append((name, version))
     return groups

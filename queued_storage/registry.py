@@ -26,7 +26,7 @@ _registered: dict[str, QueuedStorage] = {}
 
 def register(storage: QueuedStorage) -> None:
     """Make a storage built outside ``STORAGES`` and model fields known to this process."""
-    _registered.setdefault(storage.key, storage)
+    _registered.setdefault(storage.identity, storage)
 
 
 def registered() -> list[tuple[str, QueuedStorage]]:
@@ -71,9 +71,9 @@ def declared() -> dict[str, QueuedStorage]:
     found: dict[str, QueuedStorage] = {}
     seen: set[str] = set()
     for label, storage in everything():
-        if storage.key not in seen:
+        if storage.identity not in seen:
             found[label] = storage
-            seen.add(storage.key)
+            seen.add(storage.identity)
     return found
 
 
@@ -82,7 +82,7 @@ def conflicts() -> list[tuple[QueuedStorage, QueuedStorage]]:
     first: dict[str, QueuedStorage] = {}
     pairs = []
     for _, storage in [*everything(), *registered()]:
-        earlier = first.setdefault(storage.key, storage)
+        earlier = first.setdefault(storage.identity, storage)
         if earlier is not storage and (earlier.task, earlier.delete_local) != (
             storage.task,
             storage.delete_local,
@@ -94,7 +94,7 @@ def conflicts() -> list[tuple[QueuedStorage, QueuedStorage]]:
 def lookup(identity: str) -> QueuedStorage:
     """The queued storage with this identity, or LookupError saying what the worker lacks."""
     for storage in declared().values():
-        if storage.key == identity:
+        if storage.identity == identity:
             return storage
     if identity in _registered:
         return _registered[identity]
@@ -107,7 +107,7 @@ def lookup(identity: str) -> QueuedStorage:
 
 def delayed() -> frozenset[str]:
     """The identities whose storage (as :func:`lookup` finds it) is ``delayed``."""
-    keys = {storage.key for _, storage in [*everything(), *registered()]}
+    keys = {storage.identity for _, storage in [*everything(), *registered()]}
     return frozenset(key for key in keys if lookup(key).delayed)
 
 
@@ -117,7 +117,7 @@ def by_label(label: str) -> QueuedStorage:
     if label in known:
         return known[label]
     for storage in known.values():
-        if storage.key == label:
+        if storage.identity == label:
             return storage
     raise LookupError(
         f"No queued storage called {label!r}; the declared ones are "
@@ -128,7 +128,7 @@ def by_label(label: str) -> QueuedStorage:
 def label_of(identity: str) -> str:
     """The label of the storage with this identity, or the identity itself if none is declared."""
     for label, storage in declared().items():
-        if storage.key == identity:
+        if storage.identity == identity:
             return label
     return identity
 

@@ -19,11 +19,11 @@ from django.utils.encoding import filepath_to_uri
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
-from . import identity, location, mirror
+from . import identity, mirror, transitions
 from .conf import conf
-from .location import FileStatus
 from .models import FileRecord, State
 from .signals import transfer_requested
+from .transitions import FileStatus
 
 DEFAULT_TASK = "queued_storage.tasks.Transfer"
 
@@ -119,7 +119,7 @@ class QueuedStorage(Storage):
         self._local_cls = _resolve_spec("local", self.local_path)
         self._remote_cls = _resolve_spec("remote", self.remote_path)
         self._connect()
-        self.key = identity.of(
+        self.identity = identity.of(
             local=self.local_path,
             remote=self.remote_path,
             local_options=self.local_options,
@@ -203,7 +203,7 @@ class QueuedStorage(Storage):
     # -- routing
 
     def get_cache_key(self, name: str) -> str:
-        return mirror.cache_key(self.key, name)
+        return mirror.cache_key(self.identity, name)
 
     def check_name(self, name: str) -> str:
         """``name`` normalised, or SuspiciousFileOperation for traversal, absolute paths and NUL bytes."""
@@ -222,7 +222,7 @@ class QueuedStorage(Storage):
         view, whose names come from requests, reads ``mirror.cached_state()``
         and never records anything.
         """
-        state = mirror.cached_state(self.key, name)
+        state = mirror.cached_state(self.identity, name)
         if state is None:
             # Remote first: a file moved by another tool (or by 0.8) is remote
             # even if a stale local copy remains.
@@ -231,8 +231,8 @@ class QueuedStorage(Storage):
             size = None
             if on_local or on_remote:
                 size = (self.local if on_local else self.remote).size(name)
-            state = location.remember_unknown(
-                self.key, name, on_remote=on_remote, on_local=on_local, size=size
+            state = transitions.remember_unknown(
+                self.identity, name, on_remote=on_remote, on_local=on_local, size=size
             )
         return state
 
@@ -272,10 +272,10 @@ class QueuedStorage(Storage):
                 # A savepoint, so a lost race does not break the caller's transaction.
                 with transaction.atomic(using=router.db_for_write(FileRecord)):
                     # The record first: it reserves the name before any byte is written.
-                    record = location.record_saved(self.key, name, size)
+                    record = transitions.record_saved(self.identity, name, size)
                     stored = str(self.local.save(name, content))
                     if stored != name:  # a local file of that name appeared meanwhile
-                        record = location.rename(record, stored)
+                        record = transitions.rename(record, stored)
             except IntegrityError:
                 # The name is recorded already (a remote-only file, or another
                 # process won the race): nothing of ours was kept, try another.
@@ -292,7 +292,7 @@ class QueuedStorage(Storage):
             # earlier probe of this name goes; cleared sooner, a reader could
             # refill it before the commit.  Registered first: it runs before the publish.
             transaction.on_commit(
-                partial(mirror.uncache, self.key, stored), using=router.db_for_write(FileRecord)
+                partial(mirror.uncache, self.identity, stored), using=router.db_for_write(FileRecord)
             )
             if not self.delayed:
                 self._queue(stored, record.version, record.host, size)
@@ -318,7 +318,7 @@ class QueuedStorage(Storage):
         """Queue the copy of ``name`` now (after the transaction commits); False if already remote."""
         name = self.check_name(name)
         self.locate(name)
-        record = location.requeue(self.key, name)
+        record = transitions.requeue(self.identity, name)
         if record is None:
             raise FileNotFoundError(f"{name!r} is not in this storage.")
         if record.state == State.REMOTE:
@@ -336,7 +336,7 @@ class QueuedStorage(Storage):
         requeue``) finishes it, or call ``delete()`` again.
         """
         name = self.check_name(name)
-        tombstone = location.forget(self.key, name)
+        tombstone = transitions.forget(self.identity, name)
         if tombstone is None:  # a file the app never recorded: whatever copy exists goes
             self.local.delete(name)
             self.remote.delete(name)
@@ -357,11 +357,11 @@ class QueuedStorage(Storage):
             if remote:
                 self.remote.delete(name)
         except Exception as exc:
-            location.release_tombstone(
-                self.key, name, version, error=f"{type(exc).__name__}: {exc}", lease=lease
+            transitions.release_tombstone(
+                self.identity, name, version, error=f"{type(exc).__name__}: {exc}", lease=lease
             )
             raise
-        location.discard(self.key, name, version)
+        transitions.discard(self.identity, name, version)
 
     # -- reading
 
@@ -374,7 +374,7 @@ class QueuedStorage(Storage):
         Never asks the remote storage, so ``save()`` costs no remote request.
         """
         name = self.check_name(name)
-        return location.name_taken(self.key, name) or self.local.exists(name)
+        return transitions.name_taken(self.identity, name) or self.local.exists(name)
 
     def listdir(self, path: str) -> tuple[list[str], list[str]]:
         dirs, files = self.local.listdir(path)
@@ -423,15 +423,15 @@ class QueuedStorage(Storage):
     def status(self, name: str) -> FileStatus:
         """Where ``name`` is and how its transfer goes."""
         name = self.check_name(name)
-        record = location.get(self.key, name)
+        record = transitions.get(self.identity, name)
         if record is None and self.locate(name) != mirror.ABSENT:
-            record = location.get(self.key, name)  # unknown until now: recorded by locate()
+            record = transitions.get(self.identity, name)  # unknown until now: recorded by locate()
         if record is None or record.state == State.DELETED:
             raise FileNotFoundError(f"{name!r} is not in this storage.")
         return FileStatus.of(record)
 
     def __repr__(self) -> str:
-        key = getattr(self, "key", "(not built)")
+        key = getattr(self, "identity", "(not built)")
         return f"<{type(self).__name__} {key}: {self.local_path} -> {self.remote_path}>"
 
 

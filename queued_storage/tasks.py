@@ -24,7 +24,7 @@ from celery.signals import (
 )
 from django.db import close_old_connections
 
-from . import location, registry, threads
+from . import registry, threads, transitions
 from .conf import conf, problems
 from .mover import Copier, Kind, Mover, Outcome, default_copy, report
 from .publishing import Message, coalesce, enqueue, enqueue_many
@@ -56,10 +56,10 @@ class Transfer(_Task):
     delete_local = False
 
     def run(
-        self, storage_key: str, name: str = "", version: str = "", *, files: Any = None, **kwargs: Any
+        self, identity: str, name: str = "", version: str = "", *, files: Any = None, **kwargs: Any
     ) -> str:
         close_old_connections()
-        storage = registry.lookup(storage_key)
+        storage = registry.lookup(identity)
         mover = Mover(
             storage,
             copy=self._copier(),
@@ -171,7 +171,7 @@ def sweep(
     ``lapsed_for`` seconds (default ``older_than``).  The pending files of a
     ``delayed`` storage only once ``transfer()`` queued them.  Small files go
     as messages of several, as the background publisher sends them.  The rows
-    are read :data:`location.CHUNK` at a time.
+    are read :data:`transitions.CHUNK` at a time.
 
     ``held`` is called between files; once it is False (another process took
     over the sweep) the sweep stops after the chunk it holds, whose files
@@ -185,7 +185,7 @@ def sweep(
         lost = lost or (held is not None and not held())
         return not lost
 
-    for tombstones in location.abandoned():
+    for tombstones in transitions.abandoned():
         for record in tombstones:
             going()
             try:
@@ -200,13 +200,13 @@ def sweep(
                     exc,
                 )
                 if isinstance(exc, LookupError):  # no storage to give the lease back through
-                    location.release_tombstone(record.storage, record.name, record.version, error=str(exc))
+                    transitions.release_tombstone(record.storage, record.name, record.version, error=str(exc))
                 swept.undeletable += 1
             else:
                 swept.deleted += 1
         if not going():
             return _stopped(swept)
-    for records in location.stale(
+    for records in transitions.stale(
         older_than, failed=failed, delayed=registry.delayed(), lapsed_for=lapsed_for
     ):
         messages: list[Message] = []

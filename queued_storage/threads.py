@@ -19,7 +19,7 @@ from typing import Any
 
 from django.db import connections
 
-from . import location, lock
+from . import lock, transitions
 from .conf import conf
 from .transfer import Progress
 
@@ -76,7 +76,7 @@ class LeaseKeeper(threading.Thread):
             return
         try:
             for (storage, name), version, done in files:
-                location.heartbeat(storage, name, version, done)
+                transitions.heartbeat(storage, name, version, done)
         except Exception:
             # The database is down: the next beat tries again, and a lease
             # that lapses meanwhile only lets the sweeper queue the file.

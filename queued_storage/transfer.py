@@ -1,6 +1,6 @@
 """Copy one file from a local to a remote storage and verify the copy.
 
-Knows nothing of Celery or of the location records: a plain function the
+Knows nothing of Celery or of the file records: a plain function the
 task (and anyone else) can call.  The generic copy streams the file through
 ``remote.save()``; a remote whose kind has its own upload
 (:mod:`queued_storage.remotes`) gets that instead.

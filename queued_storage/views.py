@@ -122,7 +122,7 @@ def serve(
     guard = _guard(permission)
     if not _allowed(request, name, guard):
         raise PermissionDenied
-    state = mirror.cached_state(qs.key, name)
+    state = mirror.cached_state(qs.identity, name)
     if state == State.REMOTE:
         return _redirect(qs, name)
     if state not in (State.PENDING, State.TRANSFERRING, State.FAILED):
@@ -131,7 +131,7 @@ def serve(
         file = qs.local.open(name, "rb")
     except FileNotFoundError:
         # Switched since the lookup, its local copy deleted (delete_local)?
-        if mirror.row_state(qs.key, name) == State.REMOTE:
+        if mirror.row_state(qs.identity, name) == State.REMOTE:
             return _redirect(qs, name)
         raise Http404("No such file.") from None
     try:

@@ -153,10 +153,10 @@ def broker(services: plugin.Services) -> Iterator[Any]:
 
 def transfer_now(storage: Any, name: str) -> str:
     """Run the transfer task of ``name`` in this process, as a worker would; returns its result."""
-    from queued_storage import location
+    from queued_storage import transitions
     from queued_storage.publishing import resolve_task
 
-    record = location.get(storage.key, name)
+    record = transitions.get(storage.identity, name)
     assert record is not None
-    result = resolve_task(storage.task).apply(args=(storage.key, name, record.version), throw=True)
+    result = resolve_task(storage.task).apply(args=(storage.identity, name, record.version), throw=True)
     return str(result.get())

@@ -8,7 +8,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage as _default_storage
 
-from queued_storage import QueuedStorage, location
+from queued_storage import QueuedStorage, transitions
 from queued_storage.models import FileRecord
 
 from .conftest import transfer_now
@@ -21,13 +21,13 @@ CHANGELIST = "/admin/queued_storage/filerecord/"
 
 
 def record(name: str) -> FileRecord:
-    return FileRecord.objects.get(storage=default_storage.key, name=name)
+    return FileRecord.objects.get(storage=default_storage.identity, name=name)
 
 
 def fail(name: str, error: str = "ConnectionError: S3 is down") -> None:
     rec = record(name)
-    location.claim(rec.storage, name, rec.version, owner="test")
-    location.release(rec.storage, name, rec.version, error=error, failed=True)
+    transitions.claim(rec.storage, name, rec.version, owner="test")
+    transitions.release(rec.storage, name, rec.version, error=error, failed=True)
 
 
 def test_changelist_filters_and_search(admin_client):
@@ -42,7 +42,7 @@ def test_changelist_filters_and_search(admin_client):
     assert "admin/beta.txt" in failed and "admin/alpha.txt" not in failed
     found = admin_client.get(CHANGELIST, {"q": "alpha"}).content.decode()
     assert "admin/alpha.txt" in found and "admin/beta.txt" not in found
-    by_storage = admin_client.get(CHANGELIST, {"storage": default_storage.key}).content.decode()
+    by_storage = admin_client.get(CHANGELIST, {"storage": default_storage.identity}).content.decode()
     assert "admin/alpha.txt" in by_storage
     assert admin_client.get(CHANGELIST, {"storage": "other"}).status_code == 200
     assert a == "admin/alpha.txt"

@@ -18,12 +18,12 @@ def _saved(storage, names):
     files = []
     for name in names:
         stored = storage.save(name, ContentFile(name.encode() * 10))
-        files.append([stored, FileRecord.objects.get(storage=storage.key, name=stored).version])
+        files.append([stored, FileRecord.objects.get(storage=storage.identity, name=stored).version])
     return files
 
 
 def _run(storage, files):
-    return resolve_task(storage.task).apply(args=(storage.key,), kwargs={"files": files}).get()
+    return resolve_task(storage.task).apply(args=(storage.identity,), kwargs={"files": files}).get()
 
 
 def test_every_file_of_a_message_is_transferred_and_switched(make, eager):
@@ -75,7 +75,7 @@ def test_one_copy_at_a_time_in_one_upload_thread(make, eager):
     Watched.task_ids.clear()
     storage = make(delayed=True, task="tests.testapp.tasks.Watched")
     files = _saved(storage, [f"{i}.txt" for i in range(6)])
-    result = resolve_task(storage.task).apply(args=(storage.key,), kwargs={"files": files})
+    result = resolve_task(storage.task).apply(args=(storage.identity,), kwargs={"files": files})
     assert result.get() == "remote: 6"
     assert Watched.most == 1  # the same parallelism towards the remote as a one-file task
     assert len(Watched.threads) == 1 and next(iter(Watched.threads)).startswith("queued_storage upload")
@@ -83,18 +83,18 @@ def test_one_copy_at_a_time_in_one_upload_thread(make, eager):
 
 
 def test_copies_are_switched_in_batches_while_the_next_one_copies(make, eager, monkeypatch):
-    from queued_storage import location
+    from queued_storage import transitions
 
     storage = make(delayed=True)
     files = _saved(storage, [f"{i}.txt" for i in range(7)])
     batches = []
-    real = location.switch_many
+    real = transitions.switch_many
 
     def switch_many(key, copies):
         batches.append([name for name, *_ in copies])
         return real(key, copies)
 
-    monkeypatch.setattr(location, "switch_many", switch_many)
+    monkeypatch.setattr(transitions, "switch_many", switch_many)
     assert _run(storage, files) == "remote: 7"
     assert batches == [["0.txt", "1.txt", "2.txt", "3.txt", "4.txt"], ["5.txt", "6.txt"]]
     assert all(storage.url(name).startswith("/remote/") for name, _ in files)
@@ -130,7 +130,7 @@ def test_a_forked_child_gets_its_own_upload_thread_and_lease_keeper():
 
 
 def test_a_database_error_stops_the_message_and_leaves_the_rest_to_the_sweeper(make, eager, monkeypatch):
-    from queued_storage import location, mover, threads
+    from queued_storage import mover, threads, transitions
 
     storage = make(delayed=True)
     files = _saved(storage, ["a.txt", "b.txt", "c.txt"])
@@ -138,9 +138,9 @@ def test_a_database_error_stops_the_message_and_leaves_the_rest_to_the_sweeper(m
     def down(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(location, "switch_many", down)
+    monkeypatch.setattr(transitions, "switch_many", down)
     monkeypatch.setattr(mover, "SWITCH_BATCH", 1)  # a's switch fails while b copies
-    result = resolve_task(storage.task).apply(args=(storage.key,), kwargs={"files": files})
+    result = resolve_task(storage.task).apply(args=(storage.identity,), kwargs={"files": files})
     assert result.failed() and "database went away" in str(result.result)
     threads.upload_executor().submit(lambda: None).result(5)  # whatever was running has finished
     assert not storage.remote.exists("c.txt")  # never started once the message failed

@@ -146,14 +146,15 @@ def test_records_of_an_identity_no_storage_has_warn_with_the_way_forward():
 
     from queued_storage.models import FileRecord
 
-    FileRecord.objects.create(storage=default_storage.key, name="kept.txt", version="v")
+    FileRecord.objects.create(storage=default_storage.identity, name="kept.txt", version="v")
     assert ids(databases=["default"]) == []
     FileRecord.objects.create(storage="FileSystemStorage-S3Storage-0ldb0cket000", name="a.txt", version="v")
     assert ids() == []  # the query runs only with a database: migrate, check --database
     assert ids(databases=["default"]) == ["queued_storage.W005"]
     [warning] = [e for e in run_checks(databases=["default"]) if e.id == "queued_storage.W005"]
     assert (
-        "FileSystemStorage-S3Storage-0ldb0cket000" in warning.msg and default_storage.key not in warning.msg
+        "FileSystemStorage-S3Storage-0ldb0cket000" in warning.msg
+        and default_storage.identity not in warning.msg
     )
     assert "queued_storage rekey OLD_IDENTITY LABEL" in warning.hint
 

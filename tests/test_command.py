@@ -15,7 +15,7 @@ from django.core.files.storage import default_storage as _default_storage
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from queued_storage import QueuedStorage, location
+from queued_storage import QueuedStorage, transitions
 from queued_storage.models import FileRecord
 
 from .conftest import transfer_now
@@ -33,13 +33,13 @@ def run(*args: str) -> str:
 
 
 def record(name: str, storage: QueuedStorage = default_storage) -> FileRecord:
-    return FileRecord.objects.get(storage=storage.key, name=name)
+    return FileRecord.objects.get(storage=storage.identity, name=name)
 
 
 def fail(name: str, error: str = "ConnectionError: S3 is down") -> None:
     rec = record(name)
-    location.claim(rec.storage, name, rec.version, owner="test")
-    location.release(rec.storage, name, rec.version, error=error, failed=True)
+    transitions.claim(rec.storage, name, rec.version, owner="test")
+    transitions.release(rec.storage, name, rec.version, error=error, failed=True)
 
 
 @pytest.mark.parametrize("sub", ["status", "retry", "requeue", "transfer-existing", "cleanup-local", "rekey"])
@@ -61,7 +61,7 @@ def test_status_text_and_json():
     photos.save("cmd/photo.png", ContentFile(b"png"))
 
     text = run("status")
-    assert f"default ({default_storage.key})" in text
+    assert f"default ({default_storage.identity})" in text
     assert "testapp.Photo.image" in text
     assert "Total: 2 pending, 0 transferring, 1 remote, 1 failed." in text
     assert "Waiting for transfer: 1.0 KB." in text  # 1000 + 3 bytes
@@ -230,11 +230,13 @@ def test_rekey_moves_only_records_whose_file_the_new_remote_has(s3):
         ("rk/other.txt", b"0ther"),
     ]:
         s3.put_object(Bucket="qs-bucket", Key=key, Body=body)
-    FileRecord.objects.create(storage=default_storage.key, name="rk/both.txt", state="pending", version="v2")
+    FileRecord.objects.create(
+        storage=default_storage.identity, name="rk/both.txt", state="pending", version="v2"
+    )
 
     dry = run("rekey", OLD, "default", "--dry-run")
     assert "would move rk/copied.txt" in dry and "left rk/missing.txt: not in the new remote" in dry
-    assert f"Would move 2 record(s) from {OLD} to default ({default_storage.key})" in dry
+    assert f"Would move 2 record(s) from {OLD} to default ({default_storage.identity})" in dry
     assert FileRecord.objects.filter(storage=OLD).count() == 5
 
     out = run("rekey", OLD, "default")
@@ -257,7 +259,7 @@ def test_rekey_moves_only_records_whose_file_the_new_remote_has(s3):
 def test_rekey_refuses_a_live_identity_an_unknown_label_and_an_unknown_identity():
     FileRecord.objects.create(storage=OLD, name="x.txt", state="remote", version="v1", size=1)
     with pytest.raises(CommandError, match="a storage of this project"):
-        run("rekey", default_storage.key, "default")
+        run("rekey", default_storage.identity, "default")
     with pytest.raises(CommandError, match="No queued storage called 'nope'"):
         run("rekey", OLD, "nope")
     with pytest.raises(CommandError, match="No records under the identity 'Gone-000'"):

@@ -22,7 +22,7 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from queued_storage import QueuedStorage, location
+from queued_storage import QueuedStorage, transitions
 from queued_storage.models import FileRecord
 from queued_storage.mover import Kind, Mover
 from queued_storage.tasks import requeue
@@ -53,13 +53,13 @@ def flaky(make: Any) -> Iterator[QueuedStorage]:
 
 
 def row(storage: QueuedStorage, name: str) -> FileRecord | None:
-    return location.get(storage.key, name)
+    return transitions.get(storage.identity, name)
 
 
 def lapse(storage: QueuedStorage, name: str) -> None:
     """The lease holder died: its lease runs out."""
     past = timezone.now() - timedelta(seconds=1)
-    FileRecord.objects.filter(storage=storage.key, name=name).update(lease_until=past)
+    FileRecord.objects.filter(storage=storage.identity, name=name).update(lease_until=past)
 
 
 def test_a_failed_remote_delete_leaves_a_tombstone_the_sweeper_finishes(flaky):
@@ -109,8 +109,8 @@ def test_a_tombstone_whose_worker_died_is_finished_by_the_sweeper(make):
     record = row(storage, name)
     assert record is not None
     # A worker takes the file and has copied it, then dies before it could switch.
-    outcome, _ = location.claim(storage.key, name, record.version, owner="doomed")
-    assert outcome is location.Claim.CLAIMED
+    outcome, _ = transitions.claim(storage.identity, name, record.version, owner="doomed")
+    assert outcome is transitions.Claim.CLAIMED
     storage.remote.save(name, ContentFile(b"data"))
     storage.delete(name)
     tombstone = row(storage, name)
@@ -130,12 +130,12 @@ def test_the_sweeper_leaves_the_tombstone_of_a_live_worker_alone(make):
     name = storage.save("alive.bin", ContentFile(b"data"))
     record = row(storage, name)
     assert record is not None
-    location.claim(storage.key, name, record.version, owner="alive")
+    transitions.claim(storage.identity, name, record.version, owner="alive")
     storage.remote.save(name, ContentFile(b"data"))
     storage.delete(name)
     lapse(storage, name)
     # The worker's lease keeper beats: it keeps the tombstone, as it kept the copy.
-    assert not location.heartbeat(storage.key, name, record.version, 4)
+    assert not transitions.heartbeat(storage.identity, name, record.version, 4)
     tombstone = row(storage, name)
     assert tombstone is not None and tombstone.lease_until is not None
     assert tombstone.lease_until > timezone.now()
@@ -150,7 +150,7 @@ def test_a_worker_that_cannot_remove_its_copy_leaves_it_to_the_sweeper(flaky):
     flaky.remote.save(name, ContentFile(b"data"))
     record = row(flaky, name)
     assert record is not None
-    location.claim(flaky.key, name, record.version, owner="worker")
+    transitions.claim(flaky.identity, name, record.version, owner="worker")
     flaky.delete(name)  # the worker holds the lease: it removes the copy when its copy ends
     _failures["delete"] = 1
 
@@ -198,7 +198,7 @@ def test_no_interleaving_orphans_a_copy_or_keeps_the_name_for_good(flaky, copyin
     assert record is not None
     alive = copying  # a worker holds the lease and has copied the file so far
     if copying:
-        location.claim(flaky.key, name, record.version, owner="worker")
+        transitions.claim(flaky.identity, name, record.version, owner="worker")
         flaky.remote.save(name, ContentFile(b"data"))
     deleted = False
     for step in steps:
@@ -215,10 +215,10 @@ def test_no_interleaving_orphans_a_copy_or_keeps_the_name_for_good(flaky, copyin
             requeue(300)
         elif step == "worker ends" and alive:
             alive = False
-            if not location.switch_to_remote(flaky.key, name, record.version, size=4, checksum=""):
+            if not transitions.switch_to_remote(flaky.identity, name, record.version, size=4, checksum=""):
                 Mover(flaky)._orphaned(name, record.version)
         elif step == "worker beats" and alive:
-            location.heartbeat(flaky.key, name, record.version, 4)
+            transitions.heartbeat(flaky.identity, name, record.version, 4)
         now = row(flaky, name)
         if now is None:  # no record left: no copy either
             assert not flaky.remote.exists(name) and not flaky.local.exists(name)

@@ -43,7 +43,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 def record(name: str) -> FileRecord:
-    return FileRecord.objects.get(storage=default_storage.key, name=name)  # type: ignore[attr-defined]
+    return FileRecord.objects.get(storage=default_storage.identity, name=name)  # type: ignore[attr-defined]
 
 
 def all_remote(names: list[str]) -> bool:

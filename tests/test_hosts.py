@@ -19,7 +19,7 @@ from django.core.files.storage import default_storage as _default_storage
 from django.core.management import call_command
 from django.test import override_settings
 
-from queued_storage import QueuedStorage, location
+from queued_storage import QueuedStorage, transitions
 from queued_storage.models import FileRecord
 from queued_storage.publishing import queue_for
 
@@ -70,16 +70,16 @@ def test_each_file_is_copied_by_the_worker_of_its_host(start_worker, tmp_path, s
                 name = default_storage.local.save(
                     default_storage.get_available_name("hosts/stranded.txt"), ContentFile(data)
                 )
-                location.record_saved(default_storage.key, name, len(data))
+                transitions.record_saved(default_storage.identity, name, len(data))
                 files[host][name] = data
                 # Failed for good: the retry command's job.
                 data = f"{host} failed\n".encode()
                 name = default_storage.local.save(
                     default_storage.get_available_name("hosts/failed.txt"), ContentFile(data)
                 )
-                rec = location.record_saved(default_storage.key, name, len(data))
-                location.claim(rec.storage, name, rec.version, owner="test")
-                location.release(rec.storage, name, rec.version, error="S3 was down", failed=True)
+                rec = transitions.record_saved(default_storage.identity, name, len(data))
+                transitions.claim(rec.storage, name, rec.version, owner="test")
+                transitions.release(rec.storage, name, rec.version, error="S3 was down", failed=True)
                 files[host][name] = data
         # Both hosts save the same names: each host has its own disk, the
         # storage gives the second host's files free names.

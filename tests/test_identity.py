@@ -66,11 +66,11 @@ def registry():
 
 def test_identity_is_the_same_in_another_process(registry):
     """The worker computes the identity afresh: any option must give it the same one."""
-    here = {kind: QueuedStorage(**_options(kind)).key for kind in KINDS}
+    here = {kind: QueuedStorage(**_options(kind)).identity for kind in KINDS}
     script = (
         "import django, json; django.setup(); "
         "from queued_storage import QueuedStorage; from tests.test_identity import KINDS, _options; "
-        "print(json.dumps({k: QueuedStorage(**_options(k)).key for k in KINDS}))"
+        "print(json.dumps({k: QueuedStorage(**_options(k)).identity for k in KINDS}))"
     )
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed, "DJANGO_SETTINGS_MODULE": "tests.settings"}
@@ -118,7 +118,7 @@ def test_canonical_forms_of_objects_are_their_class_and_public_state():
 def test_identity_follows_the_bucket_endpoint_and_prefix_from_settings(registry):
     def key(**settings: Any) -> str:
         with override_settings(**settings):
-            return QueuedStorage(local=FS, remote=S3).key
+            return QueuedStorage(local=FS, remote=S3).identity
 
     base = key()
     assert key(AWS_STORAGE_BUCKET_NAME="qs-other-bucket") != base
@@ -135,7 +135,7 @@ def test_identity_follows_the_options_of_a_remote_alias(settings, registry):
             **settings.STORAGES,
             "bucket": {"BACKEND": S3, "OPTIONS": {"bucket_name": bucket}},
         }
-        return QueuedStorage(local=FS, remote="bucket").key
+        return QueuedStorage(local=FS, remote="bucket").identity
 
     assert key("qs-one") != key("qs-two")
 
@@ -183,7 +183,7 @@ def test_deconstruction_leaves_secrets_out_and_rebuilds_the_same_storage(registr
         "delayed": True,
     }
     assert SECRET not in repr(storage.deconstruct())
-    assert import_string(path)(*args, **kwargs).key == storage.key
+    assert import_string(path)(*args, **kwargs).identity == storage.identity
     assert storage.remote.secret_key == SECRET  # the storage itself still uses it
 
 
@@ -216,5 +216,5 @@ def test_a_storage_rebuilt_from_its_class_path_without_arguments(registry):
     original = PhotoStorage()
     storages_registry.register(original)
     rebuilt = import_string(f"{PhotoStorage.__module__}.{PhotoStorage.__qualname__}")()
-    assert rebuilt.key == original.key and storages_registry.lookup(rebuilt.key) is original
+    assert rebuilt.identity == original.identity and storages_registry.lookup(rebuilt.identity) is original
     assert original.deconstruct() == ("tests.test_identity.PhotoStorage", (), {})

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 
 def state_of(storage, name):
-    return FileRecord.objects.get(storage=storage.key, name=name).state
+    return FileRecord.objects.get(storage=storage.identity, name=name).state
 
 
 @pytest.mark.integration
@@ -75,8 +75,8 @@ def test_cache_flush_answers_from_database_without_s3_requests(start_worker, ser
     assert services.s3_proxy.count() == 0
     assert default_storage.url(local) == "/media/b.txt"
 
-@pytest.mark.integration
 
+@pytest.mark.integration
 def test_field_declared_storage_with_signed_urls_and_delete_local(start_worker, services, s3):
     import io
 
@@ -104,8 +104,8 @@ def test_save_sends_nothing_to_s3(services):
     assert services.s3_proxy.count() == 0
     assert FileRecord.objects.filter(state="pending").count() == 5
 
-@pytest.mark.integration
 
+@pytest.mark.integration
 def test_s3_outage_shorter_than_the_retries_recovers(start_worker, services, s3):
     services.s3_proxy.refuse()
     start_worker()
@@ -141,8 +141,8 @@ def test_s3_down_for_good_fails_visibly_then_requeue_recovers(start_worker, serv
     wait_for(lambda: state_of(default_storage, name) == "remote", what="remote after requeue")
     assert s3_body(s3, "qs-bucket", name) == b"later"
 
-@pytest.mark.integration
 
+@pytest.mark.integration
 def test_task_message_carries_no_option_or_secret(services):
     import json
 
@@ -162,7 +162,7 @@ def test_task_message_carries_no_option_or_secret(services):
     body = base64.b64decode(envelope["body"])
     assert len(body) < 512
     args = json.loads(body)[0]
-    assert args[0] == photos.key and args[1] == "secret.png" and len(args) == 3
+    assert args[0] == photos.identity and args[1] == "secret.png" and len(args) == 3
 
 
 @pytest.mark.parametrize("name", ["ünïcödé ✓.txt", "with space.txt", "100%.txt", "a+b=c&d.txt", "empty.bin"])
@@ -179,8 +179,8 @@ def test_awkward_names_round_trip_to_s3_keys_and_urls(start_worker, s3, name):
     with urllib.request.urlopen(default_storage.url(saved)) as response:
         assert response.read() == data
 
-@pytest.mark.integration
 
+@pytest.mark.integration
 def test_delayed_storage_moves_only_on_transfer(start_worker):
     from .testapp.models import Legacy
 

@@ -46,18 +46,18 @@ def test_status_shows_bytes_done_mid_copy(start_worker, services, s3):
 
 
 def test_the_lease_keeper_renews_a_file_until_it_is_discarded(settings):
-    from queued_storage import location, threads
+    from queued_storage import threads, transitions
     from queued_storage.models import FileRecord
 
     settings.QUEUED_STORAGE_QUEUE = "nobody-consumes-this"
     name = default_storage.save("progress/lease.txt", ContentFile(b"x"))
     version = FileRecord.objects.get(name=name).version
-    location.claim(default_storage.key, name, version, owner="test")
+    transitions.claim(default_storage.identity, name, version, owner="test")
     claimed = default_storage.status(name)
     settings.QUEUED_STORAGE_LEASE = 0.6  # a beat every 0.2 s
     keeper = threads.LeaseKeeper()
     keeper.start()
-    progress = keeper.add(default_storage.key, name, version)
+    progress = keeper.add(default_storage.identity, name, version)
     progress(123)
 
     def renewed():
@@ -65,13 +65,13 @@ def test_the_lease_keeper_renews_a_file_until_it_is_discarded(settings):
         return status if status.bytes_done == 123 else None
 
     assert wait_for(renewed, timeout=5, what="a heartbeat").updated_at > claimed.updated_at
-    keeper.discard(default_storage.key, name)
+    keeper.discard(default_storage.identity, name)
     # A second file added after the discard: every beat that renews it took its
     # list of files after the discard, so it must leave the first one alone.
     other = default_storage.save("progress/lease-other.txt", ContentFile(b"y"))
     other_version = FileRecord.objects.get(name=other).version
-    location.claim(default_storage.key, other, other_version, owner="test")
-    keeper.add(default_storage.key, other, other_version)(456)
+    transitions.claim(default_storage.identity, other, other_version, owner="test")
+    keeper.add(default_storage.identity, other, other_version)(456)
     wait_for(lambda: default_storage.status(other).bytes_done == 456, timeout=5, what="the other's heartbeat")
     last = FileRecord.objects.get(name=name).lease_until
     renewed_at = FileRecord.objects.get(name=other).lease_until
@@ -80,7 +80,7 @@ def test_the_lease_keeper_renews_a_file_until_it_is_discarded(settings):
         timeout=5,
         what="another beat of the other file",
     )
-    keeper.discard(default_storage.key, other)
+    keeper.discard(default_storage.identity, other)
     assert FileRecord.objects.get(name=name).lease_until == last  # no longer renewed
 
 
@@ -137,7 +137,7 @@ def test_one_structured_log_record_per_transfer(caplog):
     fields = records[0].queued_storage
     assert fields["event"] == "transferred"
     assert (fields["name"], fields["size"], fields["attempts"]) == (name, 600, 1)
-    assert fields["storage"] == default_storage.key
+    assert fields["storage"] == default_storage.identity
     assert fields["seconds"] >= 0 and fields["mb_per_s"] >= 0
     assert (fields["worker"], fields["host"]) == (gethostname(), conf.HOST)
     assert records[0].getMessage().startswith(f"queued_storage: transferred {name} (600 bytes) in ")

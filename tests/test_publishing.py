@@ -108,17 +108,17 @@ def test_coalesce_groups_small_files_by_storage_and_host(make, tmp_path):
         (one, "f", "1", "web1", 10),
     ] + [(one, f"n{i}", "1", "web1", 10) for i in range(10)]
     groups = [
-        (storage.key, [name for name, _ in files], host)
+        (storage.identity, [name for name, _ in files], host)
         for storage, files, host in publishing.coalesce(messages, 10)
     ]
     first = ["a", "f"] + [f"n{i}" for i in range(10 - 2)]
     assert groups == [
-        (one.key, first, "web1"),
-        (other.key, ["b"], "web1"),
-        (one.key, ["c"], "web2"),
-        (one.key, ["d"], "web1"),
-        (one.key, ["e"], "web1"),
-        (one.key, [f"n{i}" for i in range(10 - 2, 10)], "web1"),
+        (one.identity, first, "web1"),
+        (other.identity, ["b"], "web1"),
+        (one.identity, ["c"], "web2"),
+        (one.identity, ["d"], "web1"),
+        (one.identity, ["e"], "web1"),
+        (one.identity, [f"n{i}" for i in range(10 - 2, 10)], "web1"),
     ]
 
 

@@ -45,9 +45,9 @@ def test_the_record_of_a_save_is_the_row_the_orm_would_write(make):
     before = timezone.now()
     name = storage.save("a.txt", ContentFile(b"abc"))
     after = timezone.now()
-    saved = FileRecord.objects.get(storage=storage.key, name=name)
+    saved = FileRecord.objects.get(storage=storage.identity, name=name)
     by_orm = FileRecord.objects.create(
-        storage=storage.key, name="b.txt", state="pending", version=saved.version, size=3, host=conf.HOST
+        storage=storage.identity, name="b.txt", state="pending", version=saved.version, size=3, host=conf.HOST
     )
 
     def columns(record):
@@ -108,7 +108,7 @@ def test_delete_local_keeps_the_copy_when_the_cache_still_says_local(make, eager
     storage.transfer(name)
     assert FileRecord.objects.get(name=name).state == "remote"
     # The cache still says "pending", so reads go local: that copy must stay.
-    assert cache.get(cache_key(storage.key, name)) == "pending"
+    assert cache.get(cache_key(storage.identity, name)) == "pending"
     assert storage.local.exists(name)
     with storage.open(name) as fh:
         assert fh.read() == b"abc"
@@ -117,7 +117,7 @@ def test_delete_local_keeps_the_copy_when_the_cache_still_says_local(make, eager
 def test_local_delete_holds_the_row_so_a_delete_and_new_save_wait(make):
     import threading
 
-    from queued_storage import location
+    from queued_storage import transitions
 
     storage = make(delayed=True)
     name = storage.save("a.txt", ContentFile(b"abc"))
@@ -151,7 +151,7 @@ def test_local_delete_holds_the_row_so_a_delete_and_new_save_wait(make):
         finally:
             connection.close()
 
-    with location.local_copy_removable(storage.key, name, record.version) as removable:
+    with transitions.local_copy_removable(storage.identity, name, record.version) as removable:
         assert removable
         probe = threading.Thread(target=delete_without_waiting)
         probe.start()
@@ -164,7 +164,7 @@ def test_local_delete_holds_the_row_so_a_delete_and_new_save_wait(make):
     thread.join(10)
     assert deleted.is_set()
     assert not FileRecord.objects.filter(name=name).exists()
-    with location.local_copy_removable(storage.key, name, record.version) as removable:
+    with transitions.local_copy_removable(storage.identity, name, record.version) as removable:
         assert not removable  # gone, or saved anew under another version
 
 
@@ -327,7 +327,7 @@ def test_deconstruct_and_migration_serialisation(make):
     assert path == "queued_storage.QueuedStorage"
     assert kwargs["delayed"] is True and kwargs["local"] == FS
     rebuilt = QueuedStorage(*args, **kwargs)
-    assert rebuilt.key == storage.key
+    assert rebuilt.identity == storage.identity
     code, imports = MigrationWriter.serialize(storage)
     assert code.startswith("queued_storage.QueuedStorage(") and "import queued_storage" in imports
 
@@ -336,7 +336,7 @@ def test_pickle_round_trip_drops_connections(make, eager):
     storage = make()
     storage.local.exists("x")  # build the inner storage
     clone = pickle.loads(pickle.dumps(storage))
-    assert clone.key == storage.key
+    assert clone.identity == storage.identity
     name = clone.save("p.txt", ContentFile(b"p"))
     assert storage.using_remote(name)
 
@@ -352,8 +352,8 @@ def test_identity_ignores_secrets_but_not_the_bucket(make):
         )
 
     a, b, c = s3("x", "one"), s3("x", "two"), s3("y", "one")
-    assert a.key == b.key != c.key
-    assert "one" not in a.key
+    assert a.identity == b.identity != c.identity
+    assert "one" not in a.identity
 
 
 def test_storages_with_different_options_coexist_and_are_found(make, tmp_path, eager):
@@ -363,12 +363,12 @@ def test_storages_with_different_options_coexist_and_are_found(make, tmp_path, e
     b = make(
         local_options={"location": str(tmp_path / "lb")}, remote_options={"location": str(tmp_path / "rb")}
     )
-    assert a.key != b.key
-    assert lookup(a.key) is a and lookup(b.key) is b
+    assert a.identity != b.identity
+    assert lookup(a.identity) is a and lookup(b.identity) is b
     name_a = a.save("same.txt", ContentFile(b"a"))
     name_b = b.save("same.txt", ContentFile(b"b"))
     assert name_a == name_b == "same.txt"
-    assert a.get_cache_key(name_a) != b.get_cache_key(name_b) == cache_key(b.key, "same.txt")
+    assert a.get_cache_key(name_a) != b.get_cache_key(name_b) == cache_key(b.identity, "same.txt")
     with a.remote.open(name_a) as fa, b.remote.open(name_b) as fb:
         assert (fa.read(), fb.read()) == (b"a", b"b")
 
@@ -377,7 +377,7 @@ def test_field_declared_storage_is_found_by_identity():
     from .testapp.models import Photo, photos
 
     assert Photo._meta.get_field("image").storage is photos
-    assert lookup(photos.key) is photos
+    assert lookup(photos.identity) is photos
 
 
 def test_unknown_identity_says_what_to_check():

@@ -18,7 +18,7 @@ from django.core.files.base import ContentFile
 from django.db import connection, connections
 from django.utils import timezone
 
-from queued_storage import location, lock, operations, threads
+from queued_storage import lock, operations, threads, transitions
 from queued_storage.models import FileRecord
 from queued_storage.tasks import LOST_AFTER, requeue, sweep, sweep_in_turn
 
@@ -58,9 +58,9 @@ def test_three_runs_send_one_message_per_file_and_one_more_after_the_threshold(m
 def test_a_file_stuck_with_a_dead_worker_is_queued_once_per_threshold(make, broker):
     storage = make()
     name = storage.save("sweep/stuck.bin", ContentFile(b"s"))
-    record = location.get(storage.key, name)
+    record = transitions.get(storage.identity, name)
     assert record is not None
-    location.claim(storage.key, name, record.version, owner="dead")
+    transitions.claim(storage.identity, name, record.version, owner="dead")
     broker.flushdb()
     untouched_for_long(lease_until=timezone.now() - timedelta(seconds=1))
 
@@ -77,10 +77,10 @@ def test_two_sweepers_at_once_queue_each_file_once(make):
     # The second sweeper read the same rows before the first one stamped them.
     read_by_both = list(FileRecord.objects.order_by("pk"))
 
-    first = [record.name for chunk in location.stale(300, failed=True) for record in chunk]
-    second = location.stale(300, failed=True)
+    first = [record.name for chunk in transitions.stale(300, failed=True) for record in chunk]
+    second = transitions.stale(300, failed=True)
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(location, "chunked", lambda records, size=None: iter([read_by_both]))
+        m.setattr(transitions, "chunked", lambda records, size=None: iter([read_by_both]))
         assert list(second) == []
 
     assert sorted(first) == sorted([pending, failed])
@@ -123,7 +123,7 @@ def rows_per_query(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
 
 def test_the_sweeper_reads_the_backlog_a_chunk_at_a_time(make, broker, monkeypatch):
-    monkeypatch.setattr(location, "CHUNK", 3)
+    monkeypatch.setattr(transitions, "CHUNK", 3)
     storage = make()
     names = [storage.save(f"sweep/backlog/{i}.txt", ContentFile(b"b")) for i in range(10)]
     broker.flushdb()
@@ -137,12 +137,16 @@ def test_the_sweeper_reads_the_backlog_a_chunk_at_a_time(make, broker, monkeypat
 
 
 def test_cleanup_local_reads_its_candidates_a_chunk_at_a_time(make, monkeypatch):
-    monkeypatch.setattr(location, "CHUNK", 3)
+    monkeypatch.setattr(transitions, "CHUNK", 3)
     storage = make()
     long_ago = timezone.now() - timedelta(days=30)
     FileRecord.objects.bulk_create(
         FileRecord(
-            storage=storage.key, name=f"old/{i}.txt", state="remote", version="v", transferred_at=long_ago
+            storage=storage.identity,
+            name=f"old/{i}.txt",
+            state="remote",
+            version="v",
+            transferred_at=long_ago,
         )
         for i in range(10)
     )
@@ -157,9 +161,9 @@ def test_cleanup_local_reads_its_candidates_a_chunk_at_a_time(make, monkeypatch)
 
 def claimed_by_a_dead_worker(storage: Any, name: str, seconds_ago: float) -> None:
     """``name`` is transferring, claimed ``seconds_ago`` by a worker that died then (its lease lapsed)."""
-    record = location.get(storage.key, name)
+    record = transitions.get(storage.identity, name)
     assert record is not None
-    location.claim(storage.key, name, record.version, owner="dead")
+    transitions.claim(storage.identity, name, record.version, owner="dead")
     then = timezone.now() - timedelta(seconds=seconds_ago)
     FileRecord.objects.filter(name=name).update(
         updated_at=then, lease_until=then + timedelta(seconds=seconds_ago - 1)
@@ -189,7 +193,7 @@ def requeue_once(*, lapsed_for: float, older_than: float = 300) -> int:
 
 
 def test_a_sweep_that_lost_its_lock_stops_after_the_chunk_it_took(make, broker, monkeypatch):
-    monkeypatch.setattr(location, "CHUNK", 3)
+    monkeypatch.setattr(transitions, "CHUNK", 3)
     storage = make()
     names = [storage.save(f"sweep/lost/{i}.txt", ContentFile(b"b")) for i in range(7)]
     broker.flushdb()

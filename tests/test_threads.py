@@ -69,8 +69,8 @@ def _message(storage: Any, names: list[str]) -> str:
     files = []
     for name in names:
         stored = storage.save(name, ContentFile(name.encode()))
-        files.append([stored, FileRecord.objects.get(storage=storage.key, name=stored).version])
-    result = resolve_task(storage.task).apply(args=(storage.key,), kwargs={"files": files})
+        files.append([stored, FileRecord.objects.get(storage=storage.identity, name=stored).version])
+    result = resolve_task(storage.task).apply(args=(storage.identity,), kwargs={"files": files})
     return str(result.get())
 
 

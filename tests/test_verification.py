@@ -54,7 +54,7 @@ def test_cleanup_local_reads_back_a_remote_without_a_hash(make, eager):
     os.remove(storage.remote.path(bad))
     storage.remote.save(bad, ContentFile(b"BAD BYTES!"))
     reported: list[str] = []
-    records = FileRecord.objects.filter(storage=storage.key).order_by("name")
+    records = FileRecord.objects.filter(storage=storage.identity).order_by("name")
     outcome = operations.cleanup_local(records, dry_run=False, report=reported.append)
     assert outcome.done == [good]
     assert not storage.local.exists(good) and storage.local.exists(bad)
@@ -68,6 +68,6 @@ def test_cleanup_local_reads_back_a_remote_without_a_hash(make, eager):
 def test_verify_says_which_check_it_made(make, eager):
     storage = make()
     name = storage.save("checked.txt", ContentFile(b"abc"))
-    record = FileRecord.objects.get(storage=storage.key, name=name)
+    record = FileRecord.objects.get(storage=storage.identity, name=name)
     assert operations.verify(record).detail == "remote copy matches (size)"
     assert operations.verify(record, read_back=True).detail == "remote copy matches (size and MD5 read back)"

@@ -201,10 +201,10 @@ def test_serve_url_option_makes_url_stable(client, db):
     configured: dict[str, Any] = settings.STORAGES
     options = {**configured["default"]["OPTIONS"], "serve_url": "/files/"}
     stable = {**configured, "default": {**configured["default"], "OPTIONS": options}}
-    before = cast(QueuedStorage, storages["default"]).key
+    before = cast(QueuedStorage, storages["default"]).identity
     with override_settings(STORAGES=stable):
         storage = cast(QueuedStorage, storages["default"])
-        assert storage.key == before  # the URL prefix is not part of where files are
+        assert storage.identity == before  # the URL prefix is not part of where files are
         name = storage.save("views/a b+%.txt", ContentFile(b"stable"))
         url = storage.url(name)
         assert url == "/files/views/a%20b%2B%25.txt"
@@ -296,7 +296,7 @@ def test_a_file_nobody_recorded_is_404_and_stays_unrecorded(client):
         for path in ("/files/views/dropped.txt", f"/files/photos/{nested}"):
             assert client.get(path).status_code == 404
             assert client.head(path).status_code == 404
-        assert not FileRecord.objects.filter(storage=default_storage.key).exists()
+        assert not FileRecord.objects.filter(storage=default_storage.identity).exists()
         assert cache.get(default_storage.get_cache_key("views/dropped.txt")) is None
         # The storage API still records a file saved before the app (see docs/migrating.rst) ...
         assert default_storage.status("views/dropped.txt").state == "pending"

@@ -177,7 +177,7 @@ class Command(BaseCommand):
             raise CommandError("Name the files to retry, or pass --failed to retry every failed file.")
         records = FileRecord.objects.all()
         if storage is not None:
-            records = records.filter(storage=self._storage(storage).key)
+            records = records.filter(storage=self._storage(storage).identity)
         chosen = list(records.filter(name__in=names)) if names else []
         if failed:
             chosen += [r for r in records.filter(state=State.FAILED) if r.name not in names]
@@ -256,6 +256,6 @@ class Command(BaseCommand):
         skipped = outcome.describe_skipped()
         verb = "Would move" if dry_run else "Moved"
         self.stdout.write(
-            f"{verb} {len(outcome.done)} record(s) from {old} to {label} ({target.key})"
+            f"{verb} {len(outcome.done)} record(s) from {old} to {label} ({target.identity})"
             + (f"; left {skipped}." if skipped else ".")
         )

@@ -16,7 +16,7 @@ from django.db import connection
 from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 
-from queued_storage import QueuedStorage, location, mirror, views
+from queued_storage import QueuedStorage, mirror, transitions, views
 from queued_storage.models import FileRecord
 from queued_storage.mover import Kind, Mover
 from queued_storage.views import serve
@@ -43,14 +43,14 @@ def test_a_cache_miss_reads_the_state_of_exactly_this_name_and_checks_its_fill()
     FileRecord.objects.filter(name=saved[1]).update(state="remote")
     caches["default"].clear()
     with CaptureQueriesContext(connection) as queries:
-        assert mirror.cached_state(default_storage.key, saved[0]) == "pending"
+        assert mirror.cached_state(default_storage.identity, saved[0]) == "pending"
     # The state, then the same read once the cache is filled (see location's docstring).
     assert [q["sql"] for q in queries] == [queries[0]["sql"]] * 2
     with CaptureQueriesContext(connection) as queries:
-        assert mirror.cached_state(default_storage.key, saved[0]) == "pending"
+        assert mirror.cached_state(default_storage.identity, saved[0]) == "pending"
     assert len(queries) == 0
-    assert mirror.cached_state(default_storage.key, saved[1]) == "remote"
-    assert mirror.cached_state(default_storage.key, "o'brien") is None
+    assert mirror.cached_state(default_storage.identity, saved[1]) == "remote"
+    assert mirror.cached_state(default_storage.identity, "o'brien") is None
     assert mirror.cached_state("another-storage", saved[1]) is None
 
 
@@ -59,7 +59,7 @@ def test_name_taken_answers_from_the_database_even_over_a_stale_cache_entry():
     name = default_storage.save("taken.txt", ContentFile(b"x"))
     caches["default"].set(default_storage.get_cache_key(name), "absent")
     default_storage.local.delete(name)  # only the record still holds the name
-    assert location.name_taken(default_storage.key, name)
+    assert transitions.name_taken(default_storage.identity, name)
     assert default_storage.exists(name)
     assert default_storage.get_available_name(name) != name
 
@@ -70,7 +70,7 @@ def test_a_reader_filling_the_cache_never_overwrites_a_newer_transition():
     key = default_storage.get_cache_key(name)
     # The worker switched (and wrote the cache) after a reader read "pending" from the row.
     caches["default"].set(key, "remote")
-    mirror.fill(default_storage.key, name, key, "pending")
+    mirror.fill(default_storage.identity, name, key, "pending")
     assert caches["default"].get(key) == "remote"
 
 
@@ -85,7 +85,7 @@ def test_a_read_racing_the_switch_leaves_the_switch_in_the_cache(monkeypatch):
         return None if k == key else value
 
     monkeypatch.setattr(mirror, "read", miss_then_switch)
-    assert mirror.cached_state(default_storage.key, name) == "pending"  # the row as read
+    assert mirror.cached_state(default_storage.identity, name) == "pending"  # the row as read
     assert caches["default"].get(key) == "remote"  # not overwritten by the stale read
 
 
@@ -96,7 +96,7 @@ def test_delete_leaves_a_short_tombstone_so_a_racing_reader_cannot_refill():
     default_storage.url(name)
     default_storage.delete(name)
     # A reader that read the row just before the delete fills the cache after it.
-    mirror.fill(default_storage.key, name, key, "remote")
+    mirror.fill(default_storage.identity, name, key, "remote")
     assert caches["default"].get(key) == "absent"
     assert not default_storage.exists(name)
 
@@ -104,18 +104,18 @@ def test_delete_leaves_a_short_tombstone_so_a_racing_reader_cannot_refill():
 @override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
 def test_claiming_no_files_claims_nothing():
     name = default_storage.save("unclaimed.txt", ContentFile(b"x"))
-    assert location.claim_many(default_storage.key, [], owner="test") == []
+    assert transitions.claim_many(default_storage.identity, [], owner="test") == []
     assert default_storage.status(name).state == "pending"
 
 
 @override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
 def test_switching_several_copies_sets_each_on_its_own_and_the_cache_once(monkeypatch):
     names = [default_storage.save(f"batch/{n}.txt", ContentFile(b"x")) for n in "abc"]
-    key = default_storage.key
+    key = default_storage.identity
     rows = {r.name: r for r in FileRecord.objects.filter(storage=key, name__in=names)}
     for name in names:
-        [(outcome, _)] = location.claim_many(key, [(name, rows[name].version)], owner="test")
-        assert outcome is location.Claim.CLAIMED
+        [(outcome, _)] = transitions.claim_many(key, [(name, rows[name].version)], owner="test")
+        assert outcome is transitions.Claim.CLAIMED
     default_storage.url(names[1])  # a reader cached "transferring" meanwhile
     FileRecord.objects.filter(name=names[2]).update(version="saved-again")  # c changed while it copied
     cache = caches["default"]
@@ -125,7 +125,7 @@ def test_switching_several_copies_sets_each_on_its_own_and_the_cache_once(monkey
         type(cache), "set_many", lambda self, *a, **k: writes.append(a) or real_set_many(self, *a, **k)
     )
     copies = [(name, rows[name].version, 1, "md5:x") for name in names]
-    assert location.switch_many(key, copies) == [True, True, False]
+    assert transitions.switch_many(key, copies) == [True, True, False]
     assert [r.state for r in FileRecord.objects.filter(name__in=names).order_by("name")] == [
         "remote",
         "remote",
@@ -133,7 +133,7 @@ def test_switching_several_copies_sets_each_on_its_own_and_the_cache_once(monkey
     ]
     assert len(writes) == 1  # one round trip for the batch
     assert [mirror.cached_state(key, name) for name in names] == ["remote", "remote", "transferring"]
-    assert location.switch_many(key, copies) == [False, False, False]  # each set happens once
+    assert transitions.switch_many(key, copies) == [False, False, False]  # each set happens once
 
 
 class Interleave:
@@ -219,14 +219,14 @@ def test_reads_never_stay_on_a_deleted_local_copy_whatever_ran_during_the_switch
         name = storage.save(f"f{at}.txt", ContentFile(data))
         if warm:
             storage.url(name)  # a read before the copy cached "pending"
-        version = FileRecord.objects.get(storage=storage.key, name=name).version
-        outcome, record = location.claim(storage.key, name, version, owner="test")
-        assert outcome is location.Claim.CLAIMED and record is not None
+        version = FileRecord.objects.get(storage=storage.identity, name=name).version
+        outcome, record = transitions.claim(storage.identity, name, version, owner="test")
+        assert outcome is transitions.Claim.CLAIMED and record is not None
         copied, _ = mover._copy(name, record, lambda done: None)
 
         def switch(name: str = name, record: FileRecord = record, copied: Any = copied) -> None:
-            won = location.switch_to_remote(
-                storage.key, name, record.version, size=copied.size, checksum=copied.checksum
+            won = transitions.switch_to_remote(
+                storage.identity, name, record.version, size=copied.size, checksum=copied.checksum
             )
             assert mover._settle(name, record.version, record, copied, 0.0, won).kind is Kind.REMOTE
             if flushed:
@@ -242,7 +242,7 @@ def test_reads_never_stay_on_a_deleted_local_copy_whatever_ran_during_the_switch
         if not interleave.fired:
             switch()  # the reader had ended: the worker switches after it
         where = f"worker switched before step {at} of {interleave.steps}"
-        assert FileRecord.objects.get(storage=storage.key, name=name).state == "remote", where
+        assert FileRecord.objects.get(storage=storage.identity, name=name).state == "remote", where
         assert not storage.local.exists(name), where
         assert caches["default"].get(storage.get_cache_key(name)) in (None, "remote"), where
         assert storage.get_storage(name) is storage.remote, where
@@ -259,7 +259,7 @@ def test_a_transitions_cache_write_that_lands_late_removes_itself():
     names = [default_storage.save(f"late/{n}.txt", ContentFile(b"x")) for n in "ab"]
     still = default_storage.save("late/still-remote.txt", ContentFile(b"x"))
     FileRecord.objects.filter(name=still).update(state="remote")
-    key = default_storage.key
+    key = default_storage.identity
     mirror.write_many(key, [*names, still], "remote")  # the switch of the old versions
     mirror.write(key, names[0], "deleted")  # forget() of an old version
     cache = caches["default"]
