@@ -62,7 +62,7 @@ _SETTINGS: dict[str, _Setting] = {
     "QUEUED_STORAGE_RETRY_BACKOFF_MAX": _Setting(
         3600, lambda v: _number(v) and v > 0, "a positive number of seconds"
     ),
-    "QUEUED_STORAGE_QUEUE": _Setting(None, _optional(_text), "a queue name, or None for Celery's default"),
+    "QUEUED_STORAGE_QUEUE": _Setting(None, _optional(_text), "a queue name, or None for the default queue"),
     "QUEUED_STORAGE_LEASE": _Setting(60, _positive, "a positive number of seconds"),
     "QUEUED_STORAGE_HOST": _Setting(None, _optional(_text), "a host name, or None for this machine's"),
     "QUEUED_STORAGE_HOST_QUEUE": _Setting(
@@ -80,6 +80,12 @@ _SETTINGS: dict[str, _Setting] = {
         lambda v: _whole(v) and v >= 1,
         "a whole number of files, 1 or more (1 sends each file in a message of its own)",
     ),
+    "QUEUED_STORAGE_QUEUE_BACKEND": _Setting(
+        None,
+        _optional(lambda v: v in ("celery", "tasks")),
+        "'celery', 'tasks' (Django's Tasks framework), or None to take the one the project configures",
+    ),
+    "QUEUED_STORAGE_TASKS_BACKEND": _Setting("default", _text, "the alias of a backend in TASKS"),
 }
 
 
@@ -141,7 +147,7 @@ class Settings:
 
     @property
     def QUEUE(self) -> str | None:
-        """Celery queue of the transfer task; ``None`` means Celery's default queue."""
+        """Queue of the transfer task; ``None`` means the queue system's default queue."""
         value = self._get("QUEUED_STORAGE_QUEUE")
         return None if value is None else str(value)
 
@@ -181,6 +187,17 @@ class Settings:
     def BATCH_FILES(self) -> int:
         """Most small files in one transfer message (background publishing, the sweeper); 1: one each."""
         return int(self._get("QUEUED_STORAGE_BATCH_FILES"))
+
+    @property
+    def QUEUE_BACKEND(self) -> str | None:
+        """``"celery"`` or ``"tasks"`` (Django's Tasks framework); ``None``: the one configured."""
+        value = self._get("QUEUED_STORAGE_QUEUE_BACKEND")
+        return None if value is None else str(value)
+
+    @property
+    def TASKS_BACKEND(self) -> str:
+        """Alias in ``settings.TASKS`` of the backend that carries transfers (Django Tasks)."""
+        return str(self._get("QUEUED_STORAGE_TASKS_BACKEND"))
 
 
 conf = Settings()

@@ -1,4 +1,4 @@
-"""The Celery side of the worker: the task that runs the mover, and the sweeper.
+"""The Celery side of the worker: the task that runs the mover, and the sweeper's task.
 
 A message carries only ``(storage identity, name, version)``, or several
 ``files``; the worker finds the storage in :mod:`queued_storage.registry`,
@@ -10,17 +10,19 @@ turns its outcomes into Celery's retries and messages.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
 from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 from django.db import close_old_connections
 
-from . import location, registry, threads
+from . import registry, threads
 from .conf import conf, problems
 from .mover import Copier, Kind, Mover, Outcome, default_copy, report
-from .publishing import Message, coalesce, enqueue, enqueue_many
+from .publishing import enqueue
+from .sweeper import Swept as Swept
+from .sweeper import requeue as requeue
+from .sweeper import sweep as sweep
 from .transfer import Copied, TransferError
 
 if TYPE_CHECKING:
@@ -135,66 +137,6 @@ worker_init.connect(report_settings, weak=False, dispatch_uid=__name__ + ".setti
 # Prefork children, and the thread and solo pools: stop the upload threads.
 worker_process_shutdown.connect(threads.stop_upload_executors, weak=False, dispatch_uid=__name__ + ".uploads")
 worker_shutdown.connect(threads.stop_upload_executors, weak=False, dispatch_uid=__name__ + ".uploads")
-
-
-@dataclass
-class Swept:
-    """What one sweeper run did."""
-
-    queued: int = 0  # files whose transfer was queued again
-    deleted: int = 0  # deleted files whose copies and record it removed
-    undeletable: int = 0  # deleted files whose copies it could not remove (tried again next run)
-
-
-def sweep(older_than: float = 300, *, failed: bool = False) -> Swept:
-    """Finish abandoned deletions, then queue again what was left pending, stuck or (optionally) failed.
-
-    A deletion is abandoned when the lease on its tombstone lapsed: the worker
-    or the ``delete()`` call that held it died, or could not remove a copy.
-    A file is queued again when it waited ``older_than`` seconds since its
-    last change and since it was last queued: at most one message per file
-    per ``older_than``, however often the sweeper runs.  The pending files of
-    a ``delayed`` storage only once ``transfer()`` queued them.  Small files
-    go as messages of several, as the background publisher sends them.  The
-    rows are read :data:`location.CHUNK` at a time.
-    """
-    swept = Swept()
-    for tombstones in location.abandoned():
-        for record in tombstones:
-            try:
-                storage = registry.lookup(record.storage)
-                storage._finish_delete(record.name, record.version, record.lease_until)
-            except Exception as exc:
-                logger.warning(
-                    "queued_storage: could not remove the copies of the deleted file %s (%s: %s); "
-                    "the next sweeper run tries again",
-                    record.name,
-                    type(exc).__name__,
-                    exc,
-                )
-                if isinstance(exc, LookupError):  # no storage to give the lease back through
-                    location.release_tombstone(record.storage, record.name, record.version, error=str(exc))
-                swept.undeletable += 1
-            else:
-                swept.deleted += 1
-    for records in location.stale(older_than, failed=failed, delayed=registry.delayed()):
-        messages: list[Message] = []
-        for record in records:
-            try:
-                storage = registry.lookup(record.storage)
-            except LookupError as exc:
-                logger.error("queued_storage: cannot requeue %s: %s", record.name, exc)
-                continue
-            messages.append((storage, record.name, record.version, record.host, record.size))
-        for storage, files, host in coalesce(messages, conf.BATCH_FILES):
-            if enqueue_many(storage, files, host):
-                swept.queued += len(files)
-    return swept
-
-
-def requeue(older_than: float = 300, *, failed: bool = False) -> int:
-    """:func:`sweep`; the number of files queued again."""
-    return sweep(older_than, failed=failed).queued
 
 
 @shared_task(name="queued_storage.tasks.requeue_stale", ignore_result=True)
