@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -214,3 +216,45 @@ def test_the_sweeper_sends_a_backlog_of_small_files_as_one_task(start_db_worker,
     task.refresh_from_db()
     assert task.return_value == "remote: 5"
     verify(s3, files)
+
+
+def test_same_name_saved_by_four_processes_at_once(start_db_worker, services, s3, tmp_path):
+    go = tmp_path / "go"
+    script = f"""
+import os, sys, time, django
+django.setup()
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+open(sys.argv[2], "w").close()
+while not os.path.exists({str(go)!r}):
+    time.sleep(0.001)
+print(default_storage.save("tasks-race/same.txt", ContentFile(sys.argv[1].encode() * 1000)))
+"""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "QS_QUEUE_BACKEND": "tasks"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, f"writer{i}", str(tmp_path / f"ready{i}")],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    wait_for(
+        lambda: all((tmp_path / f"ready{i}").exists() for i in range(4)),
+        timeout=60,
+        what="every process set up and waiting at the line",
+    )
+    go.touch()
+    names = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len(set(names)) == 4
+    assert DBTaskResult.objects.count() == 4  # each process enqueued its own file's task
+    start_db_worker()
+    contents = {}
+    for name in names:
+        with default_storage.local.open(name) as fh:
+            contents[name] = fh.read()
+    assert sorted(c[:7] for c in contents.values()) == [b"writer0", b"writer1", b"writer2", b"writer3"]
+    wait_for(lambda: all_remote(names), what="all remote")
+    verify(s3, contents)
