@@ -18,7 +18,7 @@ from django.db import close_old_connections
 from . import enqueuing, location, registry
 from .conf import conf
 from .models import State
-from .mover import Kind, Mover, Outcome, report
+from .mover import Copier, Kind, Mover, Outcome, default_copy, report
 
 if TYPE_CHECKING:
     from django.tasks import TaskContext, task
@@ -42,7 +42,7 @@ def transfer(
     retries: int = 0,
 ) -> str:
     """Copy a file (or several ``files``) to the remote storage, verify it, then switch reads to it."""
-    return _run(transfer, context, storage_key, name, version, files, retries, delete_local=False)
+    return run(context, storage_key, name, version, files=files, retries=retries, sender=transfer)
 
 
 @task(takes_context=True)
@@ -56,32 +56,49 @@ def transfer_and_delete(
     retries: int = 0,
 ) -> str:
     """Like :func:`transfer`, and deletes the local copy once the remote one is verified."""
-    return _run(transfer_and_delete, context, storage_key, name, version, files, retries, delete_local=True)
+    return run(
+        context,
+        storage_key,
+        name,
+        version,
+        files=files,
+        retries=retries,
+        delete_local=True,
+        sender=transfer_and_delete,
+    )
 
 
-def _run(
-    sender: Any,
+def run(
     context: TaskContext[Any, Any],
     storage_key: str,
-    name: str,
-    version: str,
-    files: list[list[str]] | None,
-    retries: int,
+    name: str = "",
+    version: str = "",
     *,
-    delete_local: bool,
+    files: list[list[str]] | None = None,
+    retries: int = 0,
+    delete_local: bool = False,
+    copy: Copier = default_copy,
+    sender: Any = None,
 ) -> str:
+    """What :func:`transfer` does, for a task of your own: ``copy`` moves the bytes.
+
+    The counterpart of overriding ``Transfer.transfer()`` on Celery: a
+    ``@task(takes_context=True)`` with :func:`transfer`'s arguments passes them
+    here with its own :data:`~queued_storage.mover.Copier`, and a storage
+    whose ``task`` names it runs it.  ``sender`` is the signals' sender.
+    """
     close_old_connections()
     storage = registry.lookup(storage_key)
     worker_ids = context.task_result.worker_ids
     owner = f"{worker_ids[-1] if worker_ids else 'tasks'}@{conf.HOST}"
     if files is None:
         retries = max(retries, _attempts(storage, name, version))
-        mover = Mover(storage, delete_local=delete_local, retries=retries, owner=owner)
+        mover = Mover(storage, copy=copy, delete_local=delete_local, retries=retries, owner=owner)
         outcome = mover.one(name, version)
         report(storage, outcome, sender=sender, worker=owner)
         return _again(storage, outcome, retries) if outcome.kind in _AGAIN else outcome.kind.value
     counts: dict[str, int] = {}
-    mover = Mover(storage, delete_local=delete_local, owner=owner)
+    mover = Mover(storage, copy=copy, delete_local=delete_local, owner=owner)
     for outcome in mover.many([(n, v) for n, v in files]):
         report(storage, outcome, sender=sender, worker=owner)
         kind = _again(storage, outcome, 0) if outcome.kind in _AGAIN else outcome.kind.value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.core import mail
@@ -21,11 +21,17 @@ from django.core.files.storage import FileSystemStorage
 from django.db import transaction
 from django.utils import timezone
 
-from queued_storage import QueuedStorage, enqueuing, location, registry, routing
+from queued_storage import QueuedStorage, django_tasks, enqueuing, location, registry, routing
 from queued_storage.conf import conf
 from queued_storage.models import FileRecord
+from queued_storage.mover import default_copy
 from queued_storage.signals import file_transferred, transfer_failed
 from queued_storage.sweeper import sweep
+
+if TYPE_CHECKING:
+    from django.tasks import task
+else:
+    task = enqueuing.framework().task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,6 +57,24 @@ class FlakyStorage(FileSystemStorage):
         if FlakyStorage.down:
             raise OSError("remote unreachable")
         return super().save(name, content, max_length)
+
+
+COPIED: list[str] = []
+
+
+def counting_copy(name: str, local: Any, remote: Any, **kwargs: Any) -> Any:
+    COPIED.append(name)
+    return default_copy(name, local, remote, **kwargs)
+
+
+@task(takes_context=True)
+def counted_transfer(
+    context: Any, storage_key: str, name: str = "", version: str = "", *, files: Any = None, retries: int = 0
+) -> str:
+    """A project's own transfer task: the library's, with a copy function of its own."""
+    return django_tasks.run(
+        context, storage_key, name, version, files=files, retries=retries, copy=counting_copy
+    )
 
 
 @pytest.fixture
@@ -182,6 +206,16 @@ def test_transfer_and_delete_runs_as_its_twin(make, tasks):
     name = storage.save("a.txt", ContentFile(b"a"))
     assert record(storage, name).state == "remote"
     assert not storage.local.exists(name) and storage.remote.exists(name)
+
+
+def test_a_task_of_the_project_moves_the_bytes_its_own_way(make, tasks):
+    COPIED.clear()
+    tasks(IMMEDIATE)
+    storage = make(task="tests.test_django_tasks.counted_transfer")
+    assert ids() == ["queued_storage.I021"]  # a Django task: no E008
+    name = storage.save("own.txt", ContentFile(b"own"))
+    assert [name] == COPIED
+    assert record(storage, name).state == "remote" and storage.remote.exists(name)
 
 
 def test_a_failed_copy_is_retried_later_with_run_after(make, tasks, flaky, settings):
