@@ -5,7 +5,9 @@ Starts, on 127.0.0.1: moto's S3 server with the demo bucket (unless
 ``AWS_STORAGE_BUCKET_NAME`` names a real one), a Celery worker, and Django's
 development server, after migrating the SQLite database.  The broker and the
 cache need no server: a filesystem queue and a file-based cache under the data
-directory, unless ``REDIS_URL`` is set.  ``python3 tools/run.py demo`` runs
+directory, unless ``REDIS_URL`` is set.  With ``--queue tasks`` the transfers
+go through Django's Tasks framework instead, queued in the SQLite database
+(django-tasks-db) and run by two ``manage.py db_worker`` processes.  ``python3 tools/run.py demo`` runs
 this in a virtualenv with the ``[demo]`` extra installed.
 """
 
@@ -161,6 +163,7 @@ class Demo:
             "DJANGO_SETTINGS_MODULE": "demo.settings",
             "DEMO_DATA_DIR": str(self.data_dir),
             "DEMO_BANDWIDTH": str(self.args.bandwidth),
+            "DEMO_QUEUE": self.args.queue,
             "PYTHONPATH": os.pathsep.join(pythonpath),
             "PYTHONUNBUFFERED": "1",
         }
@@ -214,15 +217,28 @@ class Demo:
         self.manage(
             "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com", check=False
         )
-        say("Starting a Celery worker")
-        worker = self.start(
-            "worker",
-            sys.executable, "-m", "celery", "-A", "demo", "worker",
-            "--loglevel", "info", "--concurrency", "2", "--hostname", "demo@%h",
-            # The filesystem broker has no broadcast: no gossip, mingle or heartbeats.
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-        )  # fmt: skip
-        worker.wait_until(lambda: any("ready." in line for line in worker.lines), "'ready.' line")
+        if self.args.queue == "tasks":
+            say("Starting two db_worker processes (Django Tasks, queued in the SQLite database)")
+            for n in (1, 2):
+                worker = self.start(
+                    f"worker-{n}",
+                    sys.executable, "manage.py", "db_worker",
+                    "--interval", "0.2", "--no-startup-delay", "--no-reload", "--worker-id", f"demo-{n}",
+                )  # fmt: skip
+                worker.wait_until(
+                    lambda worker=worker: any("Starting worker" in line for line in worker.lines),
+                    "'Starting worker' line",
+                )
+        else:
+            say("Starting a Celery worker")
+            worker = self.start(
+                "worker",
+                sys.executable, "-m", "celery", "-A", "demo", "worker",
+                "--loglevel", "info", "--concurrency", "2", "--hostname", "demo@%h",
+                # The filesystem broker has no broadcast: no gossip, mingle or heartbeats.
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+            )  # fmt: skip
+            worker.wait_until(lambda: any("ready." in line for line in worker.lines), "'ready.' line")
         say("Starting the web server")
         web = self.start(
             "web",
@@ -254,12 +270,16 @@ class Demo:
 
     def banner(self) -> None:
         s3 = self.env.get("AWS_S3_ENDPOINT_URL") or "AWS S3"
-        broker = "Redis at " + self.env["REDIS_URL"] if self.env.get("REDIS_URL") else "filesystem queue"
+        redis = "Redis at " + self.env["REDIS_URL"] if self.env.get("REDIS_URL") else ""
+        if self.args.queue == "tasks":
+            queue = f"queue: Django Tasks in the SQLite database; cache: {redis or 'file-based'}"
+        else:
+            queue = f"broker and cache: {redis or 'filesystem queue'}"
         print(
             "\n"
             f"  Open http://{HOST}:{self.args.port}/  and upload some files.\n"
             f"  Admin: http://{HOST}:{self.args.port}/admin/  (user admin, password admin)\n"
-            f"  S3: {s3}, bucket {self.env['AWS_STORAGE_BUCKET_NAME']}; broker and cache: {broker}\n"
+            f"  S3: {s3}, bucket {self.env['AWS_STORAGE_BUCKET_NAME']}; {queue}\n"
             f"  Data and logs: {self.data_dir}\n"
             "  Press Ctrl-C to stop everything.\n",
             flush=True,
@@ -296,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--quiet", action="store_true", help="do not echo the processes' output (logs keep it)"
+    )
+    parser.add_argument(
+        "--queue",
+        choices=("celery", "tasks"),
+        default="celery",
+        help="what carries the transfers: a Celery worker (default), or Django's Tasks framework "
+        "with its queue in the SQLite database and db_worker processes, with no broker",
     )
     args = parser.parse_args(argv)
     if args.port is None:

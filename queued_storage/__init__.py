@@ -1,4 +1,4 @@
-"""Save uploads locally at once; a Celery task moves them to remote storage."""
+"""Save uploads locally at once; a Celery or Django Tasks task moves them to remote storage."""
 
 from __future__ import annotations
 

@@ -9,12 +9,14 @@ class QueuedStorageConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, publishing, registry  # checks registers the system checks
+        from . import checks, queues, registry, routing  # checks registers the system checks
 
         del checks
-        publishing.connect()
+        queues.connect()
         # Build every declared queued storage now and register its task, so a
         # worker knows each one before the first message arrives.
-        if publishing.celery_configured():
+        if routing.chosen() == routing.CELERY and routing.celery_configured():
+            from . import publishing
+
             for _, storage in registry.everything():
                 publishing.resolve_task(storage.task)

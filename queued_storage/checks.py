@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from importlib import import_module
+from importlib.util import find_spec
 from typing import Any
 
 from django.conf import settings
@@ -11,9 +13,8 @@ from django.core.checks import CheckMessage, Error, Info, Tags, Warning, registe
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, router
 
-from . import registry
+from . import registry, routing
 from .conf import conf, problems
-from .publishing import celery_configured, import_task, mode, resolve_task
 
 _PROCESS_LOCAL_CACHES = (
     "django.core.cache.backends.locmem.LocMemCache",
@@ -60,12 +61,15 @@ def check_storages(**kwargs: Any) -> list[Error]:
         )
     for label, storage in [*registry.everything(), *registry.registered()]:
         try:
-            import_task(storage.task)
+            _check_task(storage.task)
         except ImproperlyConfigured as exc:
             errors.append(
                 Error(
                     f"{label}: {exc}",
-                    hint="Point 'task' at queued_storage.tasks.Transfer or a subclass of it.",
+                    hint="Point 'task' at queued_storage.tasks.Transfer or a subclass of it."
+                    if routing.chosen() == routing.CELERY
+                    else "Point 'task' at queued_storage.tasks.Transfer or TransferAndDelete "
+                    "(their Django Tasks twins run), or at a Django Tasks task.",
                     id="queued_storage.E008",
                 )
             )
@@ -92,6 +96,22 @@ def check_storages(**kwargs: Any) -> list[Error]:
     return errors
 
 
+def _check_task(path: str) -> None:
+    """Raise ImproperlyConfigured if the chosen queue cannot run the task at ``path``.
+
+    Says nothing when the queue itself is missing: E004 or E021 say that.
+    """
+    if routing.chosen() == routing.TASKS:
+        if routing.tasks_framework() is not None:
+            from .enqueuing import resolve
+
+            resolve(path)
+    elif find_spec("celery") is not None:
+        from .publishing import import_task
+
+        import_task(path)
+
+
 @register()
 def check_settings(**kwargs: Any) -> list[Error]:
     """Every ``QUEUED_STORAGE_*`` setting out of its range, with what a valid value is."""
@@ -100,26 +120,39 @@ def check_settings(**kwargs: Any) -> list[Error]:
 
 @register()
 def check_celery(**kwargs: Any) -> list[Error]:
-    if not celery_configured():
+    if routing.chosen() != routing.CELERY or routing.celery_configured():
+        return []
+    if find_spec("celery") is None:
         return [
             Error(
-                "No Celery app is configured, so transfers would be sent nowhere.",
-                hint="Create your project's Celery app (proj/celery.py) and import it in "
-                "proj/__init__.py, as Celery's 'First steps with Django' shows.",
+                "Transfers go through Celery, which is not installed, so they would be sent nowhere.",
+                hint="Configure Django's Tasks framework (TASKS, e.g. with django-tasks-db: pip install "
+                "'django-queued-remote-storage[tasks]'), or install Celery "
+                "('django-queued-remote-storage[celery]') and create your project's Celery app.",
                 id="queued_storage.E004",
             )
         ]
-    return []
+    return [
+        Error(
+            "No Celery app is configured, so transfers would be sent nowhere.",
+            hint="Create your project's Celery app (proj/celery.py) and import it in "
+            "proj/__init__.py, as Celery's 'First steps with Django' shows; or, without Celery, "
+            "configure TASKS and set QUEUED_STORAGE_QUEUE_BACKEND = 'tasks'.",
+            id="queued_storage.E004",
+        )
+    ]
 
 
 @register()
 def check_worker_death(**kwargs: Any) -> list[CheckMessage]:
     """Celery settings under which a killed worker would leave a transfer undone for long."""
+    messages: list[CheckMessage] = []
+    if routing.chosen() != routing.CELERY or not routing.celery_configured():
+        return messages  # E004 says it all
     from celery import current_app
 
-    messages: list[CheckMessage] = []
-    if not celery_configured():
-        return messages  # E004 says it all
+    from .publishing import resolve_task
+
     app_conf = current_app.conf
     if app_conf.worker_prefetch_multiplier != 1:
         messages.append(
@@ -163,8 +196,10 @@ def check_worker_death(**kwargs: Any) -> list[CheckMessage]:
 @register(deploy=True)
 def check_publishing(**kwargs: Any) -> list[CheckMessage]:
     """Which way this process sends transfer messages, and why (``manage.py check --deploy``)."""
-    if not celery_configured():
-        return []  # E004 says it all
+    if routing.chosen() != routing.CELERY or not routing.celery_configured():
+        return []  # Django Tasks enqueues at once; without a Celery app E004 says it all
+    from .publishing import mode
+
     how = mode()
     if how.background:
         said = (
@@ -237,4 +272,73 @@ def check_nested_roots(**kwargs: Any) -> list[CheckMessage]:
                     id="queued_storage.W004",
                 )
             )
+    return messages
+
+
+def _testing() -> bool:
+    """Whether Django's test environment is set up: ``setup_test_environment()`` gives mail an outbox."""
+    from django.core import mail
+
+    return hasattr(mail, "outbox")
+
+
+@register()
+def check_tasks(**kwargs: Any) -> list[CheckMessage]:
+    """The Tasks backend that carries transfers, when they go through Django's Tasks framework."""
+    if routing.chosen() != routing.TASKS:
+        return []
+    from . import enqueuing
+
+    try:
+        backend = enqueuing.backend()
+    except ImproperlyConfigured as exc:
+        return [
+            Error(
+                str(exc),
+                hint="Or set QUEUED_STORAGE_QUEUE_BACKEND = 'celery' to send transfers through Celery.",
+                id="queued_storage.E021",
+            )
+        ]
+    framework = enqueuing.framework()
+    alias = backend.alias
+    kind = f"{type(backend).__module__}.{type(backend).__qualname__}"
+    messages: list[CheckMessage] = []
+    immediate = import_module(f"{framework.__name__}.backends.immediate").ImmediateBackend
+    dummy = import_module(f"{framework.__name__}.backends.dummy").DummyBackend
+    if isinstance(backend, (immediate, dummy)) and not _testing():
+        does = (
+            "runs each transfer inside the request that saved the file, so the save waits for the upload"
+            if isinstance(backend, immediate)
+            else "never runs a task, so files stay local"
+        )
+        messages.append(
+            Warning(
+                f"Transfers go through the tasks backend {alias!r} ({kind}), which {does}.",
+                hint="Use a backend with a worker, such as django-tasks-db's DatabaseBackend "
+                "(`manage.py db_worker`), in TASKS or QUEUED_STORAGE_TASKS_BACKEND; the in-process "
+                "backends are for tests.",
+                id="queued_storage.W021",
+            )
+        )
+    if not backend.supports_defer:
+        messages.append(
+            Info(
+                f"The tasks backend {alias!r} ({kind}) cannot defer a task, so a failed transfer is "
+                "tried again when the sweeper runs, not after QUEUED_STORAGE_RETRY_DELAY.",
+                hint="Run `manage.py queued_storage requeue` on a schedule, or use a backend that "
+                "supports run_after (django-tasks-db's does).",
+                id="queued_storage.I021",
+            )
+        )
+    queue = routing.queue_for(conf.HOST) or framework.DEFAULT_TASK_QUEUE_NAME
+    if backend.queues and queue not in backend.queues:
+        messages.append(
+            Error(
+                f"Transfers from this host go to the queue {queue!r}, which TASKS[{alias!r}]['QUEUES'] "
+                f"({sorted(backend.queues)}) does not list, so the backend would refuse every one.",
+                hint=f"Add {queue!r} to that QUEUES (one per host with QUEUED_STORAGE_HOST_QUEUE), or "
+                "set QUEUES to [] to accept any queue name.",
+                id="queued_storage.E022",
+            )
+        )
     return messages

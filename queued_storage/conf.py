@@ -62,7 +62,7 @@ _SETTINGS: dict[str, _Setting] = {
     "QUEUED_STORAGE_RETRY_BACKOFF_MAX": _Setting(
         3600, lambda v: _number(v) and v > 0, "a positive number of seconds"
     ),
-    "QUEUED_STORAGE_QUEUE": _Setting(None, _optional(_text), "a queue name, or None for Celery's default"),
+    "QUEUED_STORAGE_QUEUE": _Setting(None, _optional(_text), "a queue name, or None for the default queue"),
     "QUEUED_STORAGE_LEASE": _Setting(60, _positive, "a positive number of seconds"),
     "QUEUED_STORAGE_HOST": _Setting(None, _optional(_text), "a host name, or None for this machine's"),
     "QUEUED_STORAGE_HOST_QUEUE": _Setting(
@@ -89,6 +89,12 @@ _SETTINGS: dict[str, _Setting] = {
         _optional(lambda v: _number(v) and v >= 0),
         "a positive number of seconds, or 0 or None to leave sweeping to `manage.py queued_storage requeue`",
     ),
+    "QUEUED_STORAGE_QUEUE_BACKEND": _Setting(
+        None,
+        _optional(lambda v: v in ("celery", "tasks")),
+        "'celery', 'tasks' (Django's Tasks framework), or None to take the one the project configures",
+    ),
+    "QUEUED_STORAGE_TASKS_BACKEND": _Setting("default", _text, "the alias of a backend in TASKS"),
 }
 
 
@@ -150,7 +156,7 @@ class Settings:
 
     @property
     def QUEUE(self) -> str | None:
-        """Celery queue of the transfer task; ``None`` means Celery's default queue."""
+        """Queue of the transfer task; ``None`` means the queue system's default queue."""
         value = self._get("QUEUED_STORAGE_QUEUE")
         return None if value is None else str(value)
 
@@ -196,6 +202,17 @@ class Settings:
         """Seconds between the sweeps of the workers, one at a time across all; ``None``: no sweeps."""
         value = self._get("QUEUED_STORAGE_SWEEP_INTERVAL")
         return float(value) if value else None
+
+    @property
+    def QUEUE_BACKEND(self) -> str | None:
+        """``"celery"`` or ``"tasks"`` (Django's Tasks framework); ``None``: the one configured."""
+        value = self._get("QUEUED_STORAGE_QUEUE_BACKEND")
+        return None if value is None else str(value)
+
+    @property
+    def TASKS_BACKEND(self) -> str:
+        """Alias in ``settings.TASKS`` of the backend that carries transfers (Django Tasks)."""
+        return str(self._get("QUEUED_STORAGE_TASKS_BACKEND"))
 
 
 conf = Settings()

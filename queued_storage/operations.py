@@ -95,7 +95,7 @@ def _storage_of(record: FileRecord, outcome: Outcome) -> QueuedStorage | None:
 def retry(records: Iterable[FileRecord]) -> Outcome:
     """Queue the transfer of each pending or failed file again (its error cleared).
 
-    Routed like every transfer (:func:`queued_storage.publishing.queue_for`), and
+    Routed like every transfer (:func:`queued_storage.routing.queue_for`), and
     published once the surrounding transaction commits.
     """
     outcome = Outcome()

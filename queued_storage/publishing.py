@@ -1,4 +1,7 @@
-"""Sending a saved file's transfer message: from a background thread, or inline.
+"""Sending a saved file's transfer message to Celery: from a background thread, or inline.
+
+Imports Celery only when it sends, so importing it costs a project on
+Django Tasks nothing.
 
 By default the commit hands the message to one thread per process and
 ``save()`` returns without waiting for the broker.  That is safe because the
@@ -30,21 +33,21 @@ from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from celery import Task, current_app
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from .conf import conf
 from .redaction import redact
-from .signals import transfer_requested
+from .routing import celery_configured as celery_configured
+from .routing import queue_for as queue_for
 
 if TYPE_CHECKING:
+    from celery import Task
+
     from .storage import QueuedStorage
 
     _Task = Task[Any, Any]
-else:
-    _Task = Task
 
 logger = logging.getLogger("queued_storage")
 
@@ -55,6 +58,8 @@ _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "
 
 def import_task(path: str) -> Any:
     """The Celery task or Task subclass at dotted ``path``, or ImproperlyConfigured naming it."""
+    from celery import Task
+
     try:
         obj = import_string(path)
     except ImportError as exc:
@@ -73,6 +78,8 @@ def resolve_task(path: str) -> _Task:
     registering binds the class to an app, and Celery's unconfigured fallback
     app would keep it.
     """
+    from celery import current_app
+
     obj = import_task(path)
     if isinstance(obj, type):
         app = current_app
@@ -86,24 +93,6 @@ def resolve_task(path: str) -> _Task:
         return task
     shared: _Task = obj
     return shared
-
-
-def celery_configured() -> bool:
-    """Whether this process has the project's Celery app, not Celery's unconfigured fallback."""
-    return current_app.main not in (None, "default")
-
-
-def queue_for(host: str | None) -> str | None:
-    """The Celery queue of a transfer whose local copy is on ``host``: the one routing rule.
-
-    With ``QUEUED_STORAGE_HOST_QUEUE`` each host's files go to that host's own
-    queue, because only a worker on that host can read them; otherwise to
-    ``QUEUED_STORAGE_QUEUE`` (``None``: Celery's default queue).
-    """
-    pattern = conf.HOST_QUEUE
-    if pattern and host:
-        return pattern.format(host=host)
-    return conf.QUEUE
 
 
 def enqueue(storage: QueuedStorage, name: str, version: str, host: str | None = None, **options: Any) -> bool:
@@ -262,6 +251,8 @@ def mode() -> Mode:
     """Background where a thread of this process can run and the settings allow it; else inline."""
     if not conf.PUBLISH_IN_BACKGROUND:
         return Mode(False, "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND is False")
+    from celery import current_app
+
     if current_app.conf.task_always_eager:
         return Mode(False, "Celery runs tasks eagerly (task_always_eager), so a transfer runs within save()")
     if uwsgi_without_threads():
@@ -313,6 +304,9 @@ def publish(
     storage: QueuedStorage, name: str, version: str, host: str | None, size: int | None = None
 ) -> None:
     """Send the transfer message of a committed save, as :func:`mode` says."""
+    if not celery_configured():  # enqueue() logs what to do; the record waits for the sweeper
+        enqueue(storage, name, version, host)
+        return
     if mode().background:
         _publisher.submit((storage, name, version, host, size))
     else:
@@ -322,14 +316,3 @@ def publish(
 def flush(timeout: float = FLUSH_TIMEOUT) -> bool:
     """Wait for messages still in this process's background publisher; False on timeout."""
     return _publisher.flush(timeout)
-
-
-def _on_transfer_requested(
-    *, storage: QueuedStorage, name: str, version: str, host: str | None, size: int | None, **kwargs: Any
-) -> None:
-    publish(storage, name, version, host, size)
-
-
-def connect() -> None:
-    """Listen to the storages' transfer requests (from ``AppConfig.ready()``)."""
-    transfer_requested.connect(_on_transfer_requested, dispatch_uid="queued_storage.publishing")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
@@ -24,10 +23,13 @@ from celery.signals import (
 )
 from django.db import close_old_connections
 
-from . import registry, threads, transitions
+from . import registry, threads
 from .conf import conf, problems
 from .mover import Copier, Kind, Mover, Outcome, default_copy, report
-from .publishing import Message, coalesce, enqueue, enqueue_many
+from .publishing import enqueue
+from .sweeper import Swept as Swept
+from .sweeper import requeue as requeue
+from .sweeper import sweep as sweep
 from .transfer import Copied, TransferError
 
 if TYPE_CHECKING:
@@ -142,98 +144,6 @@ worker_init.connect(report_settings, weak=False, dispatch_uid=__name__ + ".setti
 # Prefork children, and the thread and solo pools: stop the upload threads.
 worker_process_shutdown.connect(threads.stop_upload_executors, weak=False, dispatch_uid=__name__ + ".uploads")
 worker_shutdown.connect(threads.stop_upload_executors, weak=False, dispatch_uid=__name__ + ".uploads")
-
-
-@dataclass
-class Swept:
-    """What one sweeper run did."""
-
-    queued: int = 0  # files whose transfer was queued again
-    deleted: int = 0  # deleted files whose copies and record it removed
-    undeletable: int = 0  # deleted files whose copies it could not remove (tried again next run)
-
-
-def sweep(
-    older_than: float = 300,
-    *,
-    failed: bool = False,
-    lapsed_for: float | None = None,
-    held: Callable[[], bool] | None = None,
-) -> Swept:
-    """Finish abandoned deletions, then queue again what was left pending, stuck or (optionally) failed.
-
-    A deletion is abandoned when the lease on its tombstone lapsed: the worker
-    or the ``delete()`` call that held it died, or could not remove a copy.
-    A pending file is queued again when it waited ``older_than`` seconds
-    since its last change and since it was last queued: at most one message
-    per file per ``older_than``, however often the sweeper runs.  A file
-    whose worker died (``transferring``, its lease lapsed) likewise after
-    ``lapsed_for`` seconds (default ``older_than``).  The pending files of a
-    ``delayed`` storage only once ``transfer()`` queued them.  Small files go
-    as messages of several, as the background publisher sends them.  The rows
-    are read :data:`transitions.CHUNK` at a time.
-
-    ``held`` is called between files; once it is False (another process took
-    over the sweep) the sweep stops after the chunk it holds, whose files
-    this call already took and so must finish.
-    """
-    swept = Swept()
-    lost = False
-
-    def going() -> bool:
-        nonlocal lost
-        lost = lost or (held is not None and not held())
-        return not lost
-
-    for tombstones in transitions.abandoned():
-        for record in tombstones:
-            going()
-            try:
-                storage = registry.lookup(record.storage)
-                storage._finish_delete(record.name, record.version, record.lease_until)
-            except Exception as exc:
-                logger.warning(
-                    "queued_storage: could not remove the copies of the deleted file %s (%s: %s); "
-                    "the next sweeper run tries again",
-                    record.name,
-                    type(exc).__name__,
-                    exc,
-                )
-                if isinstance(exc, LookupError):  # no storage to give the lease back through
-                    transitions.release_tombstone(record.storage, record.name, record.version, error=str(exc))
-                swept.undeletable += 1
-            else:
-                swept.deleted += 1
-        if not going():
-            return _stopped(swept)
-    for records in transitions.stale(
-        older_than, failed=failed, delayed=registry.delayed(), lapsed_for=lapsed_for
-    ):
-        messages: list[Message] = []
-        for record in records:
-            try:
-                storage = registry.lookup(record.storage)
-            except LookupError as exc:
-                logger.error("queued_storage: cannot requeue %s: %s", record.name, exc)
-                continue
-            messages.append((storage, record.name, record.version, record.host, record.size))
-        for storage, files, host in coalesce(messages, conf.BATCH_FILES):
-            going()
-            if enqueue_many(storage, files, host):
-                swept.queued += len(files)
-        if not going():
-            return _stopped(swept)
-    return swept
-
-
-def _stopped(swept: Swept) -> Swept:
-    logger.warning("queued_storage: another process took over the sweep, so this one stops")
-    return swept
-
-
-def requeue(older_than: float = 300, *, failed: bool = False) -> int:
-    """:func:`sweep`; the number of files queued again."""
-    return sweep(older_than, failed=failed).queued
 
 
 @shared_task(name="queued_storage.tasks.requeue_stale", ignore_result=True)

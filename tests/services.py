@@ -1,4 +1,4 @@
-"""Real backing services (Redis, moto S3, PostgreSQL, Celery) for integration tests.
+"""Real backing services (Redis, moto S3, PostgreSQL, Celery, db_worker) for integration tests.
 
 Every service runs as a subprocess bound to ``127.0.0.1`` on a free port and
 logs to a file in a caller-provided directory.  The classes are plain Python
@@ -35,6 +35,7 @@ from typing import IO, Any
 
 __all__ = [
     "CeleryWorker",
+    "DbWorker",
     "MotoServer",
     "PostgresServer",
     "RedisServer",
@@ -714,3 +715,62 @@ class CeleryWorker(_Service):
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Warm shutdown (SIGTERM; waits for running tasks), SIGKILL on timeout."""
         self._terminate(signal.SIGTERM, timeout)
+
+
+# ---------------------------------------------------------------------------
+# django-tasks-db worker
+# ---------------------------------------------------------------------------
+class DbWorker(_Service):
+    """``manage.py db_worker`` (django-tasks-db): one process that runs one task at a time."""
+
+    name = "db_worker"
+
+    def __init__(
+        self,
+        settings: str,
+        env: Mapping[str, str],
+        workdir: str | os.PathLike[str],
+        *,
+        worker_id: str,
+        queues: Sequence[str] = ("default",),
+        pythonpath: Sequence[str] = (),
+        interval: float = 0.1,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(workdir)
+        self.settings = settings
+        self.env = dict(env)
+        self.worker_id = worker_id
+        self.queues = list(queues)
+        self.pythonpath = [str(p) for p in pythonpath]
+        self.interval = interval
+        self.cwd = Path(cwd) if cwd is not None else REPO_ROOT
+        self.name = "db_worker-" + "".join(c if c.isalnum() else "_" for c in worker_id)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "django", "db_worker",
+            "--settings", self.settings,
+            "--queue-name", ",".join(self.queues),
+            "--interval", str(self.interval),
+            "--worker-id", self.worker_id,
+            "--no-startup-delay",
+            "--no-reload",
+        ]  # fmt: skip
+
+    def start(self, timeout: float = READY_TIMEOUT) -> DbWorker:
+        """Start and wait for its ``Starting worker`` log line."""
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        inherited = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
+        env["PYTHONPATH"] = os.pathsep.join([*self.pythonpath, str(self.cwd), *inherited])
+        self._spawn(self.command(), env=env, cwd=self.cwd)
+        self._wait_until(lambda: "Starting worker" in self.log_text(), "'Starting worker' in log", timeout)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the process (a hard crash): its running task is never finished."""
+        self._terminate(signal.SIGKILL, 5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from importlib.util import find_spec
 from pathlib import Path
 
 env = os.environ.get
@@ -29,6 +30,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "queued_storage",
     "tests.testapp",
+    # Django Tasks' database backend: on Django 5.2 the framework is the django-tasks backport.
+    *([] if find_spec("django.tasks") else ["django_tasks"]),
+    "django_tasks_db",
 ]
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -90,6 +94,11 @@ CELERY_TASK_ALWAYS_EAGER = env("QS_EAGER") == "1"
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# Both queues are configured; the Celery app of tests/__init__.py makes Celery
+# the one chosen unless QS_QUEUE_BACKEND says "tasks" (the db_worker tests).
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": []}}
+QUEUED_STORAGE_QUEUE_BACKEND = env("QS_QUEUE_BACKEND") or None
 
 # A worker may play another web host, with its own disk (tests/test_hosts.py).
 MEDIA_ROOT = env("QS_MEDIA_ROOT") or str(WORK / "media")

@@ -1,8 +1,9 @@
 """The demo in a real browser: upload an image, watch it move to S3 and its thumbnail follow.
 
 Starts ``example_project/run_demo.py`` exactly as a newcomer would (its own
-moto server, filesystem broker, Celery worker and web server on free ports)
-and drives Debian's Chromium through Playwright.
+moto server, filesystem broker, Celery worker and web server on free ports),
+and once more with ``--queue tasks`` (Django Tasks: two ``db_worker``
+processes, the queue in SQLite), and drives Debian's Chromium through Playwright.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Demo:
     url: str
     s3: str
     data_dir: Path
+    queue: str
 
 
 def _demo_processes(data_dir: Path) -> list[int]:
@@ -62,8 +64,9 @@ def _demo_processes(data_dir: Path) -> list[int]:
     return pids
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+@pytest.fixture(scope="module", params=["celery", "tasks"])
+def demo(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Demo]:
+    queue = request.param
     data_dir = tmp_path_factory.mktemp("demo")
     output = data_dir / "run_demo.out"
     port = free_port()
@@ -79,6 +82,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         sys.executable,
         str(REPO_ROOT / "example_project" / "run_demo.py"),
         *("--port", str(port), "--data-dir", str(data_dir), "--bandwidth", "100000", "--quiet"),
+        *("--queue", queue),
     ]
     with open(output, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -91,7 +95,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         banner = output.read_text()
         s3 = re.search(r"S3: (http://\S+), bucket", banner)
         assert s3, banner
-        yield Demo(url=f"http://127.0.0.1:{port}/", s3=s3.group(1), data_dir=data_dir)
+        yield Demo(url=f"http://127.0.0.1:{port}/", s3=s3.group(1), data_dir=data_dir, queue=queue)
     finally:
         # What Ctrl-C does in a terminal.
         proc.send_signal(signal.SIGINT)
@@ -180,6 +184,7 @@ def test_upload_image_moves_to_s3_in_the_browser(demo: Demo, tmp_path: Path) -> 
             )
             assert thumb.evaluate("img => img.naturalWidth") == 300
             assert (thumb.get_attribute("src") or "").startswith(remote)
-            page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+            shot = "demo.png" if demo.queue == "celery" else f"demo-{demo.queue}.png"
+            page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
         finally:
             browser.close()

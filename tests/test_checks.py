@@ -56,9 +56,10 @@ def test_same_local_and_remote():
     assert ids() == ["queued_storage.E003"]
 
 
-def test_no_celery_app(monkeypatch):
+def test_no_celery_app(monkeypatch, settings):
     from celery import _state
 
+    settings.QUEUED_STORAGE_QUEUE_BACKEND = "celery"  # TASKS is set: unset, Django Tasks would be chosen
     monkeypatch.setattr(_state._tls, "current_app", None)
     monkeypatch.setattr(_state, "default_app", None)
     assert ids() == ["queued_storage.E004"]

@@ -396,9 +396,10 @@ def test_requeue_task_for_celery_beat_queues_stale_files(make, eager):
     assert storage.status(name).state == "remote"
 
 
-def test_without_a_celery_app_the_save_stays_pending_with_a_clear_error(make, monkeypatch, caplog):
+def test_without_a_celery_app_the_save_stays_pending_with_a_clear_error(make, monkeypatch, caplog, settings):
     from celery import _state
 
+    settings.QUEUED_STORAGE_QUEUE_BACKEND = "celery"  # TASKS is set: unset, Django Tasks would be chosen
     monkeypatch.setattr(_state._tls, "current_app", None)
     monkeypatch.setattr(_state, "default_app", None)
     name = make().save("orphan.txt", ContentFile(b"o"))

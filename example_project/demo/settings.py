@@ -4,6 +4,8 @@ Everything has an embedded default that needs no server: SQLite, a file-based
 cache and a filesystem Celery broker under ``DEMO_DATA_DIR``.  Environment
 variables switch to production-like parts:
 
+- ``DEMO_QUEUE=tasks``: Django's Tasks framework instead of Celery, its queue
+  a table of the SQLite database (django-tasks-db; ``manage.py db_worker``).
 - ``REDIS_URL``: Redis as the Celery broker and the shared cache.
 - ``AWS_STORAGE_BUCKET_NAME``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
   ``AWS_S3_REGION_NAME``, ``AWS_S3_ENDPOINT_URL`` (for an S3-compatible
@@ -14,6 +16,7 @@ variables switch to production-like parts:
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 env = os.environ.get
@@ -138,12 +141,22 @@ STORAGES = {
             "local": "django.core.files.storage.FileSystemStorage",
             "remote": "storages.backends.s3.S3Storage",
             # The built-in transfer, slowed down (DEMO_BANDWIDTH) so you can
-            # watch the progress bar; see uploads/tasks.py.
+            # watch the progress bar; see uploads/tasks.py and uploads/django_tasks.py.
             "task": "uploads.tasks.DemoTransfer",
         },
     },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+
+# The queue: Celery, or Django's Tasks framework with its queue in this
+# database, which needs no broker (docs/queues.rst).
+DEMO_QUEUE = env("DEMO_QUEUE", "celery")
+if DEMO_QUEUE == "tasks":
+    # "django_tasks": on Django 5.2 only, the backport of django.tasks.
+    INSTALLED_APPS += [*([] if find_spec("django.tasks") else ["django_tasks"]), "django_tasks_db"]
+    TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    QUEUED_STORAGE_QUEUE_BACKEND = "tasks"
+    STORAGES["default"]["OPTIONS"]["task"] = "uploads.django_tasks.demo_transfer"
 
 # Bytes per second the demo transfer reads the local file at; 0: full speed.
 DEMO_BANDWIDTH = int(env("DEMO_BANDWIDTH", "0"))

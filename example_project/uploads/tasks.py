@@ -1,4 +1,4 @@
-"""The demo's transfer task: the built-in one, optionally slowed down to watch its progress.
+"""The demo's Celery transfer task: the built-in one, optionally slowed down to watch its progress.
 
 It shows the ``task`` option and the ``transfer()`` hook of
 ``queued_storage.tasks.Transfer``: the copy, its verification and the switch
@@ -7,72 +7,17 @@ are still the library's.
 
 from __future__ import annotations
 
-import time
-from typing import IO, Any
+from typing import Any
 
-from django.conf import settings
 from django.core.files.storage import Storage
 
 from queued_storage.tasks import Transfer
 
-CHUNK = 64 * 1024
-
-
-class _SlowFile:
-    """Reads at most ``rate`` bytes per second, in small chunks."""
-
-    def __init__(self, raw: IO[bytes], rate: int) -> None:
-        self._raw = raw
-        self._rate = rate
-        self._started = time.monotonic()
-        self._read = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(CHUNK if size is None or size < 0 else min(size, CHUNK))
-        self._read += len(data)
-        ahead = self._read / self._rate - (time.monotonic() - self._started)
-        if ahead > 0:
-            time.sleep(ahead)
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
-
-    def __enter__(self) -> _SlowFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._raw.close()
-
-
-class _SlowStorage:
-    """The local storage as the transfer sees it: same files, slower reads, and no ``path()``.
-
-    Given a path, the transfer would let boto3 read the file itself, at full
-    speed and past this throttle; without one it streams the file through
-    ``open()``, reporting progress as it reads.  The check that the file did
-    not change during the copy needs a path too, so the slowed demo skips it.
-    """
-
-    def __init__(self, storage: Storage, rate: int) -> None:
-        self._storage = storage
-        self._rate = rate
-
-    def open(self, name: str, mode: str = "rb") -> _SlowFile:
-        return _SlowFile(self._storage.open(name, mode), self._rate)
-
-    def path(self, name: str) -> str:
-        raise NotImplementedError("the demo's throttled storage is read through open() only")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._storage, name)
+from .throttle import throttled
 
 
 class DemoTransfer(Transfer):
     name = "uploads.tasks.DemoTransfer"
 
     def transfer(self, name: str, local: Storage, remote: Storage, **kwargs: Any) -> Any:
-        rate = settings.DEMO_BANDWIDTH
-        if rate > 0:
-            local = _SlowStorage(local, rate)  # type: ignore[assignment]
-        return super().transfer(name, local, remote, **kwargs)
+        return super().transfer(name, throttled(local), remote, **kwargs)

@@ -12,7 +12,7 @@ from queued_storage import operations
 from queued_storage.models import FileRecord, State
 from queued_storage.registry import by_label, declared, label_of, lookup
 from queued_storage.storage import QueuedStorage
-from queued_storage.tasks import sweep
+from queued_storage.sweeper import sweep
 
 
 def _size(n: float) -> str:
