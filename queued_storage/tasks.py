@@ -313,8 +313,19 @@ class Transfer(_Task):
             return self._run_many(storage, [(n, v) for n, v in files])
         outcome, record = location.claim(storage_key, name, version, owner=self.request.hostname or "")
         if outcome is Claim.BUSY:
-            # Another worker copies it; come back when its lease would have lapsed.
-            raise self.retry(countdown=_busy_wait(record), max_retries=None)
+            # Another worker copies it: come back when its lease would have lapsed, as
+            # often as it takes.  Not self.retry(): Celery caps that at the task's
+            # max_retries, and each one would spend a retry of this file's own budget.
+            assert record is not None
+            enqueue(
+                storage,
+                name,
+                version,
+                record.host,
+                countdown=_busy_wait(record),
+                retries=self.request.retries,
+            )
+            return "requeued"
         if outcome is not Claim.CLAIMED:
             return str(outcome.value)
         assert record is not None

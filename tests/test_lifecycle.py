@@ -903,3 +903,16 @@ def test_a_stalled_worker_does_not_make_a_new_file_of_the_same_name_fail(state: 
     record = location.get(state.storage.key, "a.txt")
     assert record is not None
     assert record.state == State.REMOTE, f"the new a.txt is {record.state}: {record.last_error}"
+
+
+def test_a_message_finding_the_file_busy_comes_back_without_spending_a_retry(state: Lifecycle) -> None:
+    # Busy as often as it takes (Celery's retry() stops at the task's max_retries), and each
+    # time with the retries it came with: waiting is not a failed attempt.
+    state.save(name="a.txt", data=b"")
+    state.worker_takes_message(pick=0, stops_after="claim")
+    state.worker_dies(pick=0, redelivered=True)
+    for _ in range(5):  # the dead worker's lease still runs: busy every time
+        state.worker_takes_message(pick=0, stops_after=None)
+        assert [(m.files[0][0], m.retries) for m in state.env.broker] == [("a.txt", 0)]
+    state.time_passes(stalled=None)
+    state.teardown()
