@@ -163,15 +163,20 @@ def cached_state(storage: str, name: str) -> str | None:
     """The state as the cache and then the database know it; ``None`` when neither has one.
 
     Never looks at the storages and never creates a record: the serving view
-    answers from here alone.
+    answers from here alone.  A cached ``absent`` is checked against the row
+    (one indexed ``SELECT``, no storage request): a save whose clearing of it
+    was lost while the cache was down is never hidden by it.
     """
     key = cache_key(storage, name)
     state = read(key)
-    if state is not None:
+    if state is not None and state != ABSENT:
         return str(state)
     found = stored_state(storage, name)
     if found is None:
-        return None
+        return None if state is None else ABSENT
+    if state == ABSENT:
+        # The save's clearing of an ``absent`` was lost with the cache: the row decides.
+        _delete(key)
     return fill(storage, name, key, found)
 
 

@@ -73,8 +73,19 @@ class Transfer(_Task):
         if files is None:
             outcome = mover.one(name, version)
             self._report(storage, outcome)
-            if outcome.kind is Kind.BUSY:  # come back when the holder's lease would have lapsed
-                raise self.retry(countdown=outcome.retry_after, max_retries=None)
+            if outcome.kind is Kind.BUSY:
+                # Another worker copies it: sent again for when its lease would have lapsed, as
+                # often as it takes.  Not self.retry(): Celery caps that at the task's
+                # max_retries, and each wait would spend a retry of this file's own budget.
+                enqueue(
+                    storage,
+                    name,
+                    version,
+                    outcome.host,
+                    countdown=outcome.retry_after,
+                    retries=self.request.retries,
+                )
+                return "requeued"
             if outcome.kind is Kind.RETRY:
                 raise self.retry(exc=_shown(outcome), countdown=outcome.retry_after, max_retries=conf.RETRIES)
             return str(outcome.kind.value)
