@@ -236,7 +236,8 @@ def cmd_test(args: argparse.Namespace) -> None:
 def cmd_unit(args: argparse.Namespace) -> None:
     """The tests that need no service: no Redis, S3, worker, PostgreSQL or browser."""
     ensure_venv("dev")
-    pytest("-q", "-m", "not services", *args.rest, env={"QS_UNIT": "1"})
+    # The property tests with fewer examples than the full command runs.
+    pytest("-q", "-m", "not services", *args.rest, env={"QS_UNIT": "1", "QS_HYPOTHESIS_EXAMPLES": "25"})
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
