@@ -65,7 +65,7 @@ class Plan:
     serve_reps: int
     prefault: bool = False  # touch the machine's free memory first (see harness.prefault_memory)
     scale_rows: tuple[int, ...] = (10_000, 1_000_000)  # scenario 8: the sizes of the table
-    scale_reps: int = 5
+    scale_reps: int = 15
 
 
 FULL = Plan(
