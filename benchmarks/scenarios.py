@@ -702,6 +702,7 @@ def message_size(services: Services, results: Results, plan: Plan) -> None:
                 default_storage.save(
                     f"s6/uploads/2026/05/quarterly-report-{uuid.uuid4().hex[:8]}.pdf", File(fh)
                 )
+            publishing.flush()  # the background thread's publish, the default
             source.unlink()
             [raw] = services.parked_messages()
         envelope = json.loads(raw)
