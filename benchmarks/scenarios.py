@@ -1,4 +1,4 @@
-"""The seven scenarios of issue 6; each measures its baseline in the same run."""
+"""The scenarios of issue 6; each measures its baseline in the same run (scenario 8: benchmarks.scale)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,8 @@ class Plan:
     serve_size: int
     serve_reps: int
     prefault: bool = False  # touch the machine's free memory first (see harness.prefault_memory)
+    scale_rows: tuple[int, ...] = (10_000, 1_000_000)  # scenario 8: the sizes of the table
+    scale_reps: int = 15
 
 
 FULL = Plan(
@@ -100,6 +102,8 @@ QUICK = Plan(
     message_sizes={"1 KB": KB, "500 MB": 500 * MB},
     serve_size=20 * MB,
     serve_reps=2,
+    scale_rows=(10_000, 100_000),
+    scale_reps=3,
 )
 TINY = Plan(
     save_sizes={"1 KB": KB, "100 KB": 100 * KB},
@@ -117,6 +121,8 @@ TINY = Plan(
     message_sizes={"1 KB": KB},
     serve_size=200 * KB,
     serve_reps=1,
+    scale_rows=(400, 1_000),
+    scale_reps=1,
 )
 
 FS, QUEUED, QUEUED_BG, S3, S3_WAN = (
@@ -696,6 +702,7 @@ def message_size(services: Services, results: Results, plan: Plan) -> None:
                 default_storage.save(
                     f"s6/uploads/2026/05/quarterly-report-{uuid.uuid4().hex[:8]}.pdf", File(fh)
                 )
+            publishing.flush()  # the background thread's publish, the default
             source.unlink()
             [raw] = services.parked_messages()
         envelope = json.loads(raw)

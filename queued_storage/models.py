@@ -40,16 +40,41 @@ class FileRecord(models.Model):
     # sweeper; the sweeper sends at most one per file per threshold.  Null for
     # a save's own message, and for a delayed file never queued.
     queued_at = models.DateTimeField(null=True, blank=True)
+    # When the local copy of a remote file was deleted (``delete_local``,
+    # ``cleanup-local``) or found gone; null while one may remain, so
+    # ``cleanup-local`` reads only the files it may still have to clean up.
+    local_deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "queued file"
         constraints = [
             models.UniqueConstraint(fields=["storage", "name"], name="queued_storage_unique_name"),
         ]
+        # Every query that reads many records reads them through one of these, so
+        # its time grows with the rows it acts on, not with the table (the plans:
+        # docs/query-plans.rst; tests/test_scale.py holds them).  The conditional
+        # ones hold only the rows they are for, and cost a write nothing otherwise.
         indexes = [
-            models.Index(fields=["state", "updated_at"], name="queued_storage_state_idx"),
-            # The sweeper's query: a state, then never queued or queued before the threshold.
-            models.Index(fields=["state", "queued_at", "updated_at"], name="queued_storage_sweep_idx"),
+            # The rows of one state in key order: the sweeper, status, the admin's state filter.
+            models.Index(fields=["state", "id"], name="queued_storage_state_pk_idx"),
+            # Remote files whose local copy may remain: cleanup-local.  Led by
+            # state like the index above, so that SQLite, which knows no sizes,
+            # sees the same columns in both and takes this, the smaller one.
+            models.Index(
+                fields=["state", "id"],
+                condition=models.Q(state=State.REMOTE, local_deleted_at__isnull=True),
+                name="queued_storage_local_idx",
+            ),
+            # The latest errors: status.
+            models.Index(
+                fields=["updated_at"], condition=~models.Q(last_error=""), name="queued_storage_error_idx"
+            ),
+            # The latest transfer: status.
+            models.Index(
+                fields=["transferred_at"],
+                condition=models.Q(transferred_at__isnull=False),
+                name="queued_storage_transferred_idx",
+            ),
         ]
 
     def __str__(self) -> str:

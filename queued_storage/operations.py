@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Max, Min, Q, Sum
+from django.db import connections, router
+from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 
 from . import registry, transitions
+from .conf import conf
 from .models import FileRecord, State
 from .redaction import redact
 from .registry import declared, label_of, lookup
@@ -25,29 +27,50 @@ from .transfer import local_md5, remote_fingerprint, remote_md5
 # -- status
 
 
-def summary(last_errors: int = 5) -> dict[str, Any]:
-    """Counts and bytes per storage and state, the oldest file not yet remote, the last errors."""
+# The states of the files not yet on the remote: what status counts by default.
+WAITING = (State.PENDING, State.TRANSFERRING, State.FAILED)
+
+
+def summary(last_errors: int = 5, *, remote: bool = False) -> dict[str, Any]:
+    """Counts and bytes per storage and state, the oldest file not yet remote, the last errors.
+
+    The files on the remote are counted only with ``remote``: every other
+    figure reads, through an index, only the records it reports on, while
+    that count reads the record of every file ever transferred.
+    """
     now = timezone.now()
-    live = FileRecord.objects.exclude(state=State.DELETED)
+    states = [*WAITING, State.REMOTE] if remote else list(WAITING)
     storages: dict[str, dict[str, Any]] = {}
-    rows = live.values("storage", "state").annotate(files=Count("id"), bytes=Sum("size")).order_by("storage")
+    rows = (
+        FileRecord.objects.filter(state__in=states)
+        .values("storage", "state")
+        .annotate(files=Count("id"), bytes=Sum("size"))
+        .order_by("storage")
+    )
     for row in rows:
         entry = storages.setdefault(
             row["storage"], {"storage": row["storage"], "label": label_of(row["storage"]), "states": {}}
         )
         entry["states"][row["state"]] = {"files": row["files"], "bytes": row["bytes"] or 0}
-    totals = {state: 0 for state in (State.PENDING, State.TRANSFERRING, State.REMOTE, State.FAILED)}
+    shown = (State.PENDING, State.TRANSFERRING, State.REMOTE, State.FAILED)
+    totals = {str(state): 0 for state in shown if state in states}
     for entry in storages.values():
         for state, counts in entry["states"].items():
-            totals[state] = totals.get(state, 0) + counts["files"]
-    waiting = live.filter(state__in=[State.PENDING, State.TRANSFERRING]).aggregate(
+            totals[state] += counts["files"]
+    waiting = FileRecord.objects.filter(state__in=[State.PENDING, State.TRANSFERRING]).aggregate(
         bytes=Sum("size"), oldest=Min("created_at")
     )
-    errors = live.exclude(last_error="").order_by("-updated_at")[:last_errors]
-    last_transfer = live.aggregate(at=Max("transferred_at"))["at"]
+    errors = FileRecord.objects.exclude(last_error="").exclude(state=State.DELETED).order_by("-updated_at")
+    last_transfer = (
+        FileRecord.objects.filter(transferred_at__isnull=False)
+        .order_by("-transferred_at")
+        .values_list("transferred_at", flat=True)
+        .first()
+    )
     return {
         "storages": list(storages.values()),
-        "totals": {str(state): files for state, files in totals.items()},
+        "totals": totals,
+        "remote_counted": remote,
         "bytes_pending": waiting["bytes"] or 0,
         "oldest_pending_seconds": (
             round((now - waiting["oldest"]).total_seconds(), 1) if waiting["oldest"] else None
@@ -61,7 +84,7 @@ def summary(last_errors: int = 5) -> dict[str, Any]:
                 "error": record.last_error,
                 "at": record.updated_at.isoformat(),
             }
-            for record in errors
+            for record in errors[:last_errors]
         ],
         "last_transfer": last_transfer.isoformat() if last_transfer else None,
     }
@@ -272,13 +295,27 @@ def adopt(storage: QueuedStorage, name: str) -> str:
 
 
 def cleanup_candidates(older_than_days: float) -> Iterator[FileRecord]:
-    """Remote files transferred at least ``older_than_days`` ago, read a chunk at a time."""
+    """Remote files transferred at least ``older_than_days`` ago whose local copy may remain.
+
+    Read a chunk at a time; a file whose local copy was deleted, or found
+    gone, is not read again.
+    """
     cutoff = timezone.now() - timedelta(days=older_than_days)
-    records = FileRecord.objects.filter(state=State.REMOTE).filter(
+    records = FileRecord.objects.filter(state=State.REMOTE, local_deleted_at__isnull=True).filter(
         Q(transferred_at__lte=cutoff) | Q(transferred_at__isnull=True, updated_at__lte=cutoff)
     )
     for chunk in transitions.chunked(records):
         yield from chunk
+
+
+def _holds_local_copies_of(record: FileRecord) -> bool:
+    """Whether this host's local storage is where the file's local copy would be.
+
+    Without ``QUEUED_STORAGE_HOST_QUEUE`` any worker copies any file, so the
+    local storage is one that every host shares; with it, only the host that
+    saved the file has its copy.
+    """
+    return conf.HOST_QUEUE is None or record.host == conf.HOST
 
 
 @dataclass
@@ -299,6 +336,8 @@ def cleanup_local(
             continue
         if not storage.local.exists(record.name):
             outcome.skip("without a local copy", record.name)
+            if not dry_run and _holds_local_copies_of(record):
+                transitions.local_copy_gone(record.storage, record.name, record.version)
             continue
         check = verify(record, read_back=True)
         if not check.ok:
@@ -326,12 +365,29 @@ def cleanup_local(
 # -- re-pointing records after a storage's identity changed
 
 
+def identities(using: str | None = None) -> list[str]:
+    """Every storage identity in the records, sorted.
+
+    One step of the unique (storage, name) index per identity, whatever the
+    number of records: a ``SELECT DISTINCT`` would read every entry.
+    """
+    connection = connections[using or router.db_for_read(FileRecord)]
+    quote = connection.ops.quote_name
+    column = next(str(field.column) for field in FileRecord._meta.concrete_fields if field.name == "storage")
+    table, key = quote(FileRecord._meta.db_table), quote(column)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH RECURSIVE found (k) AS (SELECT MIN({key}) FROM {table} UNION ALL "
+            f"SELECT (SELECT MIN({key}) FROM {table} WHERE {key} > found.k) FROM found "
+            "WHERE found.k IS NOT NULL) SELECT k FROM found WHERE k IS NOT NULL"
+        )
+        return [str(row[0]) for row in cursor.fetchall()]
+
+
 def unknown_identities(using: str | None = None) -> list[str]:
     """Storage identities in the records that no storage of this project has."""
     known = {storage.identity for _, storage in [*registry.everything(), *registry.registered()]}
-    records = FileRecord.objects.using(using) if using else FileRecord.objects.all()
-    found = records.order_by().values_list("storage", flat=True).distinct()
-    return sorted(set(found) - known)
+    return [key for key in identities(using) if key not in known]
 
 
 def rekey(

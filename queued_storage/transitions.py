@@ -88,6 +88,7 @@ def remember_unknown(storage: str, name: str, *, on_remote: bool, on_local: bool
         version=new_version(),
         size=size,
         host=conf.HOST,
+        local_deleted_at=None if on_local else timezone.now(),
     )
     try:
         with transaction.atomic(using=router.db_for_write(FileRecord)):
@@ -476,8 +477,11 @@ def stale(
     lapsed = now - timedelta(seconds=older_than if lapsed_for is None else lapsed_for)
     stuck = Q(state=State.TRANSFERRING, lease_until__lt=now) & quiet_since(lapsed)
     due = waiting | stuck
-    query = (due | Q(state=State.FAILED)) if failed else due
-    for rows in chunked(FileRecord.objects.filter(query)):
+    # One state at a time: each walk reads that state's rows in key order from
+    # its index, where one query over several states would sort them all again
+    # for every list.  A failed file revived below is pending by then, not read twice.
+    walks = [waiting, stuck] + ([Q(state=State.FAILED)] if failed else [])
+    for rows in (rows for walk in walks for rows in chunked(FileRecord.objects.filter(walk))):
         stamp = timezone.now() - timedelta(microseconds=secrets.randbelow(1_000_000))
         keys = [row.pk for row in rows]
         FileRecord.objects.filter(due, pk__in=keys).update(queued_at=stamp)
@@ -513,12 +517,27 @@ def local_copy_removable(storage: str, name: str, version: str) -> Iterator[bool
     block ends, so a delete of the name, and with it a new save under the same
     name, waits instead of losing its fresh local file to this delete; and the
     cache write needs no check against the row, which cannot change before it.
+    A block that ends without raising has deleted the copy: the row records
+    it (``local_deleted_at``) in the same transaction.
     """
     with transaction.atomic(using=router.db_for_write(FileRecord)):
         # An UPDATE, not SELECT FOR UPDATE: SQLite locks on writes only.
         row = FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE)
-        held = row.update(updated_at=timezone.now())
-        yield bool(held) and mirror.write_unchecked(mirror.cache_key(storage, name), State.REMOTE)
+        now = timezone.now()
+        held = row.update(updated_at=now)
+        removable = bool(held) and mirror.write_unchecked(mirror.cache_key(storage, name), State.REMOTE)
+        yield removable
+        if removable:  # the block deleted it without raising
+            row.update(local_deleted_at=now)
+
+
+def local_copy_gone(storage: str, name: str, version: str) -> bool:
+    """Record that this remote file has no local copy any more, so cleanup-local passes it by."""
+    return bool(
+        FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.REMOTE).update(
+            local_deleted_at=timezone.now()
+        )
+    )
 
 
 def move(old: str, new: str, name: str, version: str, *, size: int) -> bool:

@@ -9,6 +9,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage as _default_storage
 
 from queued_storage import QueuedStorage, transitions
+from queued_storage.admin import CountingPaginator, FileRecordAdmin
 from queued_storage.models import FileRecord
 
 from .conftest import transfer_now
@@ -46,6 +47,28 @@ def test_changelist_filters_and_search(admin_client):
     assert "admin/alpha.txt" in by_storage
     assert admin_client.get(CHANGELIST, {"storage": "other"}).status_code == 200
     assert a == "admin/alpha.txt"
+
+
+def test_changelist_counts_to_its_limit_and_says_so(admin_client, monkeypatch):
+    monkeypatch.setattr(CountingPaginator, "limit", 3)
+    monkeypatch.setattr(FileRecordAdmin, "list_per_page", 2)
+    names = [default_storage.save(f"admin/many-{i}.txt", ContentFile(b"m")) for i in range(5)]
+    fail(names[0])
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert "More than 3 files match, and the count stops there" in page
+    assert "3 queued files" in page
+    assert names[4] in page and names[3] in page and names[0] not in page  # the newest first
+    assert "More than" not in admin_client.get(CHANGELIST, {"state__exact": "failed"}).content.decode()
+
+
+def test_host_filter_offers_the_hosts_of_files_not_yet_remote(admin_client):
+    default_storage.save("admin/here.txt", ContentFile(b"h"))
+    FileRecord.objects.create(storage="x", name="gone.txt", state="remote", version="v", host="old-host")
+    FileRecord.objects.create(storage="x", name="stuck.txt", state="failed", version="v", host="dead-host")
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert "?host=dead-host" in page and "?host=old-host" not in page
+    chosen = admin_client.get(CHANGELIST, {"host": "old-host"}).content.decode()
+    assert "gone.txt" in chosen and "stuck.txt" not in chosen and "?host=old-host" in chosen
 
 
 def test_change_page_is_read_only_and_no_add_or_delete(admin_client):

@@ -19,9 +19,10 @@ pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
 
 def test_every_scenario_runs_end_to_end(tmp_path):
-    chart = tmp_path / "chart.png"
+    chart, plans = tmp_path / "chart.png", tmp_path / "query-plans.rst"
+    paths = ["--chart", str(chart), "--plans", str(plans), "--results", str(tmp_path)]
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--tiny", "--chart", str(chart), "--results", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks", "--tiny", *paths],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -30,7 +31,7 @@ def test_every_scenario_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     [out] = tmp_path.glob("*-tiny.json")
     rows = json.loads(out.read_text())["rows"]
-    assert {row["scenario"].split()[0] for row in rows} == {"1", "2", "3", "4", "5", "6", "7"}
+    assert {row["scenario"].split()[0] for row in rows} == {"1", "2", "3", "4", "5", "6", "7", "8"}
     assert all(row["samples"] for row in rows)
     assert chart.stat().st_size > 0
     # The floors each target is up against are measured in the same run.
@@ -43,3 +44,11 @@ def test_every_scenario_runs_end_to_end(tmp_path):
     gets = [row for row in rows if row["subject"].startswith("the cache's get() alone")]
     assert len(gets) == 4 and all(row["note"].startswith("url() warm minus ") for row in gets)
     assert any(row["subject"].startswith("a Redis GET over a plain socket") for row in rows)
+    # Scenario 8: each operation on both databases at both sizes, and the plan of each query.
+    scale = {(row["case"], row["subject"]) for row in rows if row["scenario"] == "8 scale"}
+    for db in ("SQLite", "PostgreSQL"):
+        for size in ("400", "1,000"):
+            assert (f"{db}, {size} rows", "admin changelist, search") in scale
+            assert (f"{db}, {size} rows", "requeue (a sweep)") in scale
+    text = plans.read_text()
+    assert "cleanup-local --dry-run" in text and "queued_storage_local_idx" in text

@@ -52,7 +52,8 @@ def test_every_subcommand_explains_itself(sub, capsys):
 
 @pytest.mark.services  # the default storage's remote is S3
 def test_status_text_and_json():
-    assert "No files recorded yet." in run("status")
+    assert "No files recorded yet." in run("status", "--remote")
+    assert "No files waiting for the remote." in run("status")
     remote = default_storage.save("cmd/remote.txt", ContentFile(b"r" * 100))
     transfer_now(default_storage, remote)
     default_storage.save("cmd/pending.txt", ContentFile(b"p" * 1000))
@@ -60,7 +61,7 @@ def test_status_text_and_json():
     fail(failed)
     photos.save("cmd/photo.png", ContentFile(b"png"))
 
-    text = run("status")
+    text = run("status", "--remote")
     assert f"default ({default_storage.identity})" in text
     assert "testapp.Photo.image" in text
     assert "Total: 2 pending, 0 transferring, 1 remote, 1 failed." in text
@@ -68,7 +69,18 @@ def test_status_text_and_json():
     assert "Oldest file waiting: " in text and "none" not in text
     assert "cmd/failed.txt (failed, 1 attempts): ConnectionError: S3 is down" in text
 
-    report = json.loads(run("status", "--json"))
+    # Without --remote the files on the remote are not counted, and said to be.
+    waiting = run("status")
+    assert "Total: 2 pending, 0 transferring, 1 failed (files on the remote not counted" in waiting
+    assert "  remote" not in waiting and "Waiting for transfer: 1.0 KB." in waiting
+    brief = json.loads(run("status", "--json"))
+    assert brief["totals"] == {"pending": 2, "transferring": 0, "failed": 1}
+    assert brief["remote_counted"] is False
+    assert all("remote" not in entry["states"] for entry in brief["storages"])
+    assert brief["last_transfer"] == record("cmd/remote.txt").transferred_at.isoformat()
+
+    report = json.loads(run("status", "--json", "--remote"))
+    assert report["remote_counted"] is True
     assert report["totals"] == {"pending": 2, "transferring": 0, "remote": 1, "failed": 1}
     assert report["bytes_pending"] == 1003
     assert report["oldest_pending_seconds"] >= 0
@@ -206,7 +218,29 @@ def test_cleanup_local_deletes_only_verified_copies(s3):
     assert default_storage.local.exists(bad) and default_storage.local.exists(local_only)
     with default_storage.open(good) as fh:  # still readable, from the remote
         assert fh.read() == b"good"
-    assert "Deleted 0 local copies" in run("cleanup-local", "--older-than", "0")
+    assert record(good).local_deleted_at is not None and record(bad).local_deleted_at is None
+    # The next run reads only the file whose local copy remains.
+    again = run("cleanup-local", "--older-than", "0")
+    assert "of 1 remote file(s); skipped 1 kept: remote copy not verified." in again
+
+
+def test_cleanup_local_records_a_local_copy_found_gone_and_passes_it_by_after(s3):
+    names = [default_storage.save(f"cmd/gone-{i}.txt", ContentFile(b"x")) for i in range(3)]
+    for name in names:
+        transfer_now(default_storage, name)
+        default_storage.local.delete(name)  # by hand, or by another tool
+    FileRecord.objects.filter(name=names[2]).update(host="another-host")
+
+    with override_settings(QUEUED_STORAGE_HOST_QUEUE="files-{host}"):
+        # Each host has a disk of its own: only this host's copies are known gone.
+        out = run("cleanup-local", "--older-than", "0")
+        assert "of 3 remote file(s); skipped 3 without a local copy." in out
+        again = run("cleanup-local", "--older-than", "0")
+        assert "of 1 remote file(s); skipped 1 without a local copy." in again
+    assert [record(name).local_deleted_at is not None for name in names] == [True, True, False]
+    # One shared disk: a copy missing here is missing everywhere.
+    run("cleanup-local", "--older-than", "0")
+    assert "Deleted 0 local copies (0 B) of 0 remote file(s)." in run("cleanup-local", "--older-than", "0")
 
 
 OLD = "FileSystemStorage-S3Storage-0123456789ab"  # as if the bucket or an option had changed

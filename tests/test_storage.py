@@ -81,6 +81,7 @@ def test_delete_local_removes_the_local_copy_after_the_switch(make, eager):
     assert storage.using_remote(name)
     assert not storage.local.exists(name)
     assert storage.size(name) == 3
+    assert FileRecord.objects.get(name=name).local_deleted_at is not None  # cleanup-local passes it by
 
 
 def test_delete_local_keeps_the_copy_when_the_cache_still_says_local(make, eager, monkeypatch):

@@ -42,10 +42,11 @@ class Command(BaseCommand):
         p = sub.add_parser(
             "status",
             help="Counts per storage and state, bytes waiting, the oldest waiting file, the last errors.",
-            description="Show how many files each queued storage has in each state (pending, "
-            "transferring, remote, failed) and their size, the bytes not yet on the remote, the age "
-            "of the oldest file not yet on the remote, and the most recent errors. Reads the "
-            "database only; never contacts a storage.",
+            description="Show how many files each queued storage has in each state not yet on the "
+            "remote (pending, transferring, failed) and their size, the bytes not yet on the remote, "
+            "the age of the oldest file not yet on the remote, the most recent errors and the time "
+            "of the last transfer; with --remote, also the files on the remote. Reads the database "
+            "only, and only the records it reports on; never contacts a storage.",
         )
         p.add_argument(
             "--json",
@@ -55,6 +56,11 @@ class Command(BaseCommand):
         )
         p.add_argument(
             "--errors", type=int, default=5, metavar="N", help="Show the N latest errors (default: 5)."
+        )
+        p.add_argument(
+            "--remote",
+            action="store_true",
+            help="Also count the files on the remote; this reads the record of every one of them.",
         )
 
         p = sub.add_parser(
@@ -148,19 +154,20 @@ class Command(BaseCommand):
 
     # -- subcommands
 
-    def handle_status(self, *, as_json: bool, errors: int, **options: Any) -> None:
-        report = operations.summary(last_errors=errors)
+    def handle_status(self, *, as_json: bool, errors: int, remote: bool, **options: Any) -> None:
+        report = operations.summary(last_errors=errors, remote=remote)
         if as_json:
             self.stdout.write(json.dumps(report, indent=2, sort_keys=True))
             return
         if not report["storages"]:
-            self.stdout.write("No files recorded yet.")
+            self.stdout.write("No files recorded yet." if remote else "No files waiting for the remote.")
         for entry in report["storages"]:
             self.stdout.write(f"{entry['label']} ({entry['storage']})")
             for state, counts in sorted(entry["states"].items()):
                 self.stdout.write(f"  {state:<13}{counts['files']:>8} files {_size(counts['bytes']):>10}")
         totals = ", ".join(f"{files} {state}" for state, files in report["totals"].items())
-        self.stdout.write(f"Total: {totals}.")
+        uncounted = "" if remote else " (files on the remote not counted: --remote counts them)"
+        self.stdout.write(f"Total: {totals}{uncounted}.")
         self.stdout.write(f"Waiting for transfer: {_size(report['bytes_pending'])}.")
         oldest = report["oldest_pending_seconds"]
         self.stdout.write(f"Oldest file waiting: {_age(oldest) if oldest is not None else 'none'}.")
