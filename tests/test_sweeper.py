@@ -297,7 +297,7 @@ def test_racing_sweepers_never_sweep_at_once(settings):
             most[0] = max(most[0], inside[0])
             # Stay in until another sweeper has tried its turn meanwhile (or the last one is done).
             seen = attempts[0]
-            changed.wait_for(lambda: attempts[0] > seen, timeout=1)
+            changed.wait_for(lambda: attempts[0] > seen, timeout=0.3)
         FileRecord.objects.count()
         assert held()
         with changed:
