@@ -75,6 +75,16 @@ def write_unchecked(key: str, value: str, timeout: int | None = None) -> bool:
     return True
 
 
+def clear(storage: str, name: str) -> bool:
+    """Remove the cached state of ``name``; False when the cache could not be reached."""
+    try:
+        caches[conf.CACHE].delete(cache_key(storage, name))
+    except Exception as exc:
+        logger.warning("queued_storage: cache delete failed (%s)", exc)
+        return False
+    return True
+
+
 def _delete(*keys: str) -> None:
     try:
         caches[conf.CACHE].delete_many(list(keys))

@@ -380,8 +380,19 @@ def forget(storage: str, name: str) -> Tombstone | None:
 def discard(storage: str, name: str, version: str) -> bool:
     """Remove the row of a deleted file once its copies are gone; True if it was ours.
 
-    The name is free from then on.
+    The name is free from then on.  The cache forgets the file first: an entry
+    left behind (the cache was down) would route a later file of this name to
+    the deleted copies.  If it cannot, the tombstone stays, keeping the name
+    taken, and the sweeper finishes it once the cache answers.
     """
+    if not mirror.clear(storage, name):
+        release_tombstone(
+            storage,
+            name,
+            version,
+            error="The cache could not be reached to forget the deleted file; the sweeper finishes it.",
+        )
+        return False
     deleted, _ = FileRecord.objects.filter(
         storage=storage, name=name, version=version, state=State.DELETED
     ).delete()

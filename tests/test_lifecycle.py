@@ -877,6 +877,28 @@ def test_a_delete_while_the_cache_is_down_does_not_misroute_a_new_upload(state: 
     state.consistent()
 
 
+def test_a_delete_and_a_new_save_while_the_cache_is_down_do_not_misroute_the_new_file(
+    state: Lifecycle,
+) -> None:
+    """Found by the model: the delete and the new save both lost their cache writes.
+
+    The cache kept ``remote`` from before the delete, and the new file of the
+    name was read from the deleted remote copy.  A delete now keeps its
+    tombstone (the name stays taken) until the cache forgets the file.
+    """
+    state.save(name="a.txt", data=b"old")
+    state.worker_takes_message(pick=0, stops_after=None)  # remote, and cached so
+    state.read(pick=0, how="url")
+    state.cache(event="unreachable")
+    state.delete(pick=0)
+    state.save(name="a.txt", data=b"new")
+    state.consistent()
+    state.cache(event="back")
+    state.consistent()
+    state.operator(command="requeue")  # the sweeper finishes the tombstone
+    state.consistent()
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
