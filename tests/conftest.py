@@ -3,6 +3,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -160,3 +162,46 @@ def transfer_now(storage: Any, name: str) -> str:
     assert record is not None
     result = resolve_task(storage.task).apply(args=(storage.identity, name, record.version), throw=True)
     return str(result.get())
+
+
+_SAVER = """
+import os, sys, django
+django.setup()
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+open(sys.argv[3], "w").close()
+os.read(int(sys.argv[4]), 1)  # blocks until the test lets every writer go at once
+print(default_storage.save(sys.argv[1], ContentFile(sys.argv[2].encode() * 1000)))
+"""
+
+
+def save_at_once(name: str, count: int, tmp_path: Path, env: dict[str, str]) -> list[str]:
+    """``count`` processes save ``name`` (``writer<i>`` repeated) at one moment; the names they got.
+
+    Each waits on one pipe the test writes to once all are set up, so none
+    starts its save before the others are ready.
+    """
+    gate, release = os.pipe()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SAVER, name, f"writer{i}", str(tmp_path / f"ready{i}"), str(gate)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            pass_fds=(gate,),
+        )
+        for i in range(count)
+    ]
+    os.close(gate)
+    try:
+        wait_for(
+            lambda: all((tmp_path / f"ready{i}").exists() for i in range(count)),
+            timeout=60,
+            what="every process set up and waiting at the line",
+        )
+        os.write(release, b"x" * count)
+    finally:
+        os.close(release)
+    names = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    return names

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +26,7 @@ from django_tasks_db.models import DBTaskResult
 
 from queued_storage.models import FileRecord
 
-from .conftest import s3_body, sha256, wait_for
+from .conftest import s3_body, save_at_once, sha256, wait_for
 from .plugin import BUCKETS
 from .services import DbWorker
 from .test_without_celery import PRELUDE, WITHOUT_CELERY, run_without_celery
@@ -219,35 +217,8 @@ def test_the_sweeper_sends_a_backlog_of_small_files_as_one_task(start_db_worker,
 
 
 def test_same_name_saved_by_four_processes_at_once(start_db_worker, services, s3, tmp_path):
-    go = tmp_path / "go"
-    script = f"""
-import os, sys, time, django
-django.setup()
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
-open(sys.argv[2], "w").close()
-while not os.path.exists({str(go)!r}):
-    time.sleep(0.001)
-print(default_storage.save("tasks-race/same.txt", ContentFile(sys.argv[1].encode() * 1000)))
-"""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "QS_QUEUE_BACKEND": "tasks"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, f"writer{i}", str(tmp_path / f"ready{i}")],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(4)
-    ]
-    wait_for(
-        lambda: all((tmp_path / f"ready{i}").exists() for i in range(4)),
-        timeout=60,
-        what="every process set up and waiting at the line",
-    )
-    go.touch()
-    names = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
+    names = save_at_once("tasks-race/same.txt", 4, tmp_path, env)
     assert len(set(names)) == 4
     assert DBTaskResult.objects.count() == 4  # each process enqueued its own file's task
     start_db_worker()

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ from queued_storage.conf import conf
 from queued_storage.models import FileRecord
 from queued_storage.tasks import LOST_AFTER
 
-from .conftest import s3_body, sha256, wait_for
+from .conftest import s3_body, save_at_once, sha256, wait_for
 from .plugin import BUCKETS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
@@ -374,35 +372,8 @@ def test_delete_during_a_slow_copy_leaves_nothing(start_worker, services, s3):
 
 def test_same_name_saved_by_four_processes_at_once(start_worker, services, s3, tmp_path, ledger):
     book = ledger("same name saved concurrently by 4 processes")
-    go = tmp_path / "go"
-    script = f"""
-import os, sys, time, django
-django.setup()
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
-open(sys.argv[2], "w").close()
-while not os.path.exists({str(go)!r}):
-    time.sleep(0.001)
-print(default_storage.save("race/same.txt", ContentFile(sys.argv[1].encode() * 1000)))
-"""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, f"writer{i}", str(tmp_path / f"ready{i}")],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(4)
-    ]
-    wait_for(
-        lambda: all((tmp_path / f"ready{i}").exists() for i in range(4)),
-        timeout=60,
-        what="every process set up and waiting at the line",
-    )
-    go.touch()
-    names = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
+    names = save_at_once("race/same.txt", 4, tmp_path, env)
     assert len(set(names)) == 4
     start_worker()
     contents = {}
