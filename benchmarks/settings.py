@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 env = os.environ.get
 WORK = Path(env("QS_WORKDIR") or tempfile.mkdtemp(prefix="qs-bench-"))
@@ -26,21 +27,20 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "queued_storage"]
 MIDDLEWARE: list[str] = []
 
-# SQLite in WAL mode with synchronous=NORMAL, the usual production setting:
-# a commit does not wait for fsync, and the worker writes while the web reads.
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": str(WORK / "db.sqlite3"),
-        "OPTIONS": {
-            "timeout": 30,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-        },
-        # Persistent connections, as a production worker would use: otherwise
-        # close_old_connections() reconnects for every task.
-        "CONN_MAX_AGE": 600,
-    }
+# What ``startproject`` writes: SQLite with its own defaults (a rollback
+# journal, synchronous=FULL) and a connection per request.  This is the
+# configuration the targets are judged in.  ``QS_BENCH_TUNED=1`` (or
+# ``scenarios.tuned_database()`` within a run) gives the usual production
+# setting beside it: WAL with synchronous=NORMAL, persistent connections.
+DATABASES: dict[str, dict[str, Any]] = {
+    "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(WORK / "db.sqlite3")}
 }
+TUNED_SQLITE: dict[str, Any] = {
+    "OPTIONS": {"timeout": 30, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
+    "CONN_MAX_AGE": 600,
+}
+if env("QS_BENCH_TUNED"):
+    DATABASES["default"].update(TUNED_SQLITE)
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"{REDIS_URL}/1"},
     # The same Redis database through django-redis, which keeps its client
