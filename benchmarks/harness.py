@@ -107,11 +107,11 @@ class Services:
         self.redis.stop()
 
     @contextlib.contextmanager
-    def worker(self, concurrency: int = 1) -> Iterator[CeleryWorker]:
+    def worker(self, concurrency: int = 1, **env: str) -> Iterator[CeleryWorker]:
         self._workers += 1
         worker = CeleryWorker(
             "benchmarks.celery_app",
-            {"DJANGO_SETTINGS_MODULE": "benchmarks.settings", "QS_BENCH_QUEUE": ""},
+            {"DJANGO_SETTINGS_MODULE": "benchmarks.settings", "QS_BENCH_QUEUE": "", **env},
             self.workdir,
             hostname=f"bench{self._workers}@localhost",
             concurrency=concurrency,

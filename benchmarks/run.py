@@ -43,7 +43,7 @@ def run(
         from . import scenarios as s
 
         plan = {"full": s.FULL, "quick": s.QUICK, "tiny": s.TINY}[plan_name]
-        call_command("migrate", verbosity=0)
+        call_command("migrate", run_syncdb=True, verbosity=0)  # and the tables of benchmarks.models
         results = Results()
         started = time.monotonic()
 
@@ -77,6 +77,8 @@ def run(
             with services.worker(2) as worker:
                 step(5, "many small files, two worker processes")
                 s.small_files(services, results, plan, worker, 2)
+        if step(11, "recovery of a killed worker's files with no scheduler"):
+            s.recovery(services, results, plan)
         if step(8, f"a table of {' and of '.join(f'{n:,}' for n in plan.scale_rows)} records"):
             from . import scale
 
@@ -105,7 +107,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small sizes and few repetitions (a couple of minutes)"
     )
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="comma-separated scenario numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,11", help="comma-separated scenario numbers")
     parser.add_argument(
         "--chart", type=Path, default=CHART, help=f"PNG to draw (default {CHART.relative_to(ROOT)})"
     )

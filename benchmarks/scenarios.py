@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import http.client
 import json
 import os
@@ -51,8 +52,9 @@ class Plan:
     save_sizes: dict[str, int]
     save_reps: dict[str, int]
     wan_reps: dict[str, int]
-    upload_size: int
+    upload_sizes: dict[str, int]
     upload_reps: int
+    upload_wan_reps: int
     url_calls: int
     url_wan_calls: int
     transfer_sizes: dict[str, int]
@@ -66,18 +68,21 @@ class Plan:
     prefault: bool = False  # touch the machine's free memory first (see harness.prefault_memory)
     scale_rows: tuple[int, ...] = (10_000, 1_000_000)  # scenario 8: the sizes of the table
     scale_reps: int = 15
+    recovery_size: int = 20 * MB  # scenario 11: each of two files, copied through the WAN link
+    recovery_env: tuple[tuple[str, str], ...] = ()  # the workers' QS_BENCH_LEASE etc.; () = defaults
 
 
 FULL = Plan(
     save_sizes={"1 KB": KB, "1 MB": MB, "10 MB": 10 * MB, "100 MB": 100 * MB},
     save_reps={"1 KB": 200, "1 MB": 40, "10 MB": 12, "100 MB": 5},
     wan_reps={"1 KB": 12, "1 MB": 6, "10 MB": 4, "100 MB": 2},
-    upload_size=10 * MB,
+    upload_sizes={"100 KB": 100 * KB, "10 MB": 10 * MB},
     upload_reps=10,
+    upload_wan_reps=3,
     url_calls=2000,
     url_wan_calls=10,
     transfer_sizes={"100 MB": 100 * MB, "500 MB": 500 * MB},
-    transfer_reps=3,
+    transfer_reps=5,  # the target is on the median of 5
     small_files=2000,
     small_reps=3,
     wan_small_files=30,
@@ -90,8 +95,9 @@ QUICK = Plan(
     save_sizes={"1 KB": KB, "1 MB": MB, "10 MB": 10 * MB},
     save_reps={"1 KB": 40, "1 MB": 10, "10 MB": 4},
     wan_reps={"1 KB": 4, "1 MB": 2, "10 MB": 2},
-    upload_size=10 * MB,
+    upload_sizes={"100 KB": 100 * KB, "10 MB": 10 * MB},
     upload_reps=3,
+    upload_wan_reps=1,
     url_calls=300,
     url_wan_calls=3,
     transfer_sizes={"20 MB": 20 * MB, "60 MB": 60 * MB},
@@ -104,13 +110,15 @@ QUICK = Plan(
     serve_reps=2,
     scale_rows=(10_000, 100_000),
     scale_reps=3,
+    recovery_env=(("QS_BENCH_LEASE", "5"), ("QS_BENCH_SWEEP_INTERVAL", "2")),
 )
 TINY = Plan(
     save_sizes={"1 KB": KB, "100 KB": 100 * KB},
     save_reps={"1 KB": 2, "100 KB": 2},
     wan_reps={"1 KB": 1, "100 KB": 1},
-    upload_size=100 * KB,
+    upload_sizes={"100 KB": 100 * KB},
     upload_reps=1,
+    upload_wan_reps=1,
     url_calls=5,
     url_wan_calls=1,
     transfer_sizes={"1 MB": MB},
@@ -123,14 +131,16 @@ TINY = Plan(
     serve_reps=1,
     scale_rows=(400, 1_000),
     scale_reps=1,
+    recovery_size=2 * MB,
+    recovery_env=(("QS_BENCH_LEASE", "2"), ("QS_BENCH_SWEEP_INTERVAL", "1")),
 )
 
-FS, QUEUED, QUEUED_BG, S3, S3_WAN = (
-    "FileSystemStorage.save()",
-    "QueuedStorage.save()",
-    "QueuedStorage.save() background publish",
-    "S3Storage.save() direct",
-    "S3Storage.save() WAN",
+FS, QUEUED, QUEUED_INLINE, S3, S3_WAN = (
+    "FileSystemStorage",
+    "QueuedStorage (default settings)",
+    "QueuedStorage, inline publish (contrast)",
+    "S3Storage direct",
+    "S3Storage through the WAN link",
 )
 
 
@@ -182,7 +192,7 @@ def count_s3_requests() -> Iterator[list[str]]:
 
 
 def _forget_queued(prefix: str) -> None:
-    for alias in ("default", "delayed", "wan"):
+    for alias in ("default", "delayed", "wan", "served"):
         storage: Any = storages[alias]
         FileRecord.objects.filter(storage=storage.identity, name__startswith=prefix).delete()
         shutil.rmtree(Path(storage.local.path(prefix)), ignore_errors=True)
@@ -221,132 +231,150 @@ def wait_remote(storage: Any, names: list[str], timeout: float, poll: float = 0.
         time.sleep(poll)
 
 
-# -- 1. save latency ---------------------------------------------------------------------------
+# -- 1. upload: a model created with its file -------------------------------------------------
+
+
+@contextlib.contextmanager
+def tuned_database() -> Iterator[None]:
+    """The process's database in the tuned SQLite settings (WAL, synchronous=NORMAL), then back."""
+    from django.db import connection
+
+    from .settings import TUNED_SQLITE
+
+    saved = copy.deepcopy(connection.settings_dict)
+    connection.close()
+    connection.settings_dict.update(copy.deepcopy(TUNED_SQLITE))
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict.clear()
+        connection.settings_dict.update(saved)
+        with connection.cursor() as cursor:  # WAL persists in the file; the default has none
+            cursor.execute("PRAGMA journal_mode=DELETE")
+            [mode] = cursor.fetchone()
+        if mode != "delete":
+            raise RuntimeError(f"the database stayed in journal mode {mode!r}")
+
+
+DEFAULT_DB, TUNED_DB = "", ", tuned SQLite"
 
 
 def save_latency(services: Services, results: Results, plan: Plan) -> None:
-    subjects: dict[str, Any] = {
-        FS: storages["fs"],
-        QUEUED: default_storage,
-        QUEUED_BG: default_storage,
-        S3: storages["s3"],
-        S3_WAN: storages["s3_wan"],
-    }
+    """``Model.objects.create(file=...)`` on each storage, in the default and the tuned database."""
+    from .models import BY_ALIAS
+
+    models = {FS: BY_ALIAS["fs"], QUEUED: BY_ALIAS["default"], QUEUED_INLINE: BY_ALIAS["default"],
+              S3: BY_ALIAS["s3"], S3_WAN: BY_ALIAS["s3_wan"]}  # fmt: skip
 
     def setup(subject: str) -> contextlib.AbstractContextManager[Any]:
-        if subject == QUEUED_BG:
-            return override_settings(QUEUED_STORAGE_PUBLISH_IN_BACKGROUND=True)
+        if subject == QUEUED_INLINE:
+            return override_settings(QUEUED_STORAGE_PUBLISH_IN_BACKGROUND=False)
         return contextlib.nullcontext()
 
     with parked(services):
-        for subject, storage in subjects.items():  # connections, imports, first-use costs
-            with setup(subject):
-                for _ in range(3):
-                    storage.save(f"warmup/{uuid.uuid4().hex}.bin", ContentFile(b"w" * 100))
-        publishing.flush()
-        for label, size in plan.save_sizes.items():
-            data = _random(size)
-            samples: dict[str, list[float]] = {s: [] for s in subjects}
-            for rep in range(plan.save_reps[label]):
-                # A new order each round: no subject always follows another's
-                # writes (dirty pages, warm code paths).
-                order = list(subjects.items())
-                random.Random(rep).shuffle(order)
-                for subject, storage in order:
-                    if subject == S3_WAN and rep >= plan.wan_reps[label]:
-                        continue
-                    content = ContentFile(data)
-                    name = f"s1/{uuid.uuid4().hex}.bin"
-                    if size >= 10 * MB:
-                        # Earlier writes' dirty pages would otherwise be flushed
-                        # (and throttle) inside whichever save comes next.
-                        os.sync()
+        for db, subjects in ((DEFAULT_DB, list(models)), (TUNED_DB, [FS, QUEUED])):
+            with tuned_database() if db else contextlib.nullcontext():
+                for subject in subjects:  # connections, imports, first-use costs
                     with setup(subject):
-                        started = time.perf_counter()
-                        stored = storage.save(name, content)
-                        samples[subject].append(time.perf_counter() - started)
-                    # The thread's publish runs after save() returned, as it
-                    # would while the view renders; not during the next subject.
-                    publishing.flush()
-                    # Each file goes once timed, so the page cache does not grow
-                    # round after round: on this VM (Firecracker) the first touch
-                    # of guest memory is slow, and a 100 MB write into untouched
-                    # memory took 230 ms instead of 23 ms, for every storage.
-                    storage.delete(stored)
-            for subject in subjects:
-                results.add(
-                    Row(
-                        "1 save",
-                        label,
-                        subject,
-                        "ms",
-                        _ms(samples[subject]),
-                        baseline=None if subject == FS else FS,
-                    )
-                )
-            shutil.rmtree(Path(storages["fs"].path("s1")), ignore_errors=True)
-            _forget_queued("s1/")
-            services.empty_bucket("s1/")
-        _save_parts(results, plan)
+                        for _ in range(3):
+                            models[subject].objects.create(file=ContentFile(b"w" * 100, name="warm.bin"))
+                publishing.flush()
+                for label, size in plan.save_sizes.items():
+                    _save_samples(results, plan, label, size, db, {s: models[s] for s in subjects}, setup)
+                _save_parts(results, plan, db)
+            for model in set(models.values()):
+                for upload in model.objects.all():
+                    upload.file.delete(save=False)
+                model.objects.all().delete()
+            _forget_queued("uploads/")
+            services.empty_bucket("uploads/")
     _save_verdicts(results, plan)
 
 
-def _save_parts(results: Results, plan: Plan) -> None:
-    """What save() adds to the local write, each part timed alone: the floors of the save targets."""
+def _save_samples(
+    results: Results,
+    plan: Plan,
+    label: str,
+    size: int,
+    db: str,
+    models: dict[str, Any],
+    setup: Callable[[str], contextlib.AbstractContextManager[Any]],
+) -> None:
+    data = _random(size)
+    samples: dict[str, list[float]] = {s: [] for s in models}
+    for rep in range(plan.save_reps[label]):
+        # A new order each round: no subject always follows another's
+        # writes (dirty pages, warm code paths).
+        order = list(models.items())
+        random.Random(rep).shuffle(order)
+        for subject, model in order:
+            if subject == S3_WAN and rep >= plan.wan_reps[label]:
+                continue
+            content = ContentFile(data, name="upload.bin")
+            if size >= 10 * MB:
+                # Earlier writes' dirty pages would otherwise be flushed
+                # (and throttle) inside whichever save comes next.
+                os.sync()
+            with setup(subject):
+                started = time.perf_counter()
+                upload = model.objects.create(file=content)
+                samples[subject].append(time.perf_counter() - started)
+            # The thread's publish runs after create() returned, as it would
+            # while the view renders; not during the next subject.
+            publishing.flush()
+            # Each file goes once timed, so the page cache does not grow
+            # round after round (see harness.prefault_memory).
+            upload.file.delete(save=False)
+    for subject in models:
+        results.add(
+            Row("1 upload", label + db, subject, "ms", _ms(samples[subject]),
+                baseline=None if subject == FS else FS)
+        )  # fmt: skip
+
+
+RECORD = "the record alone: INSERT + COMMIT, as save() writes it"
+
+
+def _save_parts(results: Results, plan: Plan, db: str) -> None:
+    """What save() adds to the local write, each part timed alone: the floors of the upload targets."""
     reps = max(plan.save_reps.values())
-    names = iter([f"s1/parts/{uuid.uuid4().hex}.bin" for _ in range(3 * reps)])  # made before the clock
+    names = iter([f"uploads/parts/{uuid.uuid4().hex}.bin" for _ in range(3 * reps)])  # made before the clock
 
     def record() -> None:
         with transaction.atomic():
             transitions.record_saved(default_storage.identity, next(names), KB)
 
-    def by_orm() -> None:
-        with transaction.atomic():
-            FileRecord.objects.create(
-                storage=default_storage.identity, name=next(names), state=State.PENDING, version="v", size=KB
-            )
-
     def publish() -> None:
         publishing.enqueue(default_storage, next(names), "v", None)
 
-    fs_1mb = [results.median("1 save", label, FS) for label, size in plan.save_sizes.items() if size == MB]
-    budget = f"1.1× FileSystemStorage at 1 MB leaves {0.1 * fs_1mb[0]:.3f} ms" if fs_1mb else ""
-    for subject, part, note in (
-        ("the record, as save() writes it: INSERT + COMMIT", record, budget),
-        ("the same row through objects.create() (contrast)", by_orm, ""),
-        ("the inline Celery publish", publish, ""),
-    ):
-        samples = _ms(_per_call(part, reps))
-        results.add(Row("1 save", "parts of save()", subject, "ms", samples, note=note))
-    _forget_queued("s1/")
+    parts: tuple[tuple[str, Callable[[], None]], ...] = ((RECORD, record),)
+    if not db:
+        parts += (("the inline Celery publish (contrast)", publish),)
+    for subject, part in parts:
+        results.add(Row("1 upload", "parts of save()" + db, subject, "ms", _ms(_per_call(part, reps))))
+    _forget_queued("uploads/parts/")
 
 
 def _save_verdicts(results: Results, plan: Plan) -> None:
-    """Each target is judged for both ways of publishing; the S3 rows say ``inline / background``."""
-    for label, size in plan.save_sizes.items():
-        fs = results.find("1 save", label, FS)
-        queued = [results.find("1 save", label, subject) for subject in (QUEUED, QUEUED_BG)]
-        s3 = results.find("1 save", label, S3)
-        wan = results.find("1 save", label, S3_WAN)
-        for row in queued:
-            if size < MB:
-                added = row.median - fs.median
-                row.target = f"≤ 1 ms added (+{added:.2f} ms)"
-                row.ok = added <= 1.0
+    """The default configuration is judged; the tuned one is shown beside it with its margin."""
+    for db in (DEFAULT_DB, TUNED_DB):
+        floor = results.median("1 upload", "parts of save()" + db, RECORD)
+        for label in plan.save_sizes:
+            fs = results.median("1 upload", label + db, FS)
+            row = results.find("1 upload", label + db, QUEUED)
+            limit = fs + floor + 0.5
+            margin = f"{row.median:.2f} ms against {fs:.2f} + {floor:.2f} + 0.5 = {limit:.2f} ms"
+            if db:
+                row.note = f"not judged: {margin}"
             else:
-                row.target = "≤ 1.1× FileSystemStorage"
-                row.ok = row.median <= 1.1 * fs.median
-        s3.target, s3.ok = _versus(s3, queued, 10)
-        if size <= 10 * MB:
-            wan.target, wan.ok = _versus(wan, queued, 100)
-        else:
-            wan.target = _versus(wan, queued, 100)[0].replace("≥ 100× ", "")
-
-
-def _versus(row: Row, queued: list[Row], factor: int) -> tuple[str, bool]:
-    ratios = [row.median / q.median for q in queued]
-    shown = " / ".join(f"{r:.0f}×" for r in ratios)
-    return f"≥ {factor}× QueuedStorage ({shown})", all(r >= factor for r in ratios)
+                row.target = f"≤ FileSystemStorage + record + 0.5 ms ({margin})"
+                row.ok = row.median <= limit
+    for label in plan.save_sizes:
+        queued = results.find("1 upload", label, QUEUED)
+        for subject in (S3, S3_WAN):
+            row = results.find("1 upload", label, subject)
+            row.note = f"{row.median / queued.median:.0f}× the queued upload"
 
 
 # -- 2. upload request through a real WSGI server ------------------------------------------------
@@ -375,47 +403,40 @@ def _post(port: int, path: str, body: bytes, boundary: str) -> float:
 
 
 def upload_request(services: Services, results: Results, plan: Plan) -> None:
-    label = (
-        f"POST {plan.upload_size // MB or plan.upload_size // KB} {'MB' if plan.upload_size >= MB else 'KB'}"
-    )
-    body, boundary = _multipart(plan.upload_size)
-    subjects = {
+    """A POST whose view creates a model with the file, through waitress (default settings)."""
+    views = {
         "view + FileSystemStorage": "fs",
         "view + QueuedStorage": "default",
         "view + S3Storage direct": "s3",
+        "view + S3Storage through the WAN link": "s3_wan",
     }
-    samples: dict[str, list[float]] = {s: [] for s in subjects}
     with services.wsgi_server(QS_BENCH_QUEUE=PARKED) as (port, _pid):
-        for alias in subjects.values():
-            _post(port, f"/upload/{alias}/", body, boundary)
-        for _ in range(plan.upload_reps):
-            for subject, alias in subjects.items():
-                samples[subject].append(_post(port, f"/upload/{alias}/", body, boundary))
+        for label, size in plan.upload_sizes.items():
+            body, boundary = _multipart(size)
+            samples: dict[str, list[float]] = {s: [] for s in views}
+            for alias in views.values():
+                _post(port, f"/upload/{alias}/", body, boundary)
+            for rep in range(plan.upload_reps):
+                order = list(views.items())
+                random.Random(rep).shuffle(order)
+                for subject, alias in order:
+                    if alias == "s3_wan" and rep >= plan.upload_wan_reps:
+                        continue
+                    samples[subject].append(_post(port, f"/upload/{alias}/", body, boundary))
+            case = f"POST {label}"
+            fs, queued, _, wan = (
+                results.add(Row("2 upload", case, subject, "ms", _ms(samples[subject]), baseline=base))
+                for subject, base in zip(views, [None, *["view + FileSystemStorage"] * 3], strict=True)
+            )
+            queued.target, queued.ok = "≤ 1.1× FileSystemStorage", queued.median <= 1.1 * fs.median
+            speedup = wan.median / queued.median
+            wan.target = f"≥ 100× the queued view ({speedup:.0f}×)"
+            wan.ok = speedup >= 100
     services.purge_parked()
-    fs = results.add(
-        Row("2 upload", label, "view + FileSystemStorage", "ms", _ms(samples["view + FileSystemStorage"]))
-    )
-    queued = results.add(
-        Row(
-            "2 upload",
-            label,
-            "view + QueuedStorage",
-            "ms",
-            _ms(samples["view + QueuedStorage"]),
-            baseline=fs.subject,
-        )
-    )
-    queued.target, queued.ok = "≤ 1.2× FileSystemStorage", queued.median <= 1.2 * fs.median
-    results.add(
-        Row(
-            "2 upload",
-            label,
-            "view + S3Storage direct",
-            "ms",
-            _ms(samples["view + S3Storage direct"]),
-            fs.subject,
-        )
-    )
+    from .models import BY_ALIAS
+
+    for model in BY_ALIAS.values():
+        model.objects.all().delete()
     shutil.rmtree(Path(storages["fs"].path("uploads")), ignore_errors=True)
     _forget_queued("uploads/")
     services.empty_bucket("uploads/")
@@ -466,8 +487,41 @@ def url_calls(services: Services, results: Results, plan: Plan) -> None:
         rtt = _per_call(partial(_socket_get, sock), plan.url_calls)
     subject = "a Redis GET over a plain socket (the round trip)"
     results.add(Row("3 url()", "file on S3", subject, "µs", _us(rtt)))
+    _url_served(results, plan, services)
     services.empty_bucket("s3url/")
     _forget_queued("s3url/")
+
+
+@contextlib.contextmanager
+def count_cache_reads() -> Iterator[list[str]]:
+    """Every read of any configured cache from this thread, whatever calls it."""
+    read: list[str] = []
+    with contextlib.ExitStack() as stack:
+        for cls in {type(caches[alias]) for alias in URL_CACHES}:
+            for method in ("get", "get_many", "has_key"):
+                original = getattr(cls, method)
+
+                def counting(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                    read.append(_original.__name__)
+                    return _original(self, *args, **kwargs)
+
+                stack.enter_context(mock.patch.object(cls, method, counting))
+        yield read
+
+
+def _url_served(results: Results, plan: Plan, services: Services) -> None:
+    """With ``serve_url`` the URL is the stable view's, whatever the file's state: no read at all."""
+    served: Any = storages["served"]
+    with parked(services):
+        name = served.save(f"s3url/served-{uuid.uuid4().hex}.txt", ContentFile(b"served"))
+    served.url(name)
+    with count_cache_reads() as read, count_s3_requests() as sent:
+        samples = _per_call(lambda: served.url(name), plan.url_calls)
+    results.add(Row("3 url()", "serve_url", "QueuedStorage.url() with serve_url", "µs", _us(samples)))
+    reads = results.add(Row("3 url()", "serve_url", "cache reads", "requests", [float(len(read))]))
+    reads.target, reads.ok = "0 cache reads", not read
+    reqs = results.add(Row("3 url()", "serve_url", "S3 requests", "requests", [float(len(sent))]))
+    reqs.target, reqs.ok = "0 S3 requests", not sent
 
 
 # The cache aliases url() is measured with (benchmarks.settings): Django's own backend, and django-redis.
@@ -489,6 +543,11 @@ def _url_case(results: Results, plan: Plan, name: str, case: str, underlying: An
         )
     )
     for alias, backend in URL_CACHES.items():
+        # The floor of a warm url(): the one cache read it makes, timed alone.
+        alone = results.add(
+            Row("3 url()", case, f"the cache's get() alone{backend}", "µs",
+                _us(_per_call(partial(caches[alias].get, key), plan.url_calls)))
+        )  # fmt: skip
         flush = partial(caches[alias].delete, key)
         for subject, before in (
             (f"QueuedStorage.url() warm cache{backend}", None),
@@ -498,17 +557,18 @@ def _url_case(results: Results, plan: Plan, name: str, case: str, underlying: An
                 queued.url(name)  # the alias's first connection
                 samples = _per_call(lambda: queued.url(name), plan.url_calls, before)
             row = results.add(Row("3 url()", case, subject, "µs", _us(samples), baseline=base.subject))
-            added = (row.median - base.median) / 1000
-            row.target, row.ok = f"≤ 0.2 ms added (+{added:.3f} ms)", added <= 0.2
+            added = row.median - base.median
+            if before is None:
+                # What url() adds to the storage's own url(): the cache read, and little else.
+                row.target = (
+                    f"≤ {base_subject} + get() + 50 µs (+{added:.0f} µs, get() {alone.median:.0f} µs)"
+                )
+                row.ok = added <= alone.median + 50
+            else:
+                row.note = f"+{added:.0f} µs: a cache miss, the row read, the cache filled"
             requests = subject.replace("url()", "url() S3 requests")
             reqs = results.add(Row("3 url()", case, requests, "requests", [float(len(sent))]))
             reqs.target, reqs.ok = "0 S3 requests", not sent
-        # The floor of a warm url(): the one cache read it makes, timed alone.
-        alone = _us(_per_call(partial(caches[alias].get, key), plan.url_calls))
-        warm = results.find("3 url()", case, f"QueuedStorage.url() warm cache{backend}")
-        rest = warm.median - base.median - statistics.median(alone)
-        note = f"url() warm minus the storage's url() and this: {rest:+.0f} µs (medians)"
-        results.add(Row("3 url()", case, f"the cache's get() alone{backend}", "µs", alone, note=note))
     cache = caches["default"]
     flush = partial(cache.delete, key)
     # The predecessor, simulated with the same cache and plain S3Storage calls.
@@ -621,11 +681,11 @@ def _small_files_on_disk(source: Path, count: int) -> list[bytes]:
 
 
 def small_files(services: Services, results: Results, plan: Plan, worker: Any, parallel: int) -> None:
-    """Inline publish sends a message per file; background publish sends a burst in fewer."""
+    """Background publishing (the default) sends a burst in few messages; inline, one per file."""
     label = f"{plan.small_files} × 16 KB, {parallel} {'process' if parallel == 1 else 'processes'}"
     source = services.workdir / "s5-source"
     payloads = _small_files_on_disk(source, plan.small_files)
-    modes = {"save() until all remote": False, "save() until all remote, background publish": True}
+    modes = {"save() until all remote": True, "save() until all remote, inline publish (contrast)": False}
     ours: dict[str, list[float]] = {subject: [] for subject in modes}
     saving: dict[str, list[float]] = {subject: [] for subject in modes}
     raws: list[float] = []
@@ -653,12 +713,13 @@ def small_files(services: Services, results: Results, plan: Plan, worker: Any, p
         row = results.add(
             Row("5 small files", label, subject, "files/s", ours[subject], baseline=base.subject)
         )
-        row.target, row.ok = "≥ 0.8× raw boto3", row.median >= 0.8 * base.median
+        if modes[subject]:  # the default configuration is the one judged
+            row.target, row.ok = "≥ 0.8× raw boto3", row.median >= 0.8 * base.median
         results.add(
             Row(
                 "5 small files",
                 label,
-                "of which the save() loop alone" + (", background" if modes[subject] else ""),
+                "of which the save() loop alone" + ("" if modes[subject] else ", inline"),
                 "files/s",
                 [plan.small_files / s for s in saving[subject]],
             )
@@ -794,6 +855,49 @@ def serving(services: Services, results: Results, plan: Plan) -> None:
                 row.median <= 1.2 * results.median("7 serving", label, "FileResponse CPU"),
             )
     _forget_queued("s7/")
+
+
+# -- 11. recovery with no scheduler -----------------------------------------------------------
+
+
+def recovery(services: Services, results: Results, plan: Plan) -> None:
+    """A worker killed mid-copy and a new one started: its files go remote with nobody running anything."""
+    from queued_storage.conf import conf
+
+    wan: Any = storages["wan"]
+    env = dict(plan.recovery_env)
+    lease = float(env.get("QS_BENCH_LEASE", conf.LEASE))
+    interval = env.get("QS_BENCH_SWEEP_INTERVAL", f"{conf.SWEEP_INTERVAL or 0:.0f}")
+    budget = 2 * lease + 30
+    source = _write_random(services.workdir / "s11" / "source.bin", plan.recovery_size)
+    with services.worker(1, **env) as worker:
+        names = []
+        for _ in range(2):
+            with source.open("rb") as fh:
+                names.append(wan.save(f"s11/{uuid.uuid4().hex}.bin", File(fh)))
+        rows = FileRecord.objects.filter(storage=wan.identity, name__in=names)
+        deadline = time.monotonic() + 60
+        while not rows.filter(state=State.TRANSFERRING).exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("no copy started within 60 s")
+            time.sleep(0.01)
+        worker.kill()
+        killed = time.perf_counter()
+    source.unlink()
+    if not rows.filter(state=State.TRANSFERRING).exists():
+        raise RuntimeError("the copy ended before the worker was killed: make recovery_size larger")
+    # The dead worker's message stays unacknowledged in Redis (until the
+    # broker's visibility timeout, an hour); only the new worker's own sweep
+    # can bring the file back.
+    with services.worker(1, **env):
+        took = wait_remote(wan, names, budget + 120, poll=0.1) - killed
+    case = (
+        f"2 × {plan.recovery_size // MB} MB over the WAN link, lease {lease:.0f} s, sweep every {interval} s"
+    )
+    row = results.add(Row("11 recovery", case, "all remote after the worker was killed", "s", [took]))
+    row.target, row.ok = f"≤ 2 × lease + 30 s = {budget:.0f} s", took <= budget
+    services.empty_bucket("s11/")
+    _forget_queued("s11/")
 
 
 def summary(values: list[float]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.files.storage import default_storage, storages
+from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, include, path
 
@@ -15,9 +15,10 @@ def _local_path(name: str) -> str:
 
 
 def upload(request: HttpRequest, alias: str) -> HttpResponse:
-    """Store the posted file with the storage ``alias``, as a model form would."""
-    uploaded: Any = request.FILES["file"]
-    return HttpResponse(storages[alias].save(f"uploads/{uploaded.name}", uploaded))
+    """Create a model with the posted file on the storage ``alias``, as a model form's save() would."""
+    from .models import BY_ALIAS
+
+    return HttpResponse(BY_ALIAS[alias].objects.create(file=request.FILES["file"]).file.name)
 
 
 def serve_file_response(request: HttpRequest, name: str) -> FileResponse:
