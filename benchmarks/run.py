@@ -52,7 +52,7 @@ def run(
                 print(f"\n[{time.monotonic() - started:6.1f} s] scenario {number}: {title}", flush=True)
             return number in scenarios
 
-        if plan.prefault and scenarios & {1, 2, 4, 6, 7}:  # the ones that write large files
+        if plan.prefault and scenarios & {1, 2, 4, 6, 7, 9}:  # the ones that write large files
             size, seconds = prefault_memory()
             print(f"Touched {size / 2**30:.1f} GiB of free memory once, in {seconds:.0f} s.", flush=True)
         # Scenarios that time the request path run first, with no worker competing for the CPU.
@@ -83,6 +83,10 @@ def run(
             from . import scale
 
             scale.run(services, results, plan, plans_path)
+        if step(9, "what a commit costs"):
+            from . import commits
+
+            commits.run(services, results, plan)
         print(f"\nDone in {time.monotonic() - started:.0f} s.\n")
         results.rows.sort(key=lambda row: row.scenario[:1])
         print(table(results.rows))
@@ -107,7 +111,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small sizes and few repetitions (a couple of minutes)"
     )
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,11", help="comma-separated scenario numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,11", help="comma-separated scenario numbers")
     parser.add_argument(
         "--chart", type=Path, default=CHART, help=f"PNG to draw (default {CHART.relative_to(ROOT)})"
     )

@@ -31,7 +31,7 @@ def test_every_scenario_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     [out] = tmp_path.glob("*-tiny.json")
     rows = json.loads(out.read_text())["rows"]
-    assert {row["scenario"].split()[0] for row in rows} == {"1", "2", "3", "4", "5", "6", "7", "8", "11"}
+    assert {row["scenario"].split()[0] for row in rows} == {"1", "2", "3", "4", "5", "6", "7", "8", "9", "11"}
     assert all(row["samples"] for row in rows)
     assert chart.stat().st_size > 0
     # The floors each target is up against are measured in the same run, in both databases.
@@ -60,5 +60,9 @@ def test_every_scenario_runs_end_to_end(tmp_path):
         for size in ("400", "1,000"):
             assert (f"{db}, {size} rows", "admin changelist, search") in scale
             assert (f"{db}, {size} rows", "requeue (a sweep)") in scale
+    # Scenario 9: each database setting, the commit alone and after the write, each order of save().
+    commits = {row["subject"] for row in rows if row["scenario"] == "9 commits"}
+    assert len(commits) == 1 + 5 * 7
+    assert "SQLite default (DELETE, FULL): record INSERT+COMMIT right after the write" in commits
     text = plans.read_text()
     assert "cleanup-local --dry-run" in text and "queued_storage_local_idx" in text
