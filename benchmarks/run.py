@@ -56,7 +56,7 @@ def run(
             size, seconds = prefault_memory()
             print(f"Touched {size / 2**30:.1f} GiB of free memory once, in {seconds:.0f} s.", flush=True)
         # Scenarios that time the request path run first, with no worker competing for the CPU.
-        if step(1, "save latency"):
+        if step(1, "upload: a model created with its file"):
             s.save_latency(services, results, plan)
         if step(2, "upload request through waitress"):
             s.upload_request(services, results, plan)
