@@ -205,7 +205,13 @@ def _upload(
             verify=verify_checksum,
             progress=progress,
         )
-    if not replace and remote.exists(name):
+    from s3transfer.utils import ChunksizeAdjuster
+
+    part_size = ChunksizeAdjuster().adjust_chunksize(config.multipart_chunksize, expected)
+    if not replace and _key_exists(client, remote.bucket_name, key):
+        multipart = _multipart_etag(path, part_size)
+        if _holds(client, remote.bucket_name, key, expected, multipart):
+            return Copied(size=expected, checksum=f"etag:{multipart}", content_verified=True)
         raise conflict(name)
     from boto3.s3.transfer import create_transfer_manager
 
@@ -214,9 +220,6 @@ def _upload(
         future = manager.upload(path, remote.bucket_name, key, extra_args=params, subscribers=subscribers)
         # Hash while the parts go out (hashlib releases the GIL on large
         # buffers), with the part size s3transfer itself settles on.
-        from s3transfer.utils import ChunksizeAdjuster
-
-        part_size = ChunksizeAdjuster().adjust_chunksize(config.multipart_chunksize, expected)
         multipart = _multipart_etag(path, part_size)
         future.result()
     return checked(
@@ -323,12 +326,13 @@ def _put_small(
                 response = client.put_object(**request)
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
-                if code == "PreconditionFailed":
-                    raise conflict(name) from exc
-                if code != "NotImplemented" or replace:
+                if code not in ("PreconditionFailed", "NotImplemented") or replace:
                     raise
-                # An S3-compatible server without conditional writes: look, then write.
-                if _key_exists(client, bucket, key):
+                # PreconditionFailed: the key is taken.  NotImplemented: an
+                # S3-compatible server without conditional writes; look, then write.
+                if code == "PreconditionFailed" or _key_exists(client, bucket, key):
+                    if _holds(client, bucket, key, size, digest.hexdigest()):
+                        return Copied(size=size, checksum=f"md5:{digest.hexdigest()}", content_verified=True)
                     raise conflict(name) from exc
                 del request["IfNoneMatch"]
                 fh.seek(0)
@@ -345,6 +349,23 @@ def _put_small(
         )
     # S3 refuses a body that does not match its Content-MD5: the content is checked.
     return Copied(size=size, checksum=f"md5:{md5}", content_verified=True)
+
+
+def _holds(client: Any, bucket: str, key: str, size: int, etag: str) -> bool:
+    """Whether the object at ``key`` has exactly these bytes: their size, and ETag as S3 computes it.
+
+    Then the name is not taken by another file but by this one: a copy a
+    worker made after its lease lapsed, or an earlier attempt's that
+    completed.  It is kept as this file's copy instead of failing as a conflict.
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except ClientError:
+        return False
+    digest = _etag_is_digest(head.get("ServerSideEncryption"), head.get("SSECustomerAlgorithm"))
+    return bool(digest and int(head["ContentLength"]) == size and str(head["ETag"]).strip('"') == etag)
 
 
 def _key_exists(client: Any, bucket: str, key: str) -> bool:

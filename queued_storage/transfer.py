@@ -232,6 +232,11 @@ def copy_file(
         expected = local.size(name)
         if remote.exists(name):
             if not replace:
+                same = _same_bytes(source, remote, name, expected)
+                if same is not None:
+                    if _stamp(local, name) != before:
+                        raise _changed(name)
+                    return same
                 raise conflict(name)
             remote.delete(name)
         reader = _MeteredReader(source, kind.part_size(remote), progress)
@@ -247,6 +252,37 @@ def copy_file(
         raise _changed(name)
     fingerprint = kind.fingerprint(remote, name)
     return checked(name, fingerprint, expected, md5, multipart, verify_checksum=verify_checksum)
+
+
+def _same_bytes(source: IO[bytes], remote: Storage, name: str, expected: int) -> Copied | None:
+    """The remote file as this file's copy when it holds exactly its bytes (read and compared), else None.
+
+    A name taken by the same bytes is not another file's: a copy a worker made
+    after its lease lapsed, or an earlier attempt's that completed.  ``source``
+    is read to the end; it is rewound when the bytes differ.
+    """
+    if remote.size(name) != expected:
+        return None
+    digest = hashlib.md5(usedforsecurity=False)
+    with remote.open(name, "rb") as theirs:
+        while chunk := source.read(CHUNK):
+            if _read_exactly(theirs, len(chunk)) != chunk:
+                source.seek(0)
+                return None
+            digest.update(chunk)
+        if theirs.read(1):
+            source.seek(0)
+            return None
+    return Copied(size=expected, checksum=f"md5:{digest.hexdigest()}", content_verified=True)
+
+
+def _read_exactly(fh: IO[bytes], size: int) -> bytes:
+    """``size`` bytes of ``fh``, fewer only at its end (a read may return less than asked)."""
+    parts = []
+    while size and (part := fh.read(size)):
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
 
 
 def _missing(name: str) -> LocalFileMissing:

@@ -899,14 +899,6 @@ def test_a_delete_and_a_new_save_while_the_cache_is_down_do_not_misroute_the_new
     state.consistent()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "issue 12, not owned yet: a worker that outlived its lease uploads the bytes of a newer "
-        "file saved under the same name, which then fails for good with RemoteConflict"
-    ),
-)
 def test_a_stalled_worker_does_not_make_a_new_file_of_the_same_name_fail(state: Lifecycle) -> None:
     state.save(name="a.txt", data=b"")
     state.worker_takes_message(pick=0, stops_after="claim")

@@ -69,6 +69,59 @@ def test_small_file_never_overwrites_a_foreign_remote_file(local, s3):
     assert s3_body(s3, "qs-bucket", name) == b"ours"
 
 
+def test_the_same_bytes_already_under_the_name_are_this_files_copy_not_a_conflict(local, s3):
+    # A worker past its lease, or an attempt that completed before its worker died, put them there.
+    s3.put_object(Bucket="qs-bucket", Key="small/same.bin", Body=b"ours")
+    name = local.save("small/same.bin", ContentFile(b"ours"))
+    copied = copy_file(name, local, S3Storage())
+    assert (copied.size, copied.checksum) == (4, "md5:" + hashlib.md5(b"ours").hexdigest())
+    assert copied.content_verified
+    # Same size, other bytes: still another file's, never overwritten.
+    s3.put_object(Bucket="qs-bucket", Key="small/other.bin", Body=b"them")
+    name = local.save("small/other.bin", ContentFile(b"ours"))
+    with pytest.raises(RemoteConflict):
+        copy_file(name, local, S3Storage())
+    assert s3_body(s3, "qs-bucket", name) == b"them"
+
+
+def test_the_same_bytes_on_a_server_without_conditional_writes_are_this_files_copy(local, s3):
+    s3.put_object(Bucket="qs-bucket", Key="small/plain-same.bin", Body=b"ours")
+    remote = S3Storage()
+    name = local.save("small/plain-same.bin", ContentFile(b"ours"))
+    with _without_conditional_writes(remote.connection.meta.client):
+        assert copy_file(name, local, remote).content_verified
+
+
+def test_a_large_file_already_uploaded_in_the_same_parts_is_this_files_copy(local, s3):
+    data = os.urandom(11 * MiB)
+    config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    name = local.save("big/same.bin", ContentFile(data))
+    first = copy_file(name, local, S3Storage(transfer_config=config))
+    with mock.patch("boto3.s3.transfer.create_transfer_manager", side_effect=AssertionError("sent again")):
+        again = copy_file(name, local, S3Storage(transfer_config=config))
+    assert again == first and again.content_verified
+    changed = data[:-1] + bytes([data[-1] ^ 1])
+    other = local.save("big/other.bin", ContentFile(changed))
+    s3.upload_file(local.path(name), "qs-bucket", other, Config=config)  # same size, other bytes
+    with pytest.raises(RemoteConflict):
+        copy_file(other, local, S3Storage(transfer_config=config))
+
+
+@pytest.mark.services  # the default storage's remote is S3
+def test_the_same_bytes_in_any_other_remote_are_this_files_copy(local, tmp_path):
+    remote = FileSystemStorage(location=str(tmp_path / "fs"))
+    remote.save("fs/same.bin", ContentFile(b"plain"))
+    name = local.save("fs/same.bin", ContentFile(b"plain"))
+    copied = copy_file(name, local, remote)
+    assert copied.checksum == "md5:" + hashlib.md5(b"plain").hexdigest() and copied.content_verified
+    remote.save("fs/other.bin", ContentFile(b"other"))
+    name = local.save("fs/other.bin", ContentFile(b"plain"))
+    with pytest.raises(RemoteConflict):
+        copy_file(name, local, remote)
+    with remote.open(name) as theirs:
+        assert theirs.read() == b"other"
+
+
 def test_large_file_goes_multipart_from_the_path_not_through_a_buffered_stream(local, s3):
     data = os.urandom(11 * MiB)
     name = local.save("big/parts.bin", ContentFile(data))
