@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,14 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 USE_TZ = True
 ROOT_URLCONF = "benchmarks.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "queued_storage"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "queued_storage",
+    # Django Tasks' database backend (scenario 10); on Django 5.2 the framework is the backport.
+    *([] if find_spec("django.tasks") else ["django_tasks"]),
+    "django_tasks_db",
+]
 MIDDLEWARE: list[str] = []
 
 # What ``startproject`` writes: SQLite with its own defaults (a rollback
@@ -55,6 +63,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # so the transfers of earlier saves do not share the CPU with later ones.
 QUEUED_STORAGE_QUEUE = env("QS_BENCH_QUEUE") or None
 QUEUED_STORAGE_RETRY_DELAY = 1
+# Both queues are configured; the Celery app the run imports makes Celery the
+# one chosen.  Scenario 10 picks django-tasks-db with override_settings in the
+# run's process, and its db_worker processes with QS_BENCH_QUEUE_BACKEND=tasks.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": []}}
+QUEUED_STORAGE_QUEUE_BACKEND = env("QS_BENCH_QUEUE_BACKEND") or None
 
 MEDIA_ROOT = str(WORK / "media")
 MEDIA_URL = "/media/"

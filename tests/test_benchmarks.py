@@ -31,7 +31,7 @@ def test_every_scenario_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     [out] = tmp_path.glob("*-tiny.json")
     rows = json.loads(out.read_text())["rows"]
-    assert {row["scenario"].split()[0] for row in rows} == {"1", "2", "3", "4", "5", "6", "7", "8"}
+    assert {row["scenario"].split()[0] for row in rows} == {"1", "2", "3", "4", "5", "6", "7", "8", "10"}
     assert all(row["samples"] for row in rows)
     assert chart.stat().st_size > 0
     # The floors each target is up against are measured in the same run.
@@ -50,5 +50,10 @@ def test_every_scenario_runs_end_to_end(tmp_path):
         for size in ("400", "1,000"):
             assert (f"{db}, {size} rows", "admin changelist, search") in scale
             assert (f"{db}, {size} rows", "requeue (a sweep)") in scale
+    # Scenario 10: save() on both queues beside FileSystemStorage, and the small files with db_worker.
+    tasks = {(row["case"], row["subject"]) for row in rows if row["scenario"] == "10 django-tasks-db"}
+    assert ("save 1 KB", "QueuedStorage.save() django-tasks-db") in tasks
+    small = {case for case, subject in tasks if subject == "save() until all remote, django-tasks-db"}
+    assert {case.split(", ")[-1] for case in small} == {"1 process", "2 processes"}
     text = plans.read_text()
     assert "cleanup-local --dry-run" in text and "queued_storage_local_idx" in text
