@@ -63,11 +63,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # so the transfers of earlier saves do not share the CPU with later ones.
 QUEUED_STORAGE_QUEUE = env("QS_BENCH_QUEUE") or None
 QUEUED_STORAGE_RETRY_DELAY = 1
-# Both queues are configured; the Celery app the run imports makes Celery the
-# one chosen.  Scenario 10 picks django-tasks-db with override_settings in the
-# run's process, and its db_worker processes with QS_BENCH_QUEUE_BACKEND=tasks.
+# Both queues are configured; Celery carries the transfers of every process
+# unless QS_BENCH_QUEUE_BACKEND=tasks (scenario 10's db_worker processes).
+# Scenario 10 picks django-tasks-db with override_settings in the run's process.
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": []}}
-QUEUED_STORAGE_QUEUE_BACKEND = env("QS_BENCH_QUEUE_BACKEND") or None
+QUEUED_STORAGE_QUEUE_BACKEND = env("QS_BENCH_QUEUE_BACKEND") or "celery"
 
 MEDIA_ROOT = str(WORK / "media")
 MEDIA_URL = "/media/"

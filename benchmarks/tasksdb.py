@@ -126,7 +126,7 @@ def _enqueue_alone(results: Results, plan: Plan) -> None:
 
     with tasks_db():
         samples = _ms(_per_call(enqueue, reps))
-    results.add(Row(SCENARIO, "parts of save()", "the django-tasks-db enqueue alone", "ms", samples))
+    results.add(Row(SCENARIO, "save() enqueue", "the django-tasks-db enqueue alone", "ms", samples))
 
 
 # -- many small files --------------------------------------------------------------------------
