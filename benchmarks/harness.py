@@ -11,7 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.services import REPO_ROOT, CeleryWorker, MotoServer, RedisServer, ServiceError, free_port
+from tests.services import (
+    REPO_ROOT,
+    CeleryWorker,
+    DbWorker,
+    MotoServer,
+    RedisServer,
+    ServiceError,
+    free_port,
+)
 
 BUCKET = "qs-bench"
 PARKED = "bench-parked"  # a queue no worker consumes
@@ -122,6 +130,27 @@ class Services:
             yield worker
         finally:
             worker.stop()
+
+    @contextlib.contextmanager
+    def db_worker(self, processes: int = 1) -> Iterator[list[DbWorker]]:
+        """``processes`` django-tasks-db ``db_worker`` processes on the queue ``default``."""
+        workers = []
+        try:
+            for _ in range(processes):
+                self._workers += 1
+                worker = DbWorker(
+                    "benchmarks.settings",
+                    {"QS_BENCH_QUEUE_BACKEND": "tasks", "QS_BENCH_QUEUE": ""},
+                    self.workdir,
+                    worker_id=f"benchdb{self._workers}",
+                    cwd=REPO_ROOT,
+                )
+                workers.append(worker)
+                worker.start()
+            yield workers
+        finally:
+            for worker in workers:
+                worker.stop()
 
     @contextlib.contextmanager
     def wsgi_server(self, **env: str) -> Iterator[tuple[int, int]]:

@@ -87,8 +87,12 @@ def run(
             from . import commits
 
             commits.run(services, results, plan)
+        if step(10, "save() and many small files on django-tasks-db, beside Celery"):
+            from . import tasksdb
+
+            tasksdb.run(services, results, plan)
         print(f"\nDone in {time.monotonic() - started:.0f} s.\n")
-        results.rows.sort(key=lambda row: row.scenario[:1])
+        results.rows.sort(key=lambda row: int(row.scenario.split()[0]))
         print(table(results.rows))
         failing = [row for row in results.verdicts() if not row.ok]
         print(f"\n{len(results.verdicts()) - len(failing)} of {len(results.verdicts())} targets hold.")
@@ -111,7 +115,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small sizes and few repetitions (a couple of minutes)"
     )
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,11", help="comma-separated scenario numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11", help="comma-separated scenario numbers")
     parser.add_argument(
         "--chart", type=Path, default=CHART, help=f"PNG to draw (default {CHART.relative_to(ROOT)})"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,15 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 USE_TZ = True
 ROOT_URLCONF = "benchmarks.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "queued_storage", "benchmarks"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "queued_storage",
+    "benchmarks",  # the models the upload scenarios create
+    # Django Tasks' database backend (scenario 10); on Django 5.2 the framework is the backport.
+    *([] if find_spec("django.tasks") else ["django_tasks"]),
+    "django_tasks_db",
+]
 MIDDLEWARE: list[str] = []
 
 # What ``startproject`` writes: SQLite with its own defaults (a rollback
@@ -63,6 +72,11 @@ if env("QS_BENCH_LEASE"):
     QUEUED_STORAGE_LEASE = float(env("QS_BENCH_LEASE", ""))
 if env("QS_BENCH_SWEEP_INTERVAL"):
     QUEUED_STORAGE_SWEEP_INTERVAL = float(env("QS_BENCH_SWEEP_INTERVAL", ""))
+# Both queues are configured; Celery carries the transfers of every process
+# unless QS_BENCH_QUEUE_BACKEND=tasks (scenario 10's db_worker processes).
+# Scenario 10 picks django-tasks-db with override_settings in the run's process.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": []}}
+QUEUED_STORAGE_QUEUE_BACKEND = env("QS_BENCH_QUEUE_BACKEND") or "celery"
 
 MEDIA_ROOT = str(WORK / "media")
 MEDIA_URL = "/media/"

@@ -31,7 +31,7 @@ def test_every_scenario_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     [out] = tmp_path.glob("*-tiny.json")
     rows = json.loads(out.read_text())["rows"]
-    assert {row["scenario"].split()[0] for row in rows} == {"1", "2", "3", "4", "5", "6", "7", "8", "9", "11"}
+    assert {row["scenario"].split()[0] for row in rows} == {str(n) for n in range(1, 12)}
     assert all(row["samples"] for row in rows)
     assert chart.stat().st_size > 0
     # The floors each target is up against are measured in the same run, in both databases.
@@ -64,5 +64,11 @@ def test_every_scenario_runs_end_to_end(tmp_path):
     commits = {row["subject"] for row in rows if row["scenario"] == "9 commits"}
     assert len(commits) == 1 + 5 * 7
     assert "SQLite default (DELETE, FULL): record INSERT+COMMIT right after the write" in commits
+    # Scenario 10: save() on both queues beside FileSystemStorage, and the small files with db_worker.
+    tasks = {(row["case"], row["subject"]) for row in rows if row["scenario"] == "10 django-tasks-db"}
+    assert ("save 1 KB", "QueuedStorage.save() django-tasks-db") in tasks
+    assert ("save() enqueue", "the django-tasks-db enqueue alone") in tasks
+    small = {case for case, subject in tasks if subject == "save() until all remote, django-tasks-db"}
+    assert {case.split(", ")[-1] for case in small} == {"1 process", "2 processes"}
     text = plans.read_text()
     assert "cleanup-local --dry-run" in text and "queued_storage_local_idx" in text
