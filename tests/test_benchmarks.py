@@ -46,8 +46,8 @@ def test_every_scenario_runs_end_to_end(tmp_path):
     assert {row["case"] for row in judged} == {"1 KB", "100 KB"}
     gets = [row for row in rows if row["subject"].startswith("the cache's get() alone")]
     assert len(gets) == 4
-    warm = [row for row in rows if "warm cache" in row["subject"] and "requests" not in row["subject"]]
-    assert len(warm) == 4 and all(row["target"].startswith("≤ the storage's url() + get()") for row in warm)
+    warm = [row for row in rows if row["subject"].startswith("QueuedStorage.url() warm cache")]
+    assert len(warm) == 4 and all(".url() + get() + 50 µs" in row["target"] for row in warm)
     assert {row["subject"] for row in rows if row["case"] == "serve_url"} == {
         "QueuedStorage.url() with serve_url",
         "cache reads",
