@@ -67,7 +67,8 @@ def test_every_scenario_runs_end_to_end(tmp_path):
     # Scenario 10: save() on both queues beside FileSystemStorage, and the small files with db_worker.
     tasks = {(row["case"], row["subject"]) for row in rows if row["scenario"] == "10 django-tasks-db"}
     assert ("save 1 KB", "QueuedStorage.save() django-tasks-db") in tasks
-    assert ("save() enqueue", "the django-tasks-db enqueue alone") in tasks
+    assert ("save() parts", "the django-tasks-db enqueue alone") in tasks
+    assert ("save() parts", "the record alone") in tasks
     small = {case for case, subject in tasks if subject == "save() until all remote, django-tasks-db"}
     assert {case.split(", ")[-1] for case in small} == {"1 process", "2 processes"}
     text = plans.read_text()
