@@ -149,15 +149,6 @@ def write_many(storage: str, names: list[str], state: str) -> None:
         _delete(*moved)
 
 
-def uncache(storage: str, name: str) -> None:
-    """Drop the cached state of ``name``: called once a save under that name has committed.
-
-    A delete, not a write of ``pending``: the worker may already have moved the
-    new file on, and a later read fills the entry from the row.
-    """
-    _delete(cache_key(storage, name))
-
-
 @functools.cache
 def connect() -> None:
     """Open this process's cache connection once, before its first switch.

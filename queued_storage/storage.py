@@ -288,12 +288,9 @@ class QueuedStorage(Storage):
                 finally:
                     _saving.reset(token)
                 continue
-            # Cleared once the row has committed, so an "absent" cached by an
-            # earlier probe of this name goes; cleared sooner, a reader could
-            # refill it before the commit.  Registered first: it runs before the publish.
-            transaction.on_commit(
-                partial(mirror.uncache, self.identity, stored), using=router.db_for_write(FileRecord)
-            )
+            # The cache is left alone: the only entry a name without a row can
+            # have is "absent" (a delete clears its entry before dropping the
+            # row), and a reader checks a cached "absent" against the row.
             if not self.delayed:
                 self._queue(stored, record.version, record.host, size)
             return stored

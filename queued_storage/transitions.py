@@ -116,9 +116,10 @@ def record_saved(storage: str, name: str, size: int | None) -> FileRecord:
     The record comes back without its primary key; it is found by
     (storage, name).
 
-    Not mirrored in the cache: the row is not committed yet.  Once it is,
-    ``QueuedStorage`` clears the name's entry (:func:`uncache`), and the first
-    read fills it from this row.
+    Not mirrored in the cache: the row is not committed yet.  An ``absent``
+    cached by an earlier probe of the name does not hide it: a reader checks a
+    cached ``absent`` against the row (:func:`mirror.cached_state`), then
+    fills the entry from it.
     """
     record = FileRecord(
         storage=storage, name=name, state=State.PENDING, version=new_version(), size=size, host=conf.HOST
