@@ -150,7 +150,9 @@ def _publish(
 
 
 FLUSH_TIMEOUT = 10.0
-LINGER = 0.01
+# Long enough for a burst of saves to fill a message (each message costs the
+# worker a hand-off and two commits); short beside any transfer it delays.
+LINGER = 0.05
 # Only small files share a message, so a long copy never holds others back.
 BATCH_MAX_SIZE = 1024 * 1024
 
