@@ -336,24 +336,31 @@ def _save_samples(
 RECORD = "the record alone: INSERT + COMMIT, as save() writes it"
 
 
-def _save_parts(results: Results, plan: Plan, db: str) -> None:
-    """What save() adds to the local write, each part timed alone: the floors of the upload targets."""
-    reps = max(plan.save_reps.values())
-    names = iter([f"uploads/parts/{uuid.uuid4().hex}.bin" for _ in range(3 * reps)])  # made before the clock
+def record_alone(reps: int, folder: str) -> list[float]:
+    """The record's INSERT + COMMIT as save() writes it, timed alone ``reps`` times (seconds)."""
+    names = iter([f"{folder}{uuid.uuid4().hex}.bin" for _ in range(reps)])  # made before the clock
 
     def record() -> None:
         with transaction.atomic():
             transitions.record_saved(default_storage.identity, next(names), KB)
 
-    def publish() -> None:
-        publishing.enqueue(default_storage, next(names), "v", None)
+    samples = _per_call(record, reps)
+    _forget_queued(folder)
+    return samples
 
-    parts: tuple[tuple[str, Callable[[], None]], ...] = ((RECORD, record),)
+
+def _save_parts(results: Results, plan: Plan, db: str) -> None:
+    """What save() adds to the local write, each part timed alone: the floors of the upload targets."""
+    reps = max(plan.save_reps.values())
+    results.add(
+        Row("1 upload", "parts of save()" + db, RECORD, "ms", _ms(record_alone(reps, "uploads/parts/")))
+    )
     if not db:
-        parts += (("the inline Celery publish (contrast)", publish),)
-    for subject, part in parts:
-        results.add(Row("1 upload", "parts of save()" + db, subject, "ms", _ms(_per_call(part, reps))))
-    _forget_queued("uploads/parts/")
+        names = iter([f"uploads/parts/{uuid.uuid4().hex}.bin" for _ in range(reps)])
+        publish = _per_call(lambda: publishing.enqueue(default_storage, next(names), "v", None), reps)
+        results.add(
+            Row("1 upload", "parts of save()", "the inline Celery publish (contrast)", "ms", _ms(publish))
+        )
 
 
 def _save_verdicts(results: Results, plan: Plan) -> None:

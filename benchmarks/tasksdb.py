@@ -21,10 +21,10 @@ from typing import Any
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
-from django.db import OperationalError, transaction
+from django.db import OperationalError
 from django.test import override_settings
 
-from queued_storage import enqueuing, publishing, transitions
+from queued_storage import enqueuing, publishing
 
 from .harness import PARKED, Services
 from .results import Results, Row
@@ -40,6 +40,7 @@ from .scenarios import (
     _small_files_on_disk,
     default_storage,
     parked,
+    record_alone,
     wait_remote,
 )
 
@@ -122,15 +123,8 @@ def save_latency(services: Services, results: Results, plan: Plan) -> None:
 def _record_alone(results: Results, plan: Plan) -> float:
     """The record's INSERT + COMMIT as save() writes it, timed alone (as scenario 1 does)."""
     reps = max(plan.save_reps[label] for label in save_sizes(plan))
-    names = iter([f"s10/parts/{uuid.uuid4().hex}.bin" for _ in range(reps)])  # made before the clock
-
-    def record() -> None:
-        with transaction.atomic():
-            transitions.record_saved(default_storage.identity, next(names), 1000)
-
-    row = results.add(Row(SCENARIO, "save() parts", "the record alone", "ms", _ms(_per_call(record, reps))))
-    _forget_queued("s10/parts/")
-    return row.median
+    samples = _ms(record_alone(reps, "s10/parts/"))
+    return results.add(Row(SCENARIO, "save() parts", "the record alone", "ms", samples)).median
 
 
 def _enqueue_alone(results: Results, plan: Plan) -> float:

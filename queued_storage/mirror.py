@@ -165,8 +165,8 @@ def cached_state(storage: str, name: str) -> str | None:
 
     Never looks at the storages and never creates a record: the serving view
     answers from here alone.  A cached ``absent`` is checked against the row
-    (one indexed ``SELECT``, no storage request): a save whose clearing of it
-    was lost while the cache was down is never hidden by it.
+    (one indexed ``SELECT``, no storage request): a save leaves the cache
+    alone, so a file saved since the name was probed is never hidden by it.
     """
     key = cache_key(storage, name)
     state = read(key)
@@ -176,7 +176,7 @@ def cached_state(storage: str, name: str) -> str | None:
     if found is None:
         return None if state is None else ABSENT
     if state == ABSENT:
-        # The save's clearing of an ``absent`` was lost with the cache: the row decides.
+        # Saved since the name was probed: the row decides, and replaces the entry.
         _delete(key)
     return fill(storage, name, key, found)
 

@@ -208,9 +208,10 @@ def _upload(
     from s3transfer.utils import ChunksizeAdjuster
 
     part_size = ChunksizeAdjuster().adjust_chunksize(config.multipart_chunksize, expected)
-    if not replace and _key_exists(client, remote.bucket_name, key):
+    head = None if replace else _head(client, remote.bucket_name, key)
+    if head is not None:
         multipart = _multipart_etag(path, part_size)
-        if _holds(client, remote.bucket_name, key, expected, multipart):
+        if _holds(head, expected, multipart):
             return Copied(size=expected, checksum=f"etag:{multipart}", content_verified=True)
         raise conflict(name)
     from boto3.s3.transfer import create_transfer_manager
@@ -330,10 +331,14 @@ def _put_small(
                     raise
                 # PreconditionFailed: the key is taken.  NotImplemented: an
                 # S3-compatible server without conditional writes; look, then write.
-                if code == "PreconditionFailed" or _key_exists(client, bucket, key):
-                    if _holds(client, bucket, key, size, digest.hexdigest()):
-                        return Copied(size=size, checksum=f"md5:{digest.hexdigest()}", content_verified=True)
+                head = _head(client, bucket, key)
+                if head is not None:
+                    md5 = digest.hexdigest()
+                    if _holds(head, size, md5):
+                        return Copied(size=size, checksum=f"md5:{md5}", content_verified=True)
                     raise conflict(name) from exc
+                if code == "PreconditionFailed":  # gone since: an error, and the attempt is retried
+                    raise
                 del request["IfNoneMatch"]
                 fh.seek(0)
                 response = client.put_object(**request)
@@ -351,30 +356,25 @@ def _put_small(
     return Copied(size=size, checksum=f"md5:{md5}", content_verified=True)
 
 
-def _holds(client: Any, bucket: str, key: str, size: int, etag: str) -> bool:
-    """Whether the object at ``key`` has exactly these bytes: their size, and ETag as S3 computes it.
+def _holds(head: dict[str, Any], size: int, etag: str) -> bool:
+    """Whether the object ``head`` describes has exactly these bytes: their size, and ETag as S3 computes it.
 
     Then the name is not taken by another file but by this one: a copy a
     worker made after its lease lapsed, or an earlier attempt's that
     completed.  It is kept as this file's copy instead of failing as a conflict.
     """
-    from botocore.exceptions import ClientError
-
-    try:
-        head = client.head_object(Bucket=bucket, Key=key)
-    except ClientError:
-        return False
     digest = _etag_is_digest(head.get("ServerSideEncryption"), head.get("SSECustomerAlgorithm"))
     return bool(digest and int(head["ContentLength"]) == size and str(head["ETag"]).strip('"') == etag)
 
 
-def _key_exists(client: Any, bucket: str, key: str) -> bool:
+def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The object's ``HeadObject`` answer, or None when there is none."""
     from botocore.exceptions import ClientError
 
     try:
-        client.head_object(Bucket=bucket, Key=key)
+        head: dict[str, Any] = client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
+            return None
         raise
-    return True
+    return head
