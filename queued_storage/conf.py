@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.utils.functional import empty
 
 
 def _number(value: Any) -> bool:
@@ -115,13 +116,29 @@ def problems() -> list[str]:
     return found
 
 
+# The valid value of each setting read so far, with the settings object it
+# was read from.  Every read of a file's location reads two settings, and
+# Django answers an unset one by raising AttributeError inside; the values
+# are read anew whenever ``override_settings`` (and pytest-django's
+# ``settings``) puts other settings in place, as Django does not support
+# changing settings otherwise at run time.
+_read: dict[str, tuple[object, Any]] = {}
+
+
 class Settings:
     """Typed accessors for the ``QUEUED_STORAGE_*`` settings; each returns a valid value."""
 
     def _get(self, name: str) -> Any:
+        holder = settings._wrapped  # type: ignore[misc]  # LazySettings, typed as what it wraps
+        known = _read.get(name)
+        if known is not None and known[0] is holder:
+            return known[1]
         spec = _SETTINGS[name]
         value = getattr(settings, name, spec.default)
-        return value if spec.valid(value) else spec.default
+        value = value if spec.valid(value) else spec.default
+        if holder is not empty:
+            _read[name] = (holder, value)
+        return value
 
     @property
     def CACHE(self) -> str:

@@ -50,8 +50,13 @@ ABSENT_TIMEOUT = 60
 
 
 def cache_key(storage: str, name: str) -> str:
+    return _key(conf.CACHE_PREFIX, storage, name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key(prefix: str, storage: str, name: str) -> str:
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{conf.CACHE_PREFIX}:{storage}:{digest}"
+    return f"{prefix}:{storage}:{digest}"
 
 
 def read(key: str) -> Any:

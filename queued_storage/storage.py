@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import os
 from datetime import datetime
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 from urllib.parse import urljoin
 
@@ -207,11 +207,7 @@ class QueuedStorage(Storage):
 
     def check_name(self, name: str) -> str:
         """``name`` normalised, or SuspiciousFileOperation for traversal, absolute paths and NUL bytes."""
-        name = str(name).replace("\\", "/")
-        if "\x00" in name:
-            raise SuspiciousFileOperation(f"File name {name!r} contains a NUL byte; remove it.")
-        validate_file_name(name, allow_relative_path=True)
-        return name
+        return _checked_name(str(name))
 
     def locate(self, name: str) -> str:
         """The file's state; a file unknown to the app is looked up once and recorded.
@@ -433,3 +429,17 @@ class QueuedStorage(Storage):
 
 
 QueuedRemoteStorage = QueuedStorage
+
+
+@lru_cache(maxsize=4096)
+def _checked_name(name: str) -> str:
+    """:meth:`QueuedStorage.check_name`, kept for the names a page reads over and over.
+
+    A pure function of the name; a name it refuses raises each time (an
+    exception is never cached).
+    """
+    name = name.replace("\\", "/")
+    if "\x00" in name:
+        raise SuspiciousFileOperation(f"File name {name!r} contains a NUL byte; remove it.")
+    validate_file_name(name, allow_relative_path=True)
+    return name
