@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Info, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, router
+from django.db import DatabaseError, connections, router
 
 from . import registry, routing
 from .conf import conf, problems
@@ -238,6 +238,47 @@ def check_records(*, databases: Sequence[str] | None = None, **kwargs: Any) -> l
             "`manage.py queued_storage rekey OLD_IDENTITY LABEL`; for a storage removed for good, delete "
             "its records.",
             id="queued_storage.W005",
+        )
+    ]
+
+
+# SQLite journal modes that write a rollback journal on disk beside the database.
+_ROLLBACK_JOURNALS = ("delete", "truncate", "persist")
+
+
+@register(Tags.database)
+def check_sqlite_journal(*, databases: Sequence[str] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """The records in SQLite with a rollback journal: run by ``migrate`` and ``check --database``."""
+    from .models import FileRecord
+
+    using = router.db_for_write(FileRecord)
+    if not databases or using not in databases or connections[using].vendor != "sqlite":
+        return []
+    try:
+        with connections[using].cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode")
+            mode = str(cursor.fetchone()[0]).lower()
+    except DatabaseError:
+        return []
+    return sqlite_journal_advice(using, mode)
+
+
+def sqlite_journal_advice(alias: str, mode: str) -> list[CheckMessage]:
+    """What check ``I002`` says of the records' SQLite database in journal ``mode``."""
+    if mode not in _ROLLBACK_JOURNALS:
+        return []  # WAL, or a database that is not on disk
+    return [
+        Info(
+            f"The file records are in the SQLite database {alias!r}, in journal_mode={mode} (SQLite's "
+            "default, as startproject leaves it): every commit syncs the disk twice and locks the whole "
+            "database, so the workers' claims and switches wait for the commits of the saves, and a "
+            "burst of uploads reaches the remote storage later than it could.",
+            hint="In WAL mode they do not wait on each other: add "
+            '"init_command": "PRAGMA journal_mode=WAL;" '
+            f"to DATABASES[{alias!r}]['OPTIONS'] (what each setting costs and risks: 'What a database "
+            "setting costs' in the deployment docs). Or add 'queued_storage.I002' to "
+            "SILENCED_SYSTEM_CHECKS.",
+            id="queued_storage.I002",
         )
     ]
 

@@ -147,17 +147,51 @@ def test_records_of_an_identity_no_storage_has_warn_with_the_way_forward():
 
     from queued_storage.models import FileRecord
 
+    def with_database():
+        return [i for i in ids(databases=["default"]) if i != "queued_storage.I002"]  # SQLite's journal
+
     FileRecord.objects.create(storage=default_storage.identity, name="kept.txt", version="v")
-    assert ids(databases=["default"]) == []
+    assert with_database() == []
     FileRecord.objects.create(storage="FileSystemStorage-S3Storage-0ldb0cket000", name="a.txt", version="v")
     assert ids() == []  # the query runs only with a database: migrate, check --database
-    assert ids(databases=["default"]) == ["queued_storage.W005"]
+    assert with_database() == ["queued_storage.W005"]
     [warning] = [e for e in run_checks(databases=["default"]) if e.id == "queued_storage.W005"]
     assert (
         "FileSystemStorage-S3Storage-0ldb0cket000" in warning.msg
         and default_storage.identity not in warning.msg
     )
     assert "queued_storage rekey OLD_IDENTITY LABEL" in warning.hint
+
+
+@pytest.mark.parametrize("mode", ["delete", "truncate", "persist"])
+def test_i002_names_a_rollback_journal_and_the_setting_that_leaves_it(mode):
+    from queued_storage.checks import sqlite_journal_advice
+
+    [info] = sqlite_journal_advice("default", mode)
+    assert info.id == "queued_storage.I002" and f"journal_mode={mode}" in info.msg
+    assert """"init_command": "PRAGMA journal_mode=WAL;" to DATABASES['default']['OPTIONS']""" in info.hint
+
+
+@pytest.mark.parametrize("mode", ["wal", "memory", "off"])
+def test_i002_says_nothing_of_wal_or_of_a_database_off_disk(mode):
+    from queued_storage.checks import sqlite_journal_advice
+
+    assert sqlite_journal_advice("default", mode) == []
+
+
+@pytest.mark.django_db
+def test_i002_reads_the_journal_mode_of_the_records_database_when_given_one():
+    from django.db import connection
+
+    assert "queued_storage.I002" not in ids()  # a database check: migrate, check --database
+    said = "queued_storage.I002" in ids(databases=["default"])
+    if connection.vendor == "sqlite":
+        assert said  # tests/settings.py leaves SQLite in its default journal, as startproject does
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode")
+            assert cursor.fetchone()[0] == "delete"
+    else:
+        assert not said
 
 
 def test_nested_local_directories_with_serve_url_warn(make, tmp_path):
