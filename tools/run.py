@@ -220,7 +220,7 @@ def cmd_test(args: argparse.Namespace) -> None:
         tox.append(("tox matrix", matrix_command(), {}))
     lint()
     docs()
-    say("The suite on SQLite and on PostgreSQL, and the tox matrix, side by side")
+    say("The suite on SQLite and on PostgreSQL, the benchmark smoke run and the tox matrix, side by side")
     # The browser test (the demo keeps its own SQLite database) runs once, on
     # SQLite; the benchmark smoke run (its own services and databases) once,
     # in a lane of its own: it is the longest test, and alone it ends early.
