@@ -49,10 +49,9 @@ logger = logging.getLogger("queued_storage")
 #: done (the remote is then asked what it holds), or False to retry.
 Copier = Callable[..., "bool | Copied"]
 
-# Files claimed by one UPDATE in a several-file message; their leases run from
-# then on, renewed by the lease keeper while their copies wait in the queue.
+# Files claimed by one UPDATE in a several-file message; their leases run from then on.
 CLAIM_CHUNK = 50
-# Copied files of a several-file message switched together, while the next ones copy.
+# Copied files of a several-file message switched together, while the next one copies.
 SWITCH_BATCH = 5
 
 
@@ -106,8 +105,6 @@ def default_copy(name: str, local: Storage, remote: Storage, **kwargs: Any) -> C
 
 # A copied file of a several-file message waiting for its switch.
 _Landed = tuple[str, str, FileRecord, Copied, float]
-# A claimed file of a several-file message whose copy is queued or under way.
-_Queued = tuple[str, str, FileRecord, "Future[tuple[Copied | Exception, float]]"]
 
 
 class Mover:
@@ -159,19 +156,17 @@ class Mover:
     # -- several files
 
     def many(self, files: list[tuple[str, str]]) -> list[Outcome]:
-        """Move several files: every claimed copy queued at once, switched as they land.
+        """Move several files, one copy in flight while the others are claimed and switched.
 
-        One upload thread copies them in turn, as :meth:`one` would; this
-        thread meanwhile claims the next :data:`CLAIM_CHUNK` and switches the
-        copied ones, :data:`SWITCH_BATCH` at a time.  So the upload thread never
-        waits on this one: a claim or a switch that waits for the database (on
-        SQLite, for the lock a save holds) costs no time on the link.  A
-        failure never stops the others: it is that file's outcome.
+        One upload thread copies, as :meth:`one` would; this thread meanwhile
+        claims the next files and switches the copied ones, :data:`SWITCH_BATCH`
+        at a time, so the database and cache round trips cost no time on the
+        link.  A failure never stops the others: it is that file's outcome.
         """
         keeper = threads.lease_keeper()
         outcomes: list[Outcome] = []
-        # Copies queued or under way, in the order the upload thread takes them.
-        queued: list[_Queued] = []
+        flight: tuple[str, str, FileRecord, Future[tuple[Copied | Exception, float]]] | None = None
+        latest: Future[tuple[Copied | Exception, float]] | None = None
         landed: list[_Landed] = []
         uploader = threads.upload_executor()
         files = list(dict.fromkeys(files))  # a name twice would be copied twice
@@ -179,44 +174,32 @@ class Mover:
             for start in range(0, len(files), CLAIM_CHUNK):
                 chunk = files[start : start + CLAIM_CHUNK]
                 claims = transitions.claim_many(self.storage.identity, chunk, self.owner)
-                earlier = len(queued)
                 for (name, version), (claim, record) in zip(chunk, claims, strict=True):
                     if claim is not Claim.CLAIMED:
                         outcomes.append(self._unclaimed(name, version, claim, record))
                         continue
                     assert record is not None
                     progress = keeper.add(self.storage.identity, name, version)
-                    future = uploader.submit(self._copy, name, record, progress)
-                    queued.append((name, version, record, future))
-                # The earlier chunk lands while this one's copies wait their turn.
-                self._land_all(queued[:earlier], landed, outcomes)
-                del queued[:earlier]
-            self._land_all(queued, landed, outcomes)
-            queued.clear()
+                    latest = uploader.submit(self._copy, name, record, progress)
+                    if flight is not None:
+                        self._land(landed, outcomes, *flight)
+                    flight = (name, version, record, latest)
+                    if len(landed) >= SWITCH_BATCH:
+                        self._switch(landed, outcomes)
+            if flight is not None:
+                self._land(landed, outcomes, *flight)
             self._switch(landed, outcomes)
             # A copier may have used the database in that thread.
             uploader.submit(close_old_connections).result()
         except BaseException:
             # A copy not started yet is not started at all: its lease lapses
             # and the sweeper queues it, as for a worker that died here.
-            for *_, future in queued:
-                future.cancel()
+            if latest is not None:
+                latest.cancel()
             for name, _ in files:
                 keeper.discard(self.storage.identity, name)
             raise
         return outcomes
-
-    def _land_all(
-        self,
-        copies: list[_Queued],
-        landed: list[_Landed],
-        outcomes: list[Outcome],
-    ) -> None:
-        """Land ``copies`` in order, switching each :data:`SWITCH_BATCH` that landed."""
-        for name, version, record, future in copies:
-            self._land(landed, outcomes, name, version, record, future)
-            if len(landed) >= SWITCH_BATCH:
-                self._switch(landed, outcomes)
 
     def _land(
         self,
