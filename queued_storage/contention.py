@@ -9,11 +9,9 @@ lock was free for much of that time.  :func:`short_waits` tries again after
 about a millisecond instead, until the connection's own busy timeout has
 passed, then raises as SQLite would have.
 
-Only a call made outside any transaction is tried again, and the function
-is run again whole: so it must be one transaction (its failed attempt rolled
-back whole), or statements that each give the same result when run twice.
-Work after the commit (a cache write, a read of the outcome) stays outside
-it.  Inside a transaction, and on other databases, the call runs as it is.
+Only a call made outside any transaction is tried again: the failed attempt
+was rolled back whole, so the next one starts from the database as it is.
+Inside a transaction, and on other databases, the call runs as it is.
 """
 
 from __future__ import annotations

@@ -220,26 +220,22 @@ def claim_many(
     for name, version in files:
         versions |= Q(name=name, version=version)
     free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
-    # One transaction: a claim that fails after its UPDATE (SQLite's lock
-    # taken before the SELECT) leaves no lease behind, so trying it again
-    # cannot find its own lease and call the file busy.
-    with transaction.atomic(using=router.db_for_write(FileRecord)):
-        won = FileRecord.objects.filter(
-            versions,
-            free,
-            storage=storage,
-            state__in=[State.PENDING, State.TRANSFERRING, State.FAILED],
-        ).update(
-            state=State.TRANSFERRING,
-            lease_until=lease,
-            attempts=F("attempts") + 1,
-            bytes_done=0,
-            updated_at=now,
-        )
-        rows = {
-            record.name: record
-            for record in FileRecord.objects.filter(storage=storage, name__in=[name for name, _ in files])
-        }
+    won = FileRecord.objects.filter(
+        versions,
+        free,
+        storage=storage,
+        state__in=[State.PENDING, State.TRANSFERRING, State.FAILED],
+    ).update(
+        state=State.TRANSFERRING,
+        lease_until=lease,
+        attempts=F("attempts") + 1,
+        bytes_done=0,
+        updated_at=now,
+    )
+    rows = {
+        record.name: record
+        for record in FileRecord.objects.filter(storage=storage, name__in=[name for name, _ in files])
+    }
     if won:
         # Not mirrored: reads route ``pending`` and ``transferring`` alike, and
         # status() reads the row; a cache write here would cost every task.
@@ -282,6 +278,7 @@ def switch_to_remote(storage: str, name: str, version: str, *, size: int, checks
     return switch_many(storage, [(name, version, size, checksum)])[0]
 
 
+@short_waits
 def switch_many(storage: str, copies: list[tuple[str, str, int, str]]) -> list[bool]:
     """Switch several verified copies ``(name, version, size, checksum)``; whether each one won.
 
@@ -290,14 +287,6 @@ def switch_many(storage: str, copies: list[tuple[str, str, int, str]]) -> list[b
     ``UPDATE`` (Django's ``RedisCache`` builds a client per call), so a burst
     of small files pays it once.
     """
-    won = _switch_rows(storage, copies)
-    mirror.write_many(storage, [copy[0] for copy, ok in zip(copies, won, strict=True) if ok], State.REMOTE)
-    return won
-
-
-@short_waits
-def _switch_rows(storage: str, copies: list[tuple[str, str, int, str]]) -> list[bool]:
-    """The switches' one transaction, and nothing after it: tried again whole when SQLite is busy."""
     won: list[bool] = []
     with transaction.atomic(using=router.db_for_write(FileRecord)):
         for name, version, size, checksum in copies:
@@ -315,24 +304,21 @@ def _switch_rows(storage: str, copies: list[tuple[str, str, int, str]]) -> list[
                 updated_at=now,
             )
             won.append(bool(switched))
+    mirror.write_many(storage, [copy[0] for copy, ok in zip(copies, won, strict=True) if ok], State.REMOTE)
     return won
 
 
+@short_waits
 def release(storage: str, name: str, version: str, *, error: str, failed: bool) -> FileRecord | None:
     """Give the lease back after an attempt that did not succeed; returns the row as it is now."""
-    _release_row(storage, name, version, error=error, failed=failed)
-    # Not mirrored, as in requeue(): reads route these states alike.
-    return get(storage, name)
-
-
-@short_waits
-def _release_row(storage: str, name: str, version: str, *, error: str, failed: bool) -> None:
     FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.TRANSFERRING).update(
         state=State.FAILED if failed else State.PENDING,
         last_error=error[:4000],
         lease_until=None,
         updated_at=timezone.now(),
     )
+    # Not mirrored, as in requeue(): reads route these states alike.
+    return get(storage, name)
 
 
 @dataclass(frozen=True)

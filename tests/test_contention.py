@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,9 +18,6 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage as _default
 from django.db import OperationalError, connection, connections, transaction
 from django.test import override_settings
-from hypothesis import HealthCheck, given
-from hypothesis import settings as hsettings
-from hypothesis import strategies as st
 
 from queued_storage import QueuedStorage, contention, transitions
 from queued_storage.models import FileRecord, State
@@ -197,134 +193,3 @@ def _pass_through() -> None:
             locked()
     assert executed == [1]
     pause.assert_not_called()
-
-
-# -- every interleaving: a transition tried again does what one call does ------------------------
-
-OPS = ("claim", "heartbeat", "switch", "release", "fail")
-
-
-@contextmanager
-def lock_until_paused(kind: str, at: int, refusals: int) -> Iterator[list[int]]:
-    """Another connection takes the write lock (``write``: other writes wait), all of the
-    database (``exclusive``: reads wait too, as while a commit is written) or a read (``read``:
-    a commit must wait for it) just before the statement number ``at`` that the call sends
-    within :func:`contention.short_waits`, and lets it go once the call has paused ``refusals``
-    times; the pauses taken are in the list."""
-    pauses: list[int] = []
-    other = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None, timeout=0)
-    seen = [0]
-
-    def take(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if busy_timeout():  # not in a short_waits call: SQLite's busy handler would wait here
-            return execute(sql, params, many, context)
-        if seen[0] == at and kind != "none" and refusals and not other.in_transaction:
-            try:
-                other.execute({"write": "BEGIN IMMEDIATE", "exclusive": "BEGIN EXCLUSIVE"}.get(kind, "BEGIN"))
-                if kind == "read":
-                    other.execute("SELECT count(*) FROM queued_storage_filerecord").fetchone()
-            except sqlite3.OperationalError:  # this call holds the lock already: no lock taken
-                if other.in_transaction:
-                    other.execute("ROLLBACK")
-        seen[0] += 1
-        return execute(sql, params, many, context)
-
-    def pause() -> None:
-        pauses.append(1)
-        if len(pauses) >= refusals and other.in_transaction:
-            other.execute("ROLLBACK")
-
-    try:
-        with mock.patch.object(contention, "_pause", pause), connection.execute_wrapper(take):
-            yield pauses
-    finally:
-        if other.in_transaction:
-            other.execute("ROLLBACK")
-        other.close()
-
-
-def _expected(op: str, state: str) -> tuple[Any, str]:
-    """What one uncontended call returns and leaves, for a row in ``state`` (every lease live)."""
-    if op == "claim":
-        if state in (State.PENDING, State.FAILED):
-            return transitions.Claim.CLAIMED, State.TRANSFERRING
-        return {State.REMOTE: transitions.Claim.DONE}.get(state, transitions.Claim.BUSY), state
-    transferring = state == State.TRANSFERRING
-    if op == "heartbeat":
-        return transferring, state
-    if op == "switch":
-        return transferring, State.REMOTE if transferring else state
-    after = {"release": State.PENDING, "fail": State.FAILED}[op] if transferring else state
-    return after, after
-
-
-def _run(op: str, name: str, version: str) -> Any:
-    identity = default_storage.identity
-    if op == "claim":
-        return transitions.claim(identity, name, version, "w1")[0]
-    if op == "heartbeat":
-        return transitions.heartbeat(identity, name, version, 1)
-    if op == "switch":
-        return transitions.switch_many(identity, [(name, version, 1, "c" * 32)])[0]
-    row = transitions.release(identity, name, version, error="boom", failed=op == "fail")
-    assert row is not None
-    return row.state
-
-
-@hsettings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    steps=st.lists(
-        st.tuples(
-            st.sampled_from(OPS),
-            st.integers(0, 1),
-            st.sampled_from(["none", "write", "exclusive", "read"]),
-            st.integers(0, 3),
-            st.integers(1, 3),
-        ),
-        min_size=1,
-        max_size=10,
-    )
-)
-@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this", QUEUED_STORAGE_LEASE=3600)
-def test_a_transition_tried_again_does_what_one_call_does_whatever_holds_the_lock(
-    sqlite_only: None, steps: list[tuple[str, int, str, int, int]]
-) -> None:
-    before = busy_timeout()
-    prefix = uuid.uuid4().hex[:8]
-    names = [default_storage.save(f"{prefix}/{i}.txt", ContentFile(b"x")) for i in range(2)]
-    versions = {r.name: r.version for r in FileRecord.objects.filter(name__in=names)}
-    model = {name: str(State.PENDING) for name in names}
-    for op, index, kind, at, refusals in steps:
-        name = names[index]
-        returned, model[name] = _expected(op, model[name])
-        with lock_until_paused(kind, at, refusals) as pauses:
-            assert _run(op, name, versions[name]) == returned
-        assert len(pauses) <= refusals  # it waited for exactly this lock, no longer
-        # The invariant after every step: the rows are the model, the connection as it was.
-        assert {r.name: r.state for r in FileRecord.objects.filter(name__in=names)} == model
-        assert busy_timeout() == before
-        assert not connection.connection.in_transaction
-
-
-@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this", QUEUED_STORAGE_LEASE=3600)
-def test_a_claim_refused_between_its_update_and_its_select_is_still_claimed(sqlite_only: None) -> None:
-    """Found by the property above: the UPDATE committed alone, and the claim tried again found
-    its own lease and called the file busy (it then waited for that lease to lapse)."""
-    name = default_storage.save("between.txt", ContentFile(b"x"))
-    version = FileRecord.objects.get(name=name).version
-    with lock_until_paused("exclusive", 1, 1) as pauses:
-        assert _run("claim", name, version) is transitions.Claim.CLAIMED
-    assert pauses == [1]
-    assert FileRecord.objects.get(name=name).state == State.TRANSFERRING
-
-
-@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this", QUEUED_STORAGE_LEASE=3600)
-def test_a_switch_refused_after_its_commit_is_not_switched_again(sqlite_only: None) -> None:
-    """Found by the property above: the cache's check read after the switch's commit was
-    refused, the switch ran again, lost to itself, and the copied file was called deleted."""
-    name = default_storage.save("after.txt", ContentFile(b"x"))
-    version = FileRecord.objects.get(name=name).version
-    assert _run("claim", name, version) is transitions.Claim.CLAIMED
-    with lock_until_paused("exclusive", 2, 1):
-        assert _run("switch", name, version) is True
-    assert FileRecord.objects.get(name=name).state == State.REMOTE
