@@ -26,7 +26,6 @@ from django.utils import timezone
 
 from . import mirror
 from .conf import conf
-from .contention import short_waits
 from .models import FileRecord, State
 
 logger = logging.getLogger("queued_storage")
@@ -201,7 +200,6 @@ def claim(storage: str, name: str, version: str, owner: str) -> tuple[Claim, Fil
     return claim_many(storage, [(name, version)], owner)[0]
 
 
-@short_waits
 def claim_many(
     storage: str, files: list[tuple[str, str]], owner: str
 ) -> list[tuple[Claim, FileRecord | None]]:
@@ -256,7 +254,6 @@ def claim_many(
     return outcomes
 
 
-@short_waits
 def heartbeat(storage: str, name: str, version: str, bytes_done: int) -> bool:
     """Report progress and renew the lease; False when the file was deleted or replaced.
 
@@ -278,7 +275,6 @@ def switch_to_remote(storage: str, name: str, version: str, *, size: int, checks
     return switch_many(storage, [(name, version, size, checksum)])[0]
 
 
-@short_waits
 def switch_many(storage: str, copies: list[tuple[str, str, int, str]]) -> list[bool]:
     """Switch several verified copies ``(name, version, size, checksum)``; whether each one won.
 
@@ -308,7 +304,6 @@ def switch_many(storage: str, copies: list[tuple[str, str, int, str]]) -> list[b
     return won
 
 
-@short_waits
 def release(storage: str, name: str, version: str, *, error: str, failed: bool) -> FileRecord | None:
     """Give the lease back after an attempt that did not succeed; returns the row as it is now."""
     FileRecord.objects.filter(storage=storage, name=name, version=version, state=State.TRANSFERRING).update(
