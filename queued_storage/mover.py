@@ -64,6 +64,7 @@ class Kind(str, Enum):
     BUSY = "busy"  # another worker holds its lease: try again after ``retry_after``
     RETRY = "retry"  # the copy failed: try again after ``retry_after``, as retry ``retries``
     FAILED = "failed"  # failed for good; the record says why
+    FAILED_BEFORE = "failed before"  # failed for good already: a stale message, nothing to do
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,8 @@ class Mover:
         if claim is Claim.BUSY:
             host = record.host if record is not None else ""
             return Outcome(name, version, Kind.BUSY, retry_after=busy_wait(record), host=host)
-        return Outcome(name, version, Kind.DONE if claim is Claim.DONE else Kind.GONE)
+        kind = {Claim.DONE: Kind.DONE, Claim.FAILED: Kind.FAILED_BEFORE}.get(claim, Kind.GONE)
+        return Outcome(name, version, kind)
 
     def _copy(self, name: str, record: FileRecord, progress: Progress) -> tuple[Copied | Exception, float]:
         """Run the copier; what it copied (or why not) and how long it took."""

@@ -67,6 +67,7 @@ class Claim(Enum):
     DONE = "done"  # already remote: a redelivered message, nothing to do
     GONE = "gone"  # deleted, or replaced by a newer version
     BUSY = "busy"  # another worker holds a live lease
+    FAILED = "failed"  # failed for good before this message: only a requeue revives it
 
 
 def new_version() -> str:
@@ -222,7 +223,10 @@ def claim_many(
         versions,
         free,
         storage=storage,
-        state__in=[State.PENDING, State.TRANSFERRING, State.FAILED],
+        # Not FAILED: every way back from it (requeue, the sweeper's --failed,
+        # the admin) makes the row pending first, so a message that finds it
+        # failed is a stale one (redelivered, or sent before the last attempt).
+        state__in=[State.PENDING, State.TRANSFERRING],
     ).update(
         state=State.TRANSFERRING,
         lease_until=lease,
@@ -249,6 +253,8 @@ def claim_many(
             outcomes.append((Claim.GONE, record))
         elif record.state == State.REMOTE:
             outcomes.append((Claim.DONE, record))
+        elif record.state == State.FAILED:
+            outcomes.append((Claim.FAILED, record))
         else:
             outcomes.append((Claim.BUSY, record))
     return outcomes

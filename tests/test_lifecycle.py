@@ -382,6 +382,8 @@ class Lifecycle(RuleBasedStateMachine):
         self.doubtful: dict[str, bytes] = {}
         self.jobs: list[Job] = []
         self.saves = 0
+        # Name → version of each file failed for good at the last check.
+        self.failed_for_good: dict[str, str] = {}
         self.storage: QueuedStorage = self.env.storages[False, False]
         self.label = self.env.aliases[False, False]
         self.root = self.env.roots[False, False]
@@ -643,6 +645,8 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(command=st.sampled_from(["requeue", "requeue --failed", "cleanup-local", "retry", "verify"]))
     def operator(self, command: str) -> None:
         """What ``manage.py queued_storage`` and the admin do."""
+        if command in ("requeue --failed", "retry"):
+            self.failed_for_good = {}  # the ways back from failed
         if command.startswith("requeue"):
             tasks.requeue(older_than=0, failed=command.endswith("--failed"))
         elif command == "cleanup-local":
@@ -728,6 +732,14 @@ class Lifecycle(RuleBasedStateMachine):
 
     def _check_copies(self) -> None:
         records = {r.name: r for r in FileRecord.objects.filter(storage=self.storage.identity)}
+        # Failed for good stays failed, whatever message comes, until an operator revives it.
+        for name, version in self.failed_for_good.items():
+            record = records.get(name)
+            if record is not None and record.version == version:
+                assert record.state == State.FAILED, (
+                    f"{name!r} failed for good and is {record.state} now, revived by no operator"
+                )
+        self.failed_for_good = {n: r.version for n, r in records.items() if r.state == State.FAILED}
         for name, data in self.live.items():
             record = records.get(name)
             assert record is not None, f"the live file {name!r} has no record"

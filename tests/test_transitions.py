@@ -266,3 +266,23 @@ def test_a_transitions_cache_write_that_lands_late_removes_itself():
     assert [cache.get(default_storage.get_cache_key(n)) for n in names] == [None, None]
     assert cache.get(default_storage.get_cache_key(still)) == "remote"  # still true: kept
     assert [default_storage.url(n) for n in names] == ["/media/late/a.txt", "/media/late/b.txt"]
+
+
+@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
+def test_a_stale_message_for_a_file_failed_for_good_leaves_it_failed_until_a_requeue():
+    name = default_storage.save("given-up.txt", ContentFile(b"x"))
+    key = default_storage.identity
+    version = FileRecord.objects.get(name=name).version
+    assert transitions.claim(key, name, version, owner="w1")[0] is transitions.Claim.CLAIMED
+    transitions.release(key, name, version, error="PermanentTransferError: no", failed=True)
+    sent = []
+    with mock.patch("queued_storage.mover.transfer_failed.send", lambda **kw: sent.append(kw)):
+        # The message redelivered (acks_late) or sent before the last attempt: nothing to do.
+        outcome = Mover(default_storage).one(name, version)
+    assert outcome.kind is Kind.FAILED_BEFORE
+    assert sent == []  # transfer_failed was sent once, when it failed
+    record = FileRecord.objects.get(name=name)
+    assert (record.state, record.attempts, record.last_error) == ("failed", 1, "PermanentTransferError: no")
+    # A requeue (the command, the admin, storage.transfer()) makes it pending: then it is claimed.
+    transitions.requeue(key, name)
+    assert transitions.claim(key, name, version, owner="w1")[0] is transitions.Claim.CLAIMED
