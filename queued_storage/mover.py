@@ -67,6 +67,10 @@ class Kind(str, Enum):
     FAILED_BEFORE = "failed before"  # failed for good already: a stale message, nothing to do
 
 
+# What a claim that leaves nothing to copy tells the caller (BUSY waits and is handled apart).
+_NOTHING_TO_DO = {Claim.DONE: Kind.DONE, Claim.GONE: Kind.GONE, Claim.FAILED: Kind.FAILED_BEFORE}
+
+
 @dataclass(frozen=True)
 class Outcome:
     name: str
@@ -240,8 +244,7 @@ class Mover:
         if claim is Claim.BUSY:
             host = record.host if record is not None else ""
             return Outcome(name, version, Kind.BUSY, retry_after=busy_wait(record), host=host)
-        kind = {Claim.DONE: Kind.DONE, Claim.FAILED: Kind.FAILED_BEFORE}.get(claim, Kind.GONE)
-        return Outcome(name, version, kind)
+        return Outcome(name, version, _NOTHING_TO_DO[claim])
 
     def _copy(self, name: str, record: FileRecord, progress: Progress) -> tuple[Copied | Exception, float]:
         """Run the copier; what it copied (or why not) and how long it took."""
