@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -108,6 +109,8 @@ def default_copy(name: str, local: Storage, remote: Storage, **kwargs: Any) -> C
     )
 
 
+# A claimed file of a several-file message whose copy is queued or running.
+_Queued = tuple[str, str, FileRecord, "Future[tuple[Copied | Exception, float]]"]
 # A copied file of a several-file message waiting for its switch.
 _Landed = tuple[str, str, FileRecord, Copied, float]
 
@@ -161,17 +164,18 @@ class Mover:
     # -- several files
 
     def many(self, files: list[tuple[str, str]]) -> list[Outcome]:
-        """Move several files, one copy in flight while the others are claimed and switched.
+        """Move several files, their copies queued back to back while this thread claims and switches.
 
-        One upload thread copies, as :meth:`one` would; this thread meanwhile
-        claims the next files and switches the copied ones, :data:`SWITCH_BATCH`
-        at a time, so the database and cache round trips cost no time on the
-        link.  A failure never stops the others: it is that file's outcome.
+        The upload thread copies the claimed files one after another, as
+        :meth:`one` would; this thread meanwhile claims the next
+        :data:`CLAIM_CHUNK` and switches the copied ones, :data:`SWITCH_BATCH`
+        at a time.  A switch that waits for the database (SQLite's write lock
+        while the application saves) holds no copy back.  A failure never
+        stops the others: it is that file's outcome.
         """
         keeper = threads.lease_keeper()
         outcomes: list[Outcome] = []
-        flight: tuple[str, str, FileRecord, Future[tuple[Copied | Exception, float]]] | None = None
-        latest: Future[tuple[Copied | Exception, float]] | None = None
+        queued: deque[_Queued] = deque()
         landed: list[_Landed] = []
         uploader = threads.upload_executor()
         files = list(dict.fromkeys(files))  # a name twice would be copied twice
@@ -179,32 +183,40 @@ class Mover:
             for start in range(0, len(files), CLAIM_CHUNK):
                 chunk = files[start : start + CLAIM_CHUNK]
                 claims = transitions.claim_many(self.storage.identity, chunk, self.owner)
+                # The copies of the chunk before stay queued while this one's are added.
+                earlier = len(queued)
                 for (name, version), (claim, record) in zip(chunk, claims, strict=True):
                     if claim is not Claim.CLAIMED:
                         outcomes.append(self._unclaimed(name, version, claim, record))
                         continue
                     assert record is not None
                     progress = keeper.add(self.storage.identity, name, version)
-                    latest = uploader.submit(self._copy, name, record, progress)
-                    if flight is not None:
-                        self._land(landed, outcomes, *flight)
-                    flight = (name, version, record, latest)
-                    if len(landed) >= SWITCH_BATCH:
-                        self._switch(landed, outcomes)
-            if flight is not None:
-                self._land(landed, outcomes, *flight)
+                    copy = uploader.submit(self._copy, name, record, progress)
+                    queued.append((name, version, record, copy))
+                self._land_queued(queued, landed, outcomes, earlier)
+            self._land_queued(queued, landed, outcomes, len(queued))
             self._switch(landed, outcomes)
             # A copier may have used the database in that thread.
             uploader.submit(close_old_connections).result()
         except BaseException:
             # A copy not started yet is not started at all: its lease lapses
             # and the sweeper queues it, as for a worker that died here.
-            if latest is not None:
-                latest.cancel()
+            for *_, future in queued:
+                future.cancel()
             for name, _ in files:
                 keeper.discard(self.storage.identity, name)
             raise
         return outcomes
+
+    def _land_queued(
+        self, queued: deque[_Queued], landed: list[_Landed], outcomes: list[Outcome], count: int
+    ) -> None:
+        """Wait for the first ``count`` queued copies in order, switching them as batches fill."""
+        for _ in range(count):
+            self._land(landed, outcomes, *queued[0])
+            queued.popleft()  # once landed: an error above leaves it to be cancelled
+            if len(landed) >= SWITCH_BATCH:
+                self._switch(landed, outcomes)
 
     def _land(
         self,

@@ -8,6 +8,7 @@ from django.core.files.base import ContentFile
 from queued_storage.models import FileRecord
 from queued_storage.publishing import resolve_task
 
+from .conftest import wait_for
 from .testapp.tasks import Watched
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -130,20 +131,57 @@ def test_a_forked_child_gets_its_own_upload_thread_and_lease_keeper():
 
 
 def test_a_database_error_stops_the_message_and_leaves_the_rest_to_the_sweeper(make, eager, monkeypatch):
+    import threading
+
     from queued_storage import mover, threads, transitions
 
     storage = make(delayed=True)
     files = _saved(storage, ["a.txt", "b.txt", "c.txt"])
+    task = resolve_task(storage.task)
+    real_transfer = task.transfer
+    copying_b, release_b = threading.Event(), threading.Event()
+
+    def transfer(name, local, remote, **kwargs):
+        if name == "b.txt":  # still copying when a's switch fails; c waits behind it
+            copying_b.set()
+            release_b.wait(10)
+        return real_transfer(name, local, remote, **kwargs)
 
     def down(*args, **kwargs):
+        assert copying_b.wait(10)
         raise RuntimeError("database went away")
 
+    monkeypatch.setattr(task, "transfer", transfer)
     monkeypatch.setattr(transitions, "switch_many", down)
     monkeypatch.setattr(mover, "SWITCH_BATCH", 1)  # a's switch fails while b copies
-    result = resolve_task(storage.task).apply(args=(storage.identity,), kwargs={"files": files})
+    try:
+        result = task.apply(args=(storage.identity,), kwargs={"files": files})
+    finally:
+        release_b.set()
     assert result.failed() and "database went away" in str(result.result)
     threads.upload_executor().submit(lambda: None).result(5)  # whatever was running has finished
-    assert not storage.remote.exists("c.txt")  # never started once the message failed
+    assert storage.remote.exists("b.txt")  # its copy ran to its end, unswitched
+    assert not storage.remote.exists("c.txt")  # queued, never started once the message failed
     # Still claimed: the leases lapse and the sweeper queues them again.
     assert {storage.status(name).state for name, _ in files} == {"transferring"}
     assert not threads.lease_keeper().kept()  # no longer renewed
+
+
+def test_a_switch_waiting_for_the_database_holds_no_copy_back(make, eager, monkeypatch):
+    """The copies run back to back while a switch waits (SQLite's write lock, held by saves)."""
+    from queued_storage import transitions
+
+    storage = make(delayed=True)
+    files = _saved(storage, [f"{i}.txt" for i in range(8)])
+    real = transitions.switch_many
+    copied_while_waiting = []
+
+    def slow_switch_many(key, copies):
+        if not copied_while_waiting:  # the first switch waits until every file is copied
+            wait_for(lambda: all(storage.remote.exists(name) for name, _ in files), 10, "every copy")
+            copied_while_waiting.append(True)
+        return real(key, copies)
+
+    monkeypatch.setattr(transitions, "switch_many", slow_switch_many)
+    assert _run(storage, files) == "remote: 8"
+    assert copied_while_waiting == [True]
