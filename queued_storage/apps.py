@@ -13,10 +13,17 @@ class QueuedStorageConfig(AppConfig):
 
         del checks
         queues.connect()
-        # Build every declared queued storage now and register its task, so a
-        # worker knows each one before the first message arrives.
-        if routing.chosen() == routing.CELERY and routing.celery_configured():
+        if routing.chosen() == routing.TASKS:
+            from . import django_tasks, sweeper
+
+            # A db_worker sweeps by itself, as Celery's workers do from its
+            # worker signals (queued_storage.tasks).
+            if django_tasks.in_db_worker():
+                sweeper.start()
+        elif routing.celery_configured():
             from . import publishing
 
+            # Build every declared queued storage now and register its task, so a
+            # worker knows each one before the first message arrives.
             for _, storage in registry.everything():
                 publishing.resolve_task(storage.task)

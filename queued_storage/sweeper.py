@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import queues, registry, transitions
+from . import queues, registry, threads, transitions
 from .conf import conf
 from .publishing import Message, coalesce
 
@@ -110,3 +110,35 @@ def _stopped(swept: Swept) -> Swept:
 def requeue(older_than: float = 300, *, failed: bool = False) -> int:
     """:func:`sweep`; the number of files queued again."""
     return sweep(older_than, failed=failed).queued
+
+
+# A message lost with its process, or with the broker, is sent again after this long.
+LOST_AFTER = 300
+
+
+def sweep_in_turn(held: Callable[[], bool]) -> Swept:
+    """A worker's own sweep (:func:`start`): finished deletions, lost messages, dead workers.
+
+    A file whose worker died is queued again as soon as its lease lapsed;
+    one still pending, once its message has had :data:`LOST_AFTER` seconds
+    to arrive.
+    """
+    swept = sweep(LOST_AFTER, lapsed_for=conf.LEASE, held=held)
+    if swept.queued or swept.deleted or swept.undeletable:
+        logger.info(
+            "queued_storage: swept: %d files queued again, %d deletions finished, %d left to the next sweep",
+            swept.queued,
+            swept.deleted,
+            swept.undeletable,
+        )
+    return swept
+
+
+def start() -> None:
+    """Start this worker process's sweeper thread, which sweeps in turn with every other one.
+
+    Unless ``QUEUED_STORAGE_SWEEP_INTERVAL`` turns it off; a second call
+    starts nothing.  Celery's worker signals call it (:mod:`queued_storage.tasks`),
+    and ``AppConfig.ready()`` in a ``db_worker`` process.
+    """
+    threads.start_sweeper(sweep_in_turn)

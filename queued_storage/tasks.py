@@ -10,7 +10,6 @@ turns its outcomes into Celery's retries and messages.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
@@ -23,13 +22,15 @@ from celery.signals import (
 )
 from django.db import close_old_connections
 
-from . import registry, threads
+from . import registry, sweeper, threads
 from .conf import conf, problems
 from .mover import Copier, Kind, Mover, Outcome, default_copy, report
 from .publishing import enqueue
+from .sweeper import LOST_AFTER as LOST_AFTER
 from .sweeper import Swept as Swept
 from .sweeper import requeue as requeue
 from .sweeper import sweep as sweep
+from .sweeper import sweep_in_turn as sweep_in_turn
 from .transfer import Copied, TransferError
 
 if TYPE_CHECKING:
@@ -163,31 +164,9 @@ def requeue_stale(older_than: float = 300, failed: bool = False) -> int:
     return requeue(older_than, failed=failed)
 
 
-# A message lost with its process, or with the broker, is sent again after this long.
-LOST_AFTER = 300
-
-
-def sweep_in_turn(held: Callable[[], bool]) -> Swept:
-    """A worker's own sweep (:class:`threads.Sweeper`): finished deletions, lost messages, dead workers.
-
-    A file whose worker died is queued again as soon as its lease lapsed;
-    one still pending, once its message has had :data:`LOST_AFTER` seconds
-    to arrive.
-    """
-    swept = sweep(LOST_AFTER, lapsed_for=conf.LEASE, held=held)
-    if swept.queued or swept.deleted or swept.undeletable:
-        logger.info(
-            "queued_storage: swept: %d files queued again, %d deletions finished, %d left to the next sweep",
-            swept.queued,
-            swept.deleted,
-            swept.undeletable,
-        )
-    return swept
-
-
 def start_sweeper(**kwargs: Any) -> None:
     """Start this worker process's sweeper thread (unless QUEUED_STORAGE_SWEEP_INTERVAL turns it off)."""
-    threads.start_sweeper(sweep_in_turn)
+    sweeper.start()
 
 
 def _start_sweeper_in_main(sender: Any = None, **kwargs: Any) -> None:

@@ -24,6 +24,7 @@ from django.core.management import call_command
 from django.db import transaction
 from django_tasks_db.models import DBTaskResult
 
+from queued_storage.conf import conf
 from queued_storage.models import FileRecord
 
 from .conftest import s3_body, save_at_once, sha256, wait_for
@@ -122,21 +123,29 @@ print(json.dumps({"name": name, "celery": celery_loaded()}))
     verify(s3, {result["name"]: b"p" * 100_000})
 
 
-def test_db_worker_killed_mid_copy_is_recovered_by_the_lease_and_the_sweeper(start_db_worker, services, s3):
+def test_db_worker_killed_mid_copy_is_recovered_with_nobody_running_anything(start_db_worker, services, s3):
+    sweeping = {"QS_SWEEP_INTERVAL": "1"}
     services.s3_proxy.bandwidth = 1_000_000
-    worker = start_db_worker()
+    worker = start_db_worker(env=sweeping)
     files = save_many(1, 3_000_000, "tasks-kill")
     (name,) = files
     wait_for(lambda: record(name).state == "transferring", what="copy started")
     wait_for(lambda: services.s3_proxy.bytes_up > 500_000, what="part of the file sent")
     worker.kill()
+    killed = time.monotonic()
     services.s3_proxy.bandwidth = None
-    start_db_worker()
+    start_db_worker(env=sweeping)
     # Django Tasks redelivers nothing: the killed task stays RUNNING for good.
     assert DBTaskResult.objects.get().status == "RUNNING"
-    wait_for(lambda: record(name).lease_until.timestamp() < time.time(), what="lease lapsed")
-    call_command("queued_storage", "requeue", "--older-than", "0")
-    wait_for(lambda: all_remote([name]), timeout=60, what="remote after the sweeper")
+    # The new db_worker's own sweep queues the file again once its lease
+    # lapsed, with no task of its own to run first.  No command, no cron.
+    budget = 2 * conf.LEASE + 30
+    wait_for(
+        lambda: all_remote([name]),
+        timeout=killed + budget - time.monotonic(),
+        what=f"remote within {budget:.0f} s of the kill",
+    )
+    verify(s3, files)
     assert record(name).attempts == 2
     verify(s3, files)
 

@@ -369,3 +369,24 @@ def test_the_queue_settings_are_validated(settings):
     settings.QUEUED_STORAGE_QUEUE_BACKEND = "rq"
     assert conf.QUEUE_BACKEND is None
     assert ids() == ["queued_storage.E007"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "run_main", "expected"),
+    [
+        (["manage.py", "db_worker"], None, True),
+        (["django/__main__.py", "db_worker", "--queue-name", "transfers.web-a"], None, True),
+        (["manage.py", "db_worker", "--reload"], None, False),  # the process that watches the files
+        (["manage.py", "db_worker", "--reload"], "true", True),  # its child, which runs the tasks
+        (["manage.py", "runserver"], None, False),
+        (["manage.py", "queued_storage", "requeue"], None, False),
+        (["gunicorn", "proj.wsgi"], None, False),
+    ],
+)
+def test_only_a_db_worker_process_starts_a_sweeper(monkeypatch, argv, run_main, expected):
+    monkeypatch.setattr("sys.argv", argv)
+    if run_main is None:
+        monkeypatch.delenv("RUN_MAIN", raising=False)
+    else:
+        monkeypatch.setenv("RUN_MAIN", run_main)
+    assert django_tasks.in_db_worker() is expected
