@@ -32,7 +32,9 @@ from .plugin import BUCKETS
 from .services import DbWorker
 from .test_without_celery import PRELUDE, WITHOUT_CELERY, run_without_celery
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services, pytest.mark.integration]
+# Every tox env runs the first two (a transfer on each Django's Tasks
+# framework); the faults run once, in the test command's own suites.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 _ids = itertools.count(1)
 
@@ -87,6 +89,7 @@ def verify(s3: Any, files: dict[str, bytes]) -> None:
         assert sha256(s3_body(s3, "qs-bucket", name)) == sha256(data)
 
 
+@pytest.mark.integration
 def test_save_then_db_worker_switches_url_to_s3(start_db_worker, services, s3):
     worker = start_db_worker()
     data = b"hello tasks\n" * 1000
@@ -107,6 +110,7 @@ def test_save_then_db_worker_switches_url_to_s3(start_db_worker, services, s3):
     )
 
 
+@pytest.mark.integration
 def test_a_project_without_celery_saves_and_its_db_worker_transfers(start_db_worker, services, s3):
     start_db_worker()
     result = run_without_celery(

@@ -266,7 +266,11 @@ def cmd_unit(args: argparse.Namespace) -> None:
     """The tests that need no service: no Redis, S3, worker, PostgreSQL or browser."""
     ensure_venv("dev")
     # The property tests with fewer examples than the full command runs.
-    pytest("-q", "-m", "not services", *args.rest, env={"QS_UNIT": "1", "QS_HYPOTHESIS_EXAMPLES": "25"})
+    # In two processes (pytest-xdist), each with its own test database.
+    pytest(
+        "-q", "-n", "2", "-m", "not services", *args.rest,
+        env={"QS_UNIT": "1", "QS_HYPOTHESIS_EXAMPLES": "25"},
+    )  # fmt: skip
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
