@@ -132,7 +132,7 @@ class Services:
             worker.stop()
 
     @contextlib.contextmanager
-    def db_worker(self, processes: int = 1) -> Iterator[list[DbWorker]]:
+    def db_worker(self, processes: int = 1, **env: str) -> Iterator[list[DbWorker]]:
         """``processes`` django-tasks-db ``db_worker`` processes on the queue ``default``."""
         workers = []
         try:
@@ -140,7 +140,7 @@ class Services:
                 self._workers += 1
                 worker = DbWorker(
                     "benchmarks.settings",
-                    {"QS_BENCH_QUEUE_BACKEND": "tasks", "QS_BENCH_QUEUE": ""},
+                    {"QS_BENCH_QUEUE_BACKEND": "tasks", "QS_BENCH_QUEUE": "", **env},
                     self.workdir,
                     worker_id=f"benchdb{self._workers}",
                     cwd=REPO_ROOT,

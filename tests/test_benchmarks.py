@@ -73,3 +73,8 @@ def test_every_scenario_runs_end_to_end(tmp_path):
     assert {case.split(", ")[-1] for case in small} == {"1 process", "2 processes"}
     text = plans.read_text()
     assert "cleanup-local --dry-run" in text and "queued_storage_local_idx" in text
+    # Scenario 11 on each queue: a killed Celery worker and a killed db_worker.
+    assert {row["subject"] for row in rows if row["scenario"] == "11 recovery"} == {
+        "all remote after the worker was killed",
+        "all remote after the db_worker was killed",
+    }
