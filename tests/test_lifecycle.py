@@ -40,7 +40,8 @@ Choices:
   verification, switch, then the local delete or the orphan cleanup), so a
   worker can stall (its lease lapses while it works on) or die between any
   two; its message is then redelivered or lost.  A dead worker's lease
-  lapses only when time passes (a rule), as it would.
+  lapses only when time passes (a rule), as it would.  The broker delivers
+  at least once: any of the last ten messages taken may come again, stale.
 - Time: the lease is an hour, so a lease lapses only by a rule, which moves
   ``lease_until`` into the past; countdowns are ignored (any message may
   run at any time).
@@ -381,6 +382,8 @@ class Lifecycle(RuleBasedStateMachine):
         # delete() raised: the file must end up either intact or gone, never half.
         self.doubtful: dict[str, bytes] = {}
         self.jobs: list[Job] = []
+        # Messages workers took, which the broker may deliver again (at least once).
+        self.delivered: list[Message] = []
         self.saves = 0
         # Name → version of each file failed for good at the last check.
         self.failed_for_good: dict[str, str] = {}
@@ -497,6 +500,7 @@ class Lifecycle(RuleBasedStateMachine):
         goes) until a later rule moves it on, stalls it or kills it.
         """
         message = self.env.broker.pop(pick % len(self.env.broker))
+        self.delivered = [*self.delivered[-9:], message]
         if stops_after is None:
             with suppress(S3Down):  # the task failed: acked, its leases lapse in time
                 self._as_worker(message, lambda: self._task().run(*message.args, **message.kwargs))
@@ -585,6 +589,12 @@ class Lifecycle(RuleBasedStateMachine):
         job = self.jobs.pop(pick % len(self.jobs))
         if redelivered:  # acks_late: the broker gives the message to another worker
             self.env.broker.append(job.message)
+
+    @precondition(lambda self: self.delivered)
+    @rule(pick=st.integers(0, 20))
+    def broker_delivers_again(self, pick: int) -> None:
+        """A message taken before comes again, stale now (a visibility timeout, a lost ack)."""
+        self.env.broker.append(self.delivered[pick % len(self.delivered)])
 
     @rule(stalled=st.none() | st.integers(0, 20))
     def time_passes(self, stalled: int | None) -> None:
@@ -855,6 +865,20 @@ def state(env: Env) -> Lifecycle:
     machine = Lifecycle()
     machine.variant(delete_local=False, serve_url=False)
     return machine
+
+
+def test_a_stale_message_leaves_a_file_failed_for_good_failed(state: Lifecycle, settings: Any) -> None:
+    settings.QUEUED_STORAGE_RETRIES = 1
+    state.s3_fails(op="every request", when="before", count=1)
+    state.save(name="a.txt", data=b"x")
+    state.worker_takes_message(pick=0, stops_after=None)  # fails: its retry is queued
+    state.worker_takes_message(pick=0, stops_after=None)  # fails again: failed for good
+    state.consistent()
+    state.broker_delivers_again(pick=0)  # the first message, stale now
+    state.s3_back()
+    state.worker_takes_message(pick=0, stops_after="claim")
+    state.consistent()
+    state.teardown()
 
 
 def test_a_new_upload_under_a_deleted_name_is_served(state: Lifecycle) -> None:
