@@ -239,15 +239,16 @@ def cmd_test(args: argparse.Namespace) -> None:
         tox.append(("tox matrix", *matrix_command()))
     lint()
     docs()
-    say("The suite on SQLite and on PostgreSQL, the benchmark smoke run and the tox matrix, side by side")
-    # The browser test (the demo keeps its own SQLite database) runs once, on
-    # SQLite; the benchmark smoke run (its own services and databases) once,
-    # in a lane of its own: it is the longest test, and alone it ends early.
-    smoke = "tests/test_benchmarks.py"
+    say("The suite on SQLite and on PostgreSQL, the end-to-end runs and the tox matrix, side by side")
+    # The end-to-end runs (marked e2e) run once, in a lane of their own, on
+    # SQLite: the benchmark smoke run (its own services and databases) and the
+    # browser test of the demo (which keeps its own SQLite database).  They
+    # are the longest tests; beside each other they end before the suites.
+    e2e = ["tests/test_benchmarks.py", "tests/test_browser.py"]
     run_together(
         [
-            ("Test suite on SQLite", [PY, "-m", "pytest", f"--ignore={smoke}"], {}),
-            ("Benchmark smoke run", [PY, "-m", "pytest", smoke], {}),
+            ("Test suite on SQLite", [PY, "-m", "pytest", *(f"--ignore={path}" for path in e2e)], {}),
+            ("End-to-end runs: the benchmark smoke run and the browser", [PY, "-m", "pytest", *e2e], {}),
             # The model of the life of files (tests/test_lifecycle.py) drives the
             # same SQL on either database; it searches deepest on SQLite, where its
             # examples cost least.
