@@ -42,6 +42,9 @@ Choices:
   two; its message is then redelivered or lost.  A dead worker's lease
   lapses only when time passes (a rule), as it would.  The broker delivers
   at least once: any of the last ten messages taken may come again, stale.
+- Retries: ``QUEUED_STORAGE_RETRIES`` is 1, so a file fails for good after
+  two failed deliveries; with the default of 3 the search rarely reached a
+  failed file at all.
 - Time: the lease is an hour, so a lease lapses only by a rule, which moves
   ``lease_until`` into the past; countdowns are ignored (any message may
   run at any time).
@@ -349,7 +352,11 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     # The faults make the app log on every step; the machine's own report is what matters.
     monkeypatch.setattr(logging.getLogger("queued_storage"), "disabled", True)
     FAULTS.heal()
-    with override_settings(STORAGES=configured, CACHES=caches_, QUEUED_STORAGE_LEASE=3600):
+    # One retry: a file fails for good after two failed deliveries, within
+    # reach of the search (failed files, their stale messages, the ways back).
+    with override_settings(
+        STORAGES=configured, CACHES=caches_, QUEUED_STORAGE_LEASE=3600, QUEUED_STORAGE_RETRIES=1
+    ):
         for variant, alias in aliases.items():
             built = storages[alias]
             assert isinstance(built, QueuedStorage)
@@ -867,8 +874,7 @@ def state(env: Env) -> Lifecycle:
     return machine
 
 
-def test_a_stale_message_leaves_a_file_failed_for_good_failed(state: Lifecycle, settings: Any) -> None:
-    settings.QUEUED_STORAGE_RETRIES = 1
+def test_a_stale_message_leaves_a_file_failed_for_good_failed(state: Lifecycle) -> None:
     state.s3_fails(op="every request", when="before", count=1)
     state.save(name="a.txt", data=b"x")
     state.worker_takes_message(pick=0, stops_after=None)  # fails: its retry is queued
