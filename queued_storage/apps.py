@@ -14,11 +14,13 @@ class QueuedStorageConfig(AppConfig):
         del checks
         queues.connect()
         if routing.chosen() == routing.TASKS:
-            from . import django_tasks, sweeper
-
             # A db_worker sweeps by itself, as Celery's workers do from its
-            # worker signals (queued_storage.tasks).
-            if django_tasks.in_db_worker():
+            # worker signals (queued_storage.tasks).  Other processes import
+            # nothing of the Tasks side here: check E021 reports a framework
+            # that is missing.
+            if routing.in_db_worker():
+                from . import sweeper
+
                 sweeper.start()
         elif routing.celery_configured():
             from . import publishing

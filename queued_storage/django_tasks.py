@@ -11,8 +11,6 @@ to the sweeper, which also queues again the files of a worker that died.
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import TYPE_CHECKING, Any
 
 from django.db import close_old_connections
@@ -129,16 +127,3 @@ def _again(storage: QueuedStorage, outcome: Outcome, retries: int) -> str:
     if not sent:
         return "left to the sweeper"
     return "retrying" if retry else "requeued"
-
-
-def in_db_worker() -> bool:
-    """Whether this process is a django-tasks-db worker (``manage.py db_worker``).
-
-    The command sends no signal of its own, so its name on the command line
-    says it.  Under ``--reload`` only the child that runs the tasks counts,
-    not the process that watches the files.
-    """
-    args = sys.argv[1:]
-    if args[:1] != ["db_worker"]:
-        return False
-    return "--reload" not in args or os.environ.get("RUN_MAIN") == "true"

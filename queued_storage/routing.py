@@ -1,4 +1,5 @@
-"""Where a transfer goes: through Celery or Django's Tasks framework, and to which queue.
+"""Where a transfer goes: through Celery or Django's Tasks framework, and to which queue;
+and whether this process is a Tasks worker.
 
 Knows no queue's code and imports neither: Celery is looked at only when this
 process imported it already, as a project with a Celery app does from
@@ -7,6 +8,7 @@ process imported it already, as a project with a Celery app does from
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib.util import find_spec
 
@@ -76,3 +78,16 @@ def queue_for(host: str | None) -> str | None:
     if pattern and host:
         return pattern.format(host=host)
     return conf.QUEUE
+
+
+def in_db_worker() -> bool:
+    """Whether this process is a django-tasks-db worker (``manage.py db_worker``).
+
+    The command sends no signal of its own, so its name on the command line
+    says it.  Under ``--reload`` only the child that runs the tasks counts,
+    not the process that watches the files.
+    """
+    args = sys.argv[1:]
+    if args[:1] != ["db_worker"]:
+        return False
+    return "--reload" not in args or os.environ.get("RUN_MAIN") == "true"

@@ -341,6 +341,24 @@ def test_an_unknown_tasks_backend_alias_is_an_error(tasks, settings):
     assert error.id == "queued_storage.E021" and "QUEUED_STORAGE_TASKS_BACKEND is 'transfers'" in error.msg
 
 
+def test_a_process_starts_with_the_framework_missing_and_its_check_says_so(tasks, monkeypatch):
+    """Only a db_worker imports the Tasks side at startup; elsewhere check E021 says what is missing."""
+    import sys
+
+    from django.apps import apps
+
+    import queued_storage
+
+    tasks(DATABASE)
+    monkeypatch.setattr(routing, "tasks_framework", lambda: None)
+    monkeypatch.delitem(sys.modules, "queued_storage.django_tasks")
+    monkeypatch.delattr(queued_storage, "django_tasks", raising=False)
+    monkeypatch.setattr("sys.argv", ["manage.py", "runserver"])
+    apps.get_app_config("queued_storage").ready()
+    [error] = [e for e in run_checks() if e.id.startswith("queued_storage.")]
+    assert error.id == "queued_storage.E021" and "django-tasks" in error.msg
+
+
 def test_the_framework_missing_is_an_error(tasks, monkeypatch):
     tasks(DATABASE)
     monkeypatch.setattr(routing, "tasks_framework", lambda: None)
@@ -389,4 +407,4 @@ def test_only_a_db_worker_process_starts_a_sweeper(monkeypatch, argv, run_main, 
         monkeypatch.delenv("RUN_MAIN", raising=False)
     else:
         monkeypatch.setenv("RUN_MAIN", run_main)
-    assert django_tasks.in_db_worker() is expected
+    assert routing.in_db_worker() is expected

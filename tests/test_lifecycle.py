@@ -43,8 +43,8 @@ Choices:
   lapses only when time passes (a rule), as it would.  The broker delivers
   at least once: any of the last ten messages taken may come again, stale.
 - Retries: ``QUEUED_STORAGE_RETRIES`` is 1, so a file fails for good after
-  two failed deliveries; with the default of 3 the search rarely reached a
-  failed file at all.
+  two failed deliveries: failed files, their stale messages and the ways
+  back from failed lie within the search's reach.
 - Time: the lease is an hour, so a lease lapses only by a rule, which moves
   ``lease_until`` into the past; countdowns are ignored (any message may
   run at any time).
