@@ -16,6 +16,11 @@ from typing import Any
 from django.conf import settings
 from django.utils.functional import empty
 
+# Not a setting: files up to this size travel several to a message, and a
+# worker takes more of them from the table after its message's own.  Only
+# small files: a long copy never holds others back.
+SMALL_FILE = 1024 * 1024
+
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -54,6 +54,10 @@ Copier = Callable[..., "bool | Copied"]
 CLAIM_CHUNK = 50
 # Copied files of a several-file message switched together, while the next one copies.
 SWITCH_BATCH = 5
+# How long a several-file message goes on to files that wait in the table
+# after its own: messages of other storages and hosts wait no longer than this
+# (and the copies of one chunk it claimed before).
+MORE_FOR = 5.0
 
 
 class Kind(str, Enum):
@@ -163,7 +167,7 @@ class Mover:
 
     # -- several files
 
-    def many(self, files: list[tuple[str, str]]) -> list[Outcome]:
+    def many(self, files: list[tuple[str, str]], *, more: bool = True) -> list[Outcome]:
         """Move several files, their copies queued back to back while this thread claims and switches.
 
         The upload thread copies the claimed files one after another, as
@@ -172,24 +176,45 @@ class Mover:
         at a time.  A switch that waits for the database (SQLite's write lock
         while the application saves) holds no copy back.  A failure never
         stops the others: it is that file's outcome.
+
+        With ``more``, the message then goes on to small files of the same
+        storage and host that wait in the table
+        (:func:`~queued_storage.transitions.waiting`), for up to
+        :data:`MORE_FOR` seconds and until a copy fails: a backlog then
+        costs one message's hand-off and claim per :data:`CLAIM_CHUNK`
+        files, and the upload thread does not wait between messages.  A
+        message whose own files were copied already (taken from the table by
+        an earlier one) goes on too, one file first.  Their outcomes follow
+        the message's own; a file another worker took first is left to it.
         """
         keeper = threads.lease_keeper()
         outcomes: list[Outcome] = []
         queued: deque[_Queued] = deque()
         landed: list[_Landed] = []
+        claimed: list[str] = []
         uploader = threads.upload_executor()
         files = list(dict.fromkeys(files))  # a name twice would be copied twice
+        own = [files[start : start + CLAIM_CHUNK] for start in range(0, len(files), CLAIM_CHUNK)]
+        started = time.monotonic()
+        host: str | None = None  # where the message's files are: the waiting files taken must be there too
         try:
-            for start in range(0, len(files), CLAIM_CHUNK):
-                chunk = files[start : start + CLAIM_CHUNK]
+            while own or more:
+                mine = bool(own)
+                chunk = own.pop(0) if own else self._more(queued, landed, outcomes, host, started)
+                if not chunk:
+                    break
                 claims = transitions.claim_many(self.storage.identity, chunk, self.owner)
                 # The copies of the chunk before stay queued while this one's are added.
                 earlier = len(queued)
                 for (name, version), (claim, record) in zip(chunk, claims, strict=True):
+                    if mine and host is None and record is not None:
+                        host = record.host
                     if claim is not Claim.CLAIMED:
-                        outcomes.append(self._unclaimed(name, version, claim, record))
+                        if mine:
+                            outcomes.append(self._unclaimed(name, version, claim, record))
                         continue
                     assert record is not None
+                    claimed.append(name)
                     progress = keeper.add(self.storage.identity, name, version)
                     copy = uploader.submit(self._copy, name, record, progress)
                     queued.append((name, version, record, copy))
@@ -203,10 +228,38 @@ class Mover:
             # and the sweeper queues it, as for a worker that died here.
             for *_, future in queued:
                 future.cancel()
-            for name, _ in files:
+            for name in claimed:
                 keeper.discard(self.storage.identity, name)
             raise
         return outcomes
+
+    def _more(
+        self,
+        queued: deque[_Queued],
+        landed: list[_Landed],
+        outcomes: list[Outcome],
+        host: str | None,
+        started: float,
+    ) -> list[tuple[str, str]]:
+        """The waiting files to claim next: none once time is up or a copy failed.
+
+        Until a copy of this message has landed (a message whose files were
+        all copied already), one file at a time: the remote may be down, and
+        then one file fails, not a chunk.
+        """
+        if host is None or time.monotonic() - started > MORE_FOR:
+            return []
+        if not self._copied(landed, outcomes):
+            # Wait for all but the last copy queued, which keeps the upload thread busy meanwhile.
+            self._land_queued(queued, landed, outcomes, max(len(queued) - 1, min(len(queued), 1)))
+        if any(outcome.kind in (Kind.RETRY, Kind.FAILED) for outcome in outcomes):
+            return []  # the remote fails: take nothing more to fail
+        most = CLAIM_CHUNK if self._copied(landed, outcomes) else 1
+        return transitions.waiting(self.storage.identity, host, most=most, delayed=self.storage.delayed)
+
+    @staticmethod
+    def _copied(landed: list[_Landed], outcomes: list[Outcome]) -> bool:
+        return bool(landed) or any(outcome.kind is Kind.REMOTE for outcome in outcomes)
 
     def _land_queued(
         self, queued: deque[_Queued], landed: list[_Landed], outcomes: list[Outcome], count: int

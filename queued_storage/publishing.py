@@ -37,7 +37,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .conf import conf
+from .conf import SMALL_FILE, conf
 from .redaction import redact
 from .routing import celery_configured as celery_configured
 from .routing import queue_for as queue_for
@@ -154,7 +154,7 @@ FLUSH_TIMEOUT = 10.0
 # worker a hand-off and two commits); short beside any transfer it delays.
 LINGER = 0.05
 # Only small files share a message, so a long copy never holds others back.
-BATCH_MAX_SIZE = 1024 * 1024
+BATCH_MAX_SIZE = SMALL_FILE
 
 # storage, name, version, host, size
 Message = tuple["QueuedStorage", str, str, "str | None", "int | None"]

@@ -25,7 +25,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import mirror
-from .conf import conf
+from .conf import SMALL_FILE, conf
 from .models import FileRecord, State
 
 logger = logging.getLogger("queued_storage")
@@ -204,48 +204,54 @@ def claim(storage: str, name: str, version: str, owner: str) -> tuple[Claim, Fil
 def claim_many(
     storage: str, files: list[tuple[str, str]], owner: str
 ) -> list[tuple[Claim, FileRecord | None]]:
-    """Take the leases on several ``(name, version)``: one ``UPDATE`` and one ``SELECT`` in all.
+    """Take the leases on several ``(name, version)``: a ``SELECT``, then for the free ones an ``UPDATE``.
 
     Returns each file's outcome and row, in the order given.  A row is ours
     when it carries the lease expiry this call wrote: ``now + LEASE`` plus a
     random number of microseconds, so no other claim writes the same value
-    (one chance in a million even within the same microsecond).
+    (one chance in a million even within the same microsecond).  When the
+    first read finds none free (a message delivered again, or whose files a
+    worker took from the table first) nothing is written: no write lock.
+    Otherwise a second ``SELECT`` reads what the ``UPDATE`` decided.
     """
-    if not files:  # an empty OR below would match, and claim, every row of the storage
-        return []
     now = timezone.now()
-    lease = now + timedelta(seconds=conf.LEASE, microseconds=secrets.randbelow(1_000_000))
-    versions = Q()
-    for name, version in files:
-        versions |= Q(name=name, version=version)
-    free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
-    won = FileRecord.objects.filter(
-        versions,
-        free,
-        storage=storage,
-        # Not FAILED: every way back from it (requeue, the sweeper's --failed,
-        # the admin) makes the row pending first, so a message that finds it
-        # failed is a stale one (redelivered, or sent before the last attempt).
-        state__in=[State.PENDING, State.TRANSFERRING],
-    ).update(
-        state=State.TRANSFERRING,
-        lease_until=lease,
-        attempts=F("attempts") + 1,
-        bytes_done=0,
-        updated_at=now,
-    )
-    rows = {
-        record.name: record
-        for record in FileRecord.objects.filter(storage=storage, name__in=[name for name, _ in files])
-    }
-    if won:
-        # Not mirrored: reads route ``pending`` and ``transferring`` alike, and
-        # status() reads the row; a cache write here would cost every task.
-        mirror.connect()
+    rows = _rows(storage, files)
+    free = [(name, version) for name, version in files if _free(rows.get(name), version, now)]
+    lease = None
+    if free:
+        lease = now + timedelta(seconds=conf.LEASE, microseconds=secrets.randbelow(1_000_000))
+        versions = Q()
+        for name, version in free:
+            versions |= Q(name=name, version=version)
+        won = FileRecord.objects.filter(
+            versions,
+            Q(lease_until__isnull=True) | Q(lease_until__lt=now),
+            storage=storage,
+            # Not FAILED: every way back from it (requeue, the sweeper's --failed,
+            # the admin) makes the row pending first, so a message that finds it
+            # failed is a stale one (redelivered, or sent before the last attempt).
+            state__in=CLAIMABLE,
+        ).update(
+            state=State.TRANSFERRING,
+            lease_until=lease,
+            attempts=F("attempts") + 1,
+            bytes_done=0,
+            updated_at=now,
+        )
+        rows = _rows(storage, files)
+        if won:
+            # Not mirrored: reads route ``pending`` and ``transferring`` alike, and
+            # status() reads the row; a cache write here would cost every task.
+            mirror.connect()
     outcomes: list[tuple[Claim, FileRecord | None]] = []
     for name, version in files:
         record = rows.get(name)
-        if record is not None and record.version == version and record.lease_until == lease:
+        if (
+            record is not None
+            and record.version == version
+            and lease is not None
+            and record.lease_until == lease
+        ):
             # Ours even if deleted since: the lease holder removes what it copied.
             logger.debug("queued_storage: %s claimed %s", owner, name)
             outcomes.append((Claim.CLAIMED, record))
@@ -258,6 +264,48 @@ def claim_many(
         else:
             outcomes.append((Claim.BUSY, record))
     return outcomes
+
+
+# The states a claim takes a file from (a lapsed lease of a dead worker's included).
+CLAIMABLE = (State.PENDING, State.TRANSFERRING)
+
+
+def _rows(storage: str, files: list[tuple[str, str]]) -> dict[str, FileRecord]:
+    if not files:
+        return {}
+    return {
+        record.name: record
+        for record in FileRecord.objects.filter(storage=storage, name__in=[name for name, _ in files])
+    }
+
+
+def _free(record: FileRecord | None, version: str, now: datetime) -> bool:
+    """Whether a claim at ``now`` could take ``record`` at ``version``, as its ``UPDATE`` decides."""
+    return (
+        record is not None
+        and record.version == version
+        and record.state in CLAIMABLE
+        and (record.lease_until is None or record.lease_until < now)
+    )
+
+
+def waiting(storage: str, host: str, *, most: int, delayed: bool) -> list[tuple[str, str]]:
+    """Up to ``most`` small files of ``storage`` saved on ``host`` that no worker tried yet, oldest first.
+
+    As ``(name, version)``, for :func:`claim_many`, which decides whether
+    each is still free.  Never a file tried before: its retry keeps its
+    backoff.  Of a ``delayed`` storage, only what ``transfer()`` queued.
+    """
+    rows = FileRecord.objects.filter(
+        state=State.PENDING,
+        storage=storage,
+        host=host,
+        attempts=0,
+        size__lte=SMALL_FILE,
+    )
+    if delayed:
+        rows = rows.filter(queued_at__isnull=False)
+    return list(rows.order_by("pk").values_list("name", "version")[:most])
 
 
 def heartbeat(storage: str, name: str, version: str, bytes_done: int) -> bool:

@@ -185,3 +185,174 @@ def test_a_switch_waiting_for_the_database_holds_no_copy_back(make, eager, monke
     monkeypatch.setattr(transitions, "switch_many", slow_switch_many)
     assert _run(storage, files) == "remote: 8"
     assert copied_while_waiting == [True]
+
+
+# -- files waiting in the table, taken after the message's own
+
+
+@pytest.fixture
+def lost(monkeypatch):
+    """Saves whose messages never reach a worker: their files wait in the table, pending."""
+    from queued_storage import publishing
+
+    sent = []
+    monkeypatch.setattr(
+        publishing, "_publish", lambda storage, files, host, options: sent.append(files) or True
+    )
+    return sent
+
+
+def _waiting(storage, names, **fields):
+    """Save ``names`` (their messages lost); ``fields`` then set on their records."""
+    files = _saved(storage, names)
+    if fields:
+        FileRecord.objects.filter(storage=storage.identity, name__in=[n for n, _ in files]).update(**fields)
+    return files
+
+
+def _states(storage, files):
+    return {name: storage.status(name).state for name, _ in files}
+
+
+def test_a_message_goes_on_to_small_files_waiting_on_its_host(make, eager, lost):
+    storage = make()
+    files = _saved(storage, ["a.txt", "b.txt"])
+    waiting = _waiting(storage, [f"w{i}.txt" for i in range(3)])
+    assert _run(storage, files) == "remote: 5"
+    assert set(_states(storage, files + waiting).values()) == {"remote"}
+    assert all(storage.url(name).startswith("/remote/") for name, _ in waiting)
+    # Their own messages, when they come, find them done.
+    assert _run(storage, waiting) == "done: 3"
+
+
+def test_only_untried_small_files_of_the_same_storage_and_host_are_taken(make, eager, lost):
+    from django.utils import timezone
+
+    from queued_storage.conf import SMALL_FILE
+
+    storage = make()
+    other = make(remote_options={"location": str(storage.local.location) + "-other-remote"})
+    assert other.identity != storage.identity
+    files = _saved(storage, ["a.txt"]) + _saved(storage, ["b.txt"])
+    taken = _waiting(storage, ["small.txt"])
+    left = (
+        _waiting(storage, ["elsewhere.txt"], host="another-host")
+        + _waiting(storage, ["retrying.txt"], attempts=1)  # its retry keeps its backoff
+        + _waiting(storage, ["unsized.txt"], size=None)
+        + _waiting(storage, ["large.txt"], size=SMALL_FILE + 1)
+        + _waiting(storage, ["failed.txt"], state="failed", attempts=1)
+        + _waiting(storage, ["held.txt"], state="transferring", lease_until=timezone.now())
+    )
+    elsewhere = _waiting(other, ["other-storage.txt"])
+    assert _run(storage, files) == "remote: 3"
+    assert _states(storage, taken) == {"small.txt": "remote"}
+    assert "remote" not in _states(storage, left).values()
+    assert _states(other, elsewhere) == {"other-storage.txt": "pending"}
+
+
+def test_nothing_more_is_taken_when_the_message_s_copies_fail(make, eager, lost, settings):
+    settings.QUEUED_STORAGE_RETRIES = 0
+    storage = make(task="tests.testapp.tasks.FailsOnBad")
+    files = _saved(storage, ["bad1.txt", "bad2.txt"])
+    waiting = _waiting(storage, ["w1.txt", "w2.txt"])
+    assert _run(storage, files) == "failed: 2"
+    assert set(_states(storage, waiting).values()) == {"pending"}
+
+
+def test_taking_stops_at_the_first_failure_among_the_waiting_files(make, eager, lost, settings, monkeypatch):
+    from queued_storage import mover
+
+    monkeypatch.setattr(mover, "CLAIM_CHUNK", 2)  # one waiting file claimed at a time after the message
+    settings.QUEUED_STORAGE_RETRIES = 0
+    storage = make(task="tests.testapp.tasks.FailsOnBad")
+    files = _saved(storage, ["a.txt", "b.txt"])
+    waiting = _waiting(storage, ["bad.txt", "w1.txt", "w2.txt", "w3.txt", "w4.txt"])
+    # The chunks claimed before bad.txt's copy had failed still go; then nothing more.
+    assert _run(storage, files) == "failed: 1, remote: 5"
+    assert _states(storage, waiting) == {
+        "bad.txt": "failed",
+        "w1.txt": "remote",
+        "w2.txt": "remote",
+        "w3.txt": "remote",
+        "w4.txt": "pending",
+    }
+
+
+def test_a_message_whose_files_were_taken_already_goes_on_one_file_first(make, eager, lost, monkeypatch):
+    from queued_storage import transitions
+
+    storage = make()
+    files = _saved(storage, ["a.txt", "b.txt"])
+    assert _run(storage, files) == "remote: 2"
+    waiting = _waiting(storage, [f"w{i}.txt" for i in range(4)])
+    asked = []
+    real = transitions.waiting
+    monkeypatch.setattr(
+        transitions, "waiting", lambda *a, most, **k: asked.append(most) or real(*a, most=most, **k)
+    )
+    # The message of a and b comes now, stale: nothing of its own to copy.
+    assert _run(storage, files) == "done: 2, remote: 4"
+    assert set(_states(storage, waiting).values()) == {"remote"}
+    assert asked[:2] == [1, 50]  # one until a copy has landed, then a chunk
+
+
+def test_a_stale_message_fails_one_waiting_file_when_the_remote_fails(make, eager, lost, settings):
+    settings.QUEUED_STORAGE_RETRIES = 0
+    storage = make(task="tests.testapp.tasks.FailsOnBad")
+    files = _saved(storage, ["a.txt", "b.txt"])
+    assert _run(storage, files) == "remote: 2"
+    waiting = _waiting(storage, ["bad1.txt", "bad2.txt", "w.txt"])
+    assert _run(storage, files) == "done: 2, failed: 1"
+    assert _states(storage, waiting) == {"bad1.txt": "failed", "bad2.txt": "pending", "w.txt": "pending"}
+
+
+def test_a_delayed_storage_s_files_are_taken_only_once_transfer_queued_them(make, eager, lost):
+    from django.utils import timezone
+
+    storage = make(delayed=True)
+    files = _saved(storage, ["a.txt", "b.txt"])
+    never = _saved(storage, ["not-yet.txt"])
+    queued = _waiting(storage, ["queued.txt"], queued_at=timezone.now())
+    assert _run(storage, files) == "remote: 3"
+    assert _states(storage, never + queued) == {"not-yet.txt": "pending", "queued.txt": "remote"}
+
+
+def test_a_one_file_message_takes_nothing_more(make, eager, lost):
+    from .conftest import transfer_now
+
+    storage = make()
+    (name, _), *_ = _saved(storage, ["a.txt"])
+    waiting = _waiting(storage, ["w.txt"])
+    assert transfer_now(storage, name) == "remote"
+    assert _states(storage, waiting) == {"w.txt": "pending"}
+
+
+def test_taking_more_ends_after_more_for_seconds(make, eager, lost, monkeypatch):
+    from queued_storage import mover
+
+    monkeypatch.setattr(mover, "MORE_FOR", 0.0)
+    storage = make()
+    files = _saved(storage, ["a.txt", "b.txt"])
+    waiting = _waiting(storage, ["w.txt"])
+    assert _run(storage, files) == "remote: 2"
+    assert _states(storage, waiting) == {"w.txt": "pending"}
+
+
+def test_a_waiting_file_another_worker_took_first_is_left_to_it(make, eager, lost, monkeypatch):
+    from queued_storage import transitions
+
+    storage = make()
+    files = _saved(storage, ["a.txt", "b.txt"])
+    waiting = _waiting(storage, ["w.txt"])
+    real = transitions.waiting
+
+    def raced(*args, **kwargs):
+        found = real(*args, **kwargs)
+        if found:  # another worker claims them between this read and the claim
+            transitions.claim_many(storage.identity, found, "other@worker")
+        return found
+
+    monkeypatch.setattr(transitions, "waiting", raced)
+    assert _run(storage, files) == "remote: 2"  # no outcome for w.txt: it was never this message's
+    assert _states(storage, waiting) == {"w.txt": "transferring"}
+    assert not storage.remote.exists("w.txt")

@@ -37,10 +37,12 @@ Choices:
   like ``apply()`` builds, so ``self.retry`` raises ``Retry`` and the retry
   message goes back into the list.  A whole message runs ``Transfer.run``.
   A stepped job calls the task's own parts in its order (claim, copy with
-  verification, switch, then the local delete or the orphan cleanup), so a
-  worker can stall (its lease lapses while it works on) or die between any
-  two; its message is then redelivered or lost.  A dead worker's lease
-  lapses only when time passes (a rule), as it would.  The broker delivers
+  verification, switch, then the local delete or the orphan cleanup; for a
+  message of several files, then the files waiting in the table, claimed and
+  taken from the copy on, as ``Mover.many`` does), so a worker can stall
+  (its lease lapses while it works on) or die between any two; its message
+  is then redelivered or lost.  A dead worker's lease lapses only when time
+  passes (a rule), as it would.  The broker delivers
   at least once: any of the last ten messages taken may come again, stale.
 - Retries: ``QUEUED_STORAGE_RETRIES`` is 1, so a file fails for good after
   two failed deliveries: failed files, their stale messages and the ways
@@ -107,7 +109,7 @@ from queued_storage import QueuedStorage, operations, publishing, registry, task
 from queued_storage.conf import conf
 from queued_storage.mirror import ABSENT
 from queued_storage.models import FileRecord, State
-from queued_storage.mover import Kind, Mover, busy_wait
+from queued_storage.mover import CLAIM_CHUNK, Kind, Mover, busy_wait
 from queued_storage.transfer import Copied
 from queued_storage.transitions import Claim
 from queued_storage.views import serve
@@ -119,7 +121,7 @@ STEPS = 40
 POOL = ("a.txt", "b.txt", "d/c.bin")
 REMOTE_OPS = ("save", "exists", "delete", "open", "size")
 OWNER = "model@worker"
-STAGES = ("claim", "copy", "switch", "finish")
+STAGES = ("claim", "copy", "switch", "finish", "more")
 
 
 # -- faults
@@ -259,11 +261,13 @@ class Job:
     """A worker part-way through one message, between two of the task's steps."""
 
     message: Message
-    stage: str = "claim"  # then copy, switch, finish
+    stage: str = "claim"  # then copy, switch, finish, and for several files more, copy ...
     claimed: list[tuple[str, str, FileRecord]] = field(default_factory=list)
     failures: list[tuple[str, str, Exception]] = field(default_factory=list)
     landed: list[tuple[str, str, FileRecord, Copied]] = field(default_factory=list)
     won: list[bool] = field(default_factory=list)
+    host: str | None = None  # where the message's files are, read at the claim
+    copied: bool = False  # a copy of this message landed
 
     @property
     def alone(self) -> bool:
@@ -546,6 +550,8 @@ class Lifecycle(RuleBasedStateMachine):
         if job.stage == "claim":
             outcomes = transitions.claim_many(storage.identity, job.message.files, OWNER)
             for (name, version), (outcome, record) in zip(job.message.files, outcomes, strict=True):
+                if job.host is None and record is not None:
+                    job.host = record.host
                 if outcome is Claim.CLAIMED:
                     assert record is not None
                     job.claimed.append((name, version, record))
@@ -555,8 +561,8 @@ class Lifecycle(RuleBasedStateMachine):
                     publishing.enqueue(
                         storage, name, version, record.host, countdown=busy_wait(record), **retries
                     )
-            job.stage = "copy"
-            return not job.claimed
+            job.stage = "copy" if job.claimed else "more"
+            return job.alone and not job.claimed
         if job.stage == "copy":
             for name, version, record in job.claimed:
                 copied, _ = mover._copy(name, record, lambda n: None)
@@ -584,10 +590,29 @@ class Lifecycle(RuleBasedStateMachine):
                 storage.identity, [(n, v, copied.size, copied.checksum) for n, v, _, copied in job.landed]
             )
             job.stage = "finish"
+            job.copied = job.copied or bool(job.landed)
             return not job.landed
-        for (name, version, record, copied), won in zip(job.landed, job.won, strict=True):
-            mover._settle(name, version, record, copied, 0.0, won)
-        return True
+        if job.stage == "finish":
+            for (name, version, record, copied), won in zip(job.landed, job.won, strict=True):
+                mover._settle(name, version, record, copied, 0.0, won)
+            # Mover.many goes on to waiting files unless a copy failed.
+            job.stage = "more"
+            return job.alone or bool(job.failures)
+        # more: the waiting files of the same host, claimed as Mover.many claims them,
+        # one until a copy of this message has landed.
+        if job.host is None:
+            return True
+        most = CLAIM_CHUNK if job.copied else 1
+        found = transitions.waiting(storage.identity, job.host, most=most, delayed=storage.delayed)
+        claims = transitions.claim_many(storage.identity, found, OWNER)
+        job.claimed = [
+            (name, version, record)
+            for (name, version), (claim, record) in zip(found, claims, strict=True)
+            if claim is Claim.CLAIMED and record is not None
+        ]
+        job.failures, job.landed, job.won = [], [], []
+        job.stage = "copy"
+        return not job.claimed
 
     @precondition(lambda self: self.jobs)
     @rule(pick=st.integers(0, 20), redelivered=st.booleans())
@@ -749,11 +774,12 @@ class Lifecycle(RuleBasedStateMachine):
 
     def _check_copies(self) -> None:
         records = {r.name: r for r in FileRecord.objects.filter(storage=self.storage.identity)}
-        # Failed for good stays failed, whatever message comes, until an operator revives it.
+        # Failed for good stays failed, whatever message comes, until an operator
+        # revives it or the user deletes it (a tombstone while a copy may remain).
         for name, version in self.failed_for_good.items():
             record = records.get(name)
             if record is not None and record.version == version:
-                assert record.state == State.FAILED, (
+                assert record.state in (State.FAILED, State.DELETED), (
                     f"{name!r} failed for good and is {record.state} now, revived by no operator"
                 )
         self.failed_for_good = {n: r.version for n, r in records.items() if r.state == State.FAILED}
@@ -883,6 +909,18 @@ def test_a_stale_message_leaves_a_file_failed_for_good_failed(state: Lifecycle) 
     state.broker_delivers_again(pick=0)  # the first message, stale now
     state.s3_back()
     state.worker_takes_message(pick=0, stops_after="claim")
+    state.consistent()
+    state.teardown()
+
+
+def test_a_file_failed_for_good_may_be_deleted_while_s3_is_down(state: Lifecycle) -> None:
+    """Found by the model, in the model: a delete is the user's, not a revival; the tombstone settles."""
+    state.save(name="a.txt", data=b"")
+    state.s3_fails(op="every request", when="before", count=1)
+    state.worker_takes_message(pick=0, stops_after=None)  # fails: its retry is queued
+    state.worker_takes_message(pick=0, stops_after=None)  # fails again: failed for good
+    state.consistent()
+    state.delete(pick=0)  # raises: S3 is down
     state.consistent()
     state.teardown()
 

@@ -157,6 +157,12 @@ def test_the_sweep_walks_each_state_in_key_order(records):
     assert len(walks(statements)) >= 4  # tombstones, pending, transferring, failed
 
 
+def test_a_message_finds_waiting_files_in_key_order_of_one_state(records):
+    statements = queries(lambda: transitions.waiting(default_storage.identity, "web1", most=50, delayed=True))
+    assert walks(statements)
+    assert_indexed(statements, walk=True)
+
+
 def test_cleanup_candidates_are_walked_through_their_own_index(records):
     statements = queries(lambda: list(operations.cleanup_candidates(7)))
     assert walks(statements)

@@ -15,6 +15,9 @@ from django.core.files.storage import default_storage as _default
 from django.db import connection
 from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from queued_storage import QueuedStorage, mirror, transitions, views
 from queued_storage.models import FileRecord
@@ -286,3 +289,67 @@ def test_a_stale_message_for_a_file_failed_for_good_leaves_it_failed_until_a_req
     # A requeue (the command, the admin, storage.transfer()) makes it pending: then it is claimed.
     transitions.requeue(key, name)
     assert transitions.claim(key, name, version, owner="w1")[0] is transitions.Claim.CLAIMED
+
+
+# -- claim_many, over every state a row can be in
+
+_CLAIM_NAMES = ("a.txt", "b.txt", "c.txt", "d.txt")
+
+
+@st.composite
+def _claim_world(draw: Any) -> tuple[dict[str, tuple[str, str | None]], list[tuple[str, str]]]:
+    """Rows (name → state, lease: none, lapsed or live) and the ``(name, version)`` a message names."""
+    rows = draw(
+        st.dictionaries(
+            st.sampled_from(_CLAIM_NAMES),
+            st.tuples(
+                st.sampled_from(["pending", "transferring", "remote", "failed", "deleted"]),
+                st.sampled_from([None, "lapsed", "live"]),
+            ),
+        )
+    )
+    asked = draw(
+        st.lists(st.tuples(st.sampled_from(_CLAIM_NAMES), st.sampled_from(["v1", "v2"])), unique=True)
+    )
+    return rows, asked
+
+
+@given(world=_claim_world())
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_claim_takes_exactly_the_free_rows_and_tells_each_other_what_it_found(world: Any) -> None:
+    """CLAIMED iff the row at that version is pending or transferring, its lease not live; nothing else."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    rows, asked = world
+    key = "claims-" + default_storage.identity[:40]
+    FileRecord.objects.filter(storage=key).delete()
+    now = timezone.now()
+    leases = {None: None, "lapsed": now - timedelta(seconds=5), "live": now + timedelta(hours=1)}
+    for name, (state, lease) in rows.items():
+        FileRecord.objects.create(
+            storage=key, name=name, version="v1", state=state, lease_until=leases[lease]
+        )
+    before = {r.name: (r.state, r.lease_until, r.attempts) for r in FileRecord.objects.filter(storage=key)}
+    outcomes = transitions.claim_many(key, asked, owner="prop")
+    after = {r.name: (r.state, r.lease_until, r.attempts) for r in FileRecord.objects.filter(storage=key)}
+    Claim = transitions.Claim
+    claimed = set()
+    for (name, version), (claim, _) in zip(asked, outcomes, strict=True):
+        state, lease = rows.get(name, (None, None))
+        free = version == "v1" and state in ("pending", "transferring") and lease != "live"
+        if free:
+            assert claim is Claim.CLAIMED, (name, version, state, lease, claim)
+            claimed.add(name)
+            assert after[name][0] == "transferring" and after[name][1] > now
+            assert after[name][2] == before[name][2] + 1
+        elif state is None or version != "v1" or state == "deleted":
+            assert claim is Claim.GONE, (name, version, state, claim)
+        else:
+            expected = {"remote": Claim.DONE, "failed": Claim.FAILED}.get(state, Claim.BUSY)
+            assert claim is expected, (name, version, state, lease, claim)
+    assert {n: v for n, v in after.items() if n not in claimed} == {
+        n: v for n, v in before.items() if n not in claimed
+    }
+    FileRecord.objects.filter(storage=key).delete()
