@@ -184,6 +184,27 @@ class Services:
             if keys:
                 client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
 
+    def wait_idle(self, queue: str = "celery", timeout: float = 300) -> None:
+        """Until the workers have taken every message of ``queue`` and finished them.
+
+        Messages that wait for their countdown (a busy file's, a retry's) may
+        remain: they find their files done.  After a run of small files the
+        queue still holds the messages of files a worker took from the table,
+        and those would take the next run's files: the next run starts after them.
+        """
+        import json
+
+        import redis
+
+        client: Any = redis.Redis.from_url(f"{self.redis.url}/0")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            held = [json.loads(raw)[0] for raw in client.hvals("unacked")]
+            if not client.llen(queue) and not any(not m["headers"].get("eta") for m in held):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"the workers still had messages of {queue!r} after {timeout} s")
+
     def purge_parked(self) -> None:
         import redis
 

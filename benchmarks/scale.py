@@ -329,7 +329,22 @@ def _url(flush: bool, rows: int, backlog: Backlog) -> Callable[[], tuple[Call, C
     return next_call
 
 
+# Shown in the query plans only: what a worker reads after a message's own files.
+WAITING = "a message's waiting files (the worker)"
+
+
+def _waiting() -> None:
+    from django.core.files.storage import default_storage
+
+    from queued_storage import transitions
+
+    identity = default_storage.identity  # type: ignore[attr-defined]
+    transitions.waiting(identity, HOSTS[0], most=50, delayed=False)
+
+
 def _subject(subject: str) -> Call:
+    if subject == WAITING:
+        return _waiting
     if subject in ADMIN:
         return _admin(ADMIN[subject])
     return _command(COMMANDS[subject])
@@ -410,7 +425,7 @@ def plans(rows: int, backlog: Backlog) -> dict[str, Any]:
     from . import celery_app  # noqa: F401 - the app the sweep publishes with
 
     found: dict[str, Any] = {}
-    for subject in ("url() cache flushed", *COMMANDS, *ADMIN):
+    for subject in ("url() cache flushed", *COMMANDS, *ADMIN, WAITING):
         if subject in URL:
             before, call = _url(True, rows, backlog)()
             before()

@@ -743,6 +743,7 @@ def small_files(services: Services, results: Results, plan: Plan, worker: Any, p
                 saving[subject].append(time.perf_counter() - started)
                 done = wait_remote(default_storage, names, 600, poll=0.05)
             ours[subject].append(plan.small_files / (done - started))
+            services.wait_idle()
         services.empty_bucket("s5")
         _forget_queued("s5/")
     shutil.rmtree(source, ignore_errors=True)
