@@ -173,7 +173,7 @@ class Mover:
         The upload thread copies the claimed files one after another, as
         :meth:`one` would; this thread meanwhile claims the next
         :data:`CLAIM_CHUNK` and switches the copied ones, :data:`SWITCH_BATCH`
-        at a time.  A switch that waits for the database (SQLite's write lock
+        or more at a time.  A switch that waits for the database (SQLite's write lock
         while the application saves) holds no copy back.  A failure never
         stops the others: it is that file's outcome.
 
@@ -264,11 +264,21 @@ class Mover:
     def _land_queued(
         self, queued: deque[_Queued], landed: list[_Landed], outcomes: list[Outcome], count: int
     ) -> None:
-        """Wait for the first ``count`` queued copies in order, switching them as batches fill."""
-        for _ in range(count):
+        """Wait for the first ``count`` queued copies in order, switching them as batches fill.
+
+        A batch also takes every later copy that has finished by then: while
+        a switch waits for the database, the copies go on, and the next
+        switch takes them all in one commit rather than five at a time.
+        """
+        while count > 0:
             self._land(landed, outcomes, *queued[0])
             queued.popleft()  # once landed: an error above leaves it to be cancelled
+            count -= 1
             if len(landed) >= SWITCH_BATCH:
+                while queued and queued[0][3].done():
+                    self._land(landed, outcomes, *queued[0])
+                    queued.popleft()
+                    count -= 1
                 self._switch(landed, outcomes)
 
     def _land(

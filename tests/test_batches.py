@@ -84,21 +84,36 @@ def test_one_copy_at_a_time_in_one_upload_thread(make, eager):
 
 
 def test_copies_are_switched_in_batches_while_the_next_one_copies(make, eager, monkeypatch):
+    import threading
+
     from queued_storage import transitions
 
     storage = make(delayed=True)
-    files = _saved(storage, [f"{i}.txt" for i in range(7)])
+    files = _saved(storage, [f"{i:02d}.txt" for i in range(12)])
+    task = resolve_task(storage.task)
+    real_transfer, real_switch = task.transfer, transitions.switch_many
+    switching = threading.Event()
     batches = []
-    real = transitions.switch_many
+
+    def transfer(name, local, remote, **kwargs):
+        if name == "05.txt":  # not copied before the first switch starts
+            assert switching.wait(10)
+        return real_transfer(name, local, remote, **kwargs)
 
     def switch_many(key, copies):
         batches.append([name for name, *_ in copies])
-        return real(key, copies)
+        if len(batches) == 1:  # the database makes it wait until every copy is done
+            switching.set()
+            wait_for(lambda: all(storage.remote.exists(name) for name, _ in files), 10, "every copy")
+        return real_switch(key, copies)
 
+    monkeypatch.setattr(task, "transfer", transfer)
     monkeypatch.setattr(transitions, "switch_many", switch_many)
-    assert _run(storage, files) == "remote: 7"
-    assert batches == [["0.txt", "1.txt", "2.txt", "3.txt", "4.txt"], ["5.txt", "6.txt"]]
-    assert all(storage.url(name).startswith("/remote/") for name, _ in files)
+    assert _run(storage, files) == "remote: 12"
+    names = [name for name, _ in files]
+    # Five at a time; then every copy that finished while the first switch waited, at once.
+    assert batches == [names[:5], names[5:]]
+    assert all(storage.url(name).startswith("/remote/") for name in names)
 
 
 def test_delete_local_applies_to_each_file(make, eager):
