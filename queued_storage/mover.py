@@ -207,7 +207,9 @@ class Mover:
                 # The copies of the chunk before stay queued while this one's are added.
                 earlier = len(queued)
                 for (name, version), (claim, record) in zip(chunk, claims, strict=True):
-                    if mine and host is None and record is not None:
+                    if mine and host is None and record is not None and record.version == version:
+                        # Saved on the host whose queue this message came from; a newer
+                        # save of the name (another version) may be another host's.
                         host = record.host
                     if claim is not Claim.CLAIMED:
                         if mine:

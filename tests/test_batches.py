@@ -321,6 +321,17 @@ def test_a_stale_message_fails_one_waiting_file_when_the_remote_fails(make, eage
     assert _states(storage, waiting) == {"bad1.txt": "failed", "bad2.txt": "pending", "w.txt": "pending"}
 
 
+def test_a_message_for_a_name_saved_again_on_another_host_takes_nothing_of_that_host(make, eager, lost):
+    """The message came from this host's queue; the newer save, and what waits there, is another's."""
+    storage = make()
+    files = _saved(storage, ["a.txt", "b.txt"])
+    assert _run(storage, files) == "remote: 2"
+    FileRecord.objects.filter(storage=storage.identity).update(version="newer", host="another-host")
+    waiting = _waiting(storage, ["w.txt"], host="another-host")
+    assert _run(storage, files) == "gone: 2"
+    assert _states(storage, waiting) == {"w.txt": "pending"}
+
+
 def test_a_delayed_storage_s_files_are_taken_only_once_transfer_queued_them(make, eager, lost):
     from django.utils import timezone
 

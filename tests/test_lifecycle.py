@@ -550,7 +550,7 @@ class Lifecycle(RuleBasedStateMachine):
         if job.stage == "claim":
             outcomes = transitions.claim_many(storage.identity, job.message.files, OWNER)
             for (name, version), (outcome, record) in zip(job.message.files, outcomes, strict=True):
-                if job.host is None and record is not None:
+                if job.host is None and record is not None and record.version == version:
                     job.host = record.host
                 if outcome is Claim.CLAIMED:
                     assert record is not None
