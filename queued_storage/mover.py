@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +70,9 @@ class Kind(str, Enum):
     RETRY = "retry"  # the copy failed: try again after ``retry_after``, as retry ``retries``
     FAILED = "failed"  # failed for good; the record says why
     FAILED_BEFORE = "failed before"  # failed for good already: a stale message, nothing to do
+    # Taken from the table and failed, not for good: pending again, left to its own
+    # message (or the sweeper), so it never has a second chain of retries.
+    LEFT = "left"
 
 
 # What a claim that leaves nothing to copy tells the caller (BUSY waits and is handled apart).
@@ -143,6 +146,7 @@ class Mover:
         self.delete_local = delete_local or storage.delete_local
         self.retries = retries
         self.owner = owner
+        self._taken: set[str] = set()  # in many(): the names taken from the table, not the message's own
 
     # -- one file
 
@@ -192,6 +196,7 @@ class Mover:
         queued: deque[_Queued] = deque()
         landed: list[_Landed] = []
         claimed: list[str] = []
+        self._taken = set()
         uploader = threads.upload_executor()
         files = list(dict.fromkeys(files))  # a name twice would be copied twice
         own = [files[start : start + CLAIM_CHUNK] for start in range(0, len(files), CLAIM_CHUNK)]
@@ -217,6 +222,8 @@ class Mover:
                         continue
                     assert record is not None
                     claimed.append(name)
+                    if not mine:
+                        self._taken.add(name)
                     progress = keeper.add(self.storage.identity, name, version)
                     copy = uploader.submit(self._copy, name, record, progress)
                     queued.append((name, version, record, copy))
@@ -297,7 +304,10 @@ class Mover:
         if isinstance(copied, Exception):
             threads.lease_keeper().discard(self.storage.identity, name)
             # Retried in a message of its own, as a first retry: the others are done.
-            outcomes.append(self._failed(name, version, copied, retries=0))
+            outcome = self._failed(name, version, copied, retries=0)
+            if outcome.kind is Kind.RETRY and name in self._taken:
+                outcome = replace(outcome, kind=Kind.LEFT, retry_after=0.0, retries=0)
+            outcomes.append(outcome)
         else:
             landed.append((name, version, record, copied, seconds))
 
@@ -453,6 +463,13 @@ def report(storage: QueuedStorage, outcome: Outcome, *, sender: Any, worker: str
         logger.error("queued_storage: transfer of %s failed for good: %s", outcome.name, error)
         transfer_failed.send(
             sender=sender, name=outcome.name, local=storage.local, remote=storage.remote, error=outcome.error
+        )
+    elif outcome.kind is Kind.LEFT:
+        assert outcome.error is not None
+        logger.warning(
+            "queued_storage: transfer of %s failed (%s); its own message tries it again",
+            outcome.name,
+            redact(f"{type(outcome.error).__name__}: {outcome.error}"),
         )
     elif outcome.kind is Kind.RETRY:
         assert outcome.error is not None

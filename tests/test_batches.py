@@ -332,6 +332,22 @@ def test_a_message_for_a_name_saved_again_on_another_host_takes_nothing_of_that_
     assert _states(storage, waiting) == {"w.txt": "pending"}
 
 
+def test_a_waiting_file_that_fails_is_left_to_its_own_message(make, eager, lost, settings):
+    """No retry chain of its own: its message, still to come, is the one that retries it."""
+    settings.QUEUED_STORAGE_RETRIES = 2
+    storage = make(task="tests.testapp.tasks.FailsOnBad")
+    files = _saved(storage, ["a.txt", "b.txt"])
+    waiting = _waiting(storage, ["bad.txt"])
+    lost.clear()
+    assert _run(storage, files) == "left: 1, remote: 2"
+    assert lost == []  # no retry message sent for it
+    record = FileRecord.objects.get(storage=storage.identity, name="bad.txt")
+    assert (record.state, record.attempts) == ("pending", 1) and "returned False" in record.last_error
+    # Its own message comes: from there on it retries as a file of that message.
+    assert _run(storage, waiting) == "retrying: 1"
+    assert lost == [[("bad.txt", waiting[0][1])]]
+
+
 def test_a_delayed_storage_s_files_are_taken_only_once_transfer_queued_them(make, eager, lost):
     from django.utils import timezone
 

@@ -268,6 +268,7 @@ class Job:
     won: list[bool] = field(default_factory=list)
     host: str | None = None  # where the message's files are, read at the claim
     copied: bool = False  # a copy of this message landed
+    taken: bool = False  # the claimed files are waiting files taken from the table
 
     @property
     def alone(self) -> bool:
@@ -575,7 +576,7 @@ class Lifecycle(RuleBasedStateMachine):
         if job.stage == "switch":
             for name, version, exc in job.failures:
                 failed = mover._failed(name, version, exc, retries=mover.retries)
-                if failed.kind is Kind.RETRY:
+                if failed.kind is Kind.RETRY and not job.taken:  # a taken file's is left to its message
                     if job.alone:
                         raise task.retry(exc=exc, countdown=failed.retry_after, max_retries=conf.RETRIES)
                     publishing.enqueue(
@@ -611,6 +612,7 @@ class Lifecycle(RuleBasedStateMachine):
             if claim is Claim.CLAIMED and record is not None
         ]
         job.failures, job.landed, job.won = [], [], []
+        job.taken = True
         job.stage = "copy"
         return not job.claimed
 
