@@ -79,6 +79,10 @@ class Kind(str, Enum):
 _NOTHING_TO_DO = {Claim.DONE: Kind.DONE, Claim.GONE: Kind.GONE, Claim.FAILED: Kind.FAILED_BEFORE}
 
 
+# A copy failed: the remote may be down, so a message takes no more waiting files.
+_FAILING = (Kind.RETRY, Kind.FAILED, Kind.LEFT)
+
+
 @dataclass(frozen=True)
 class Outcome:
     name: str
@@ -261,7 +265,7 @@ class Mover:
         if not self._copied(landed, outcomes):
             # Wait for all but the last copy queued, which keeps the upload thread busy meanwhile.
             self._land_queued(queued, landed, outcomes, max(len(queued) - 1, min(len(queued), 1)))
-        if any(outcome.kind in (Kind.RETRY, Kind.FAILED) for outcome in outcomes):
+        if any(outcome.kind in _FAILING for outcome in outcomes):
             return []  # the remote fails: take nothing more to fail
         most = CLAIM_CHUNK if self._copied(landed, outcomes) else 1
         return transitions.waiting(self.storage.identity, host, most=most, delayed=self.storage.delayed)
@@ -464,20 +468,16 @@ def report(storage: QueuedStorage, outcome: Outcome, *, sender: Any, worker: str
         transfer_failed.send(
             sender=sender, name=outcome.name, local=storage.local, remote=storage.remote, error=outcome.error
         )
-    elif outcome.kind is Kind.LEFT:
+    elif outcome.kind in (Kind.RETRY, Kind.LEFT):
         assert outcome.error is not None
-        logger.warning(
-            "queued_storage: transfer of %s failed (%s); its own message tries it again",
-            outcome.name,
-            redact(f"{type(outcome.error).__name__}: {outcome.error}"),
+        then = (
+            f"retry {outcome.retries} of {conf.RETRIES} in {outcome.retry_after:.1f} s"
+            if outcome.kind is Kind.RETRY
+            else "its own message tries it again"
         )
-    elif outcome.kind is Kind.RETRY:
-        assert outcome.error is not None
         logger.warning(
-            "queued_storage: transfer of %s failed (%s); retry %d of %d in %.1f s",
+            "queued_storage: transfer of %s failed (%s); %s",
             outcome.name,
             redact(f"{type(outcome.error).__name__}: {outcome.error}"),
-            outcome.retries,
-            conf.RETRIES,
-            outcome.retry_after,
+            then,
         )

@@ -274,18 +274,21 @@ def test_nothing_more_is_taken_when_the_message_s_copies_fail(make, eager, lost,
     assert set(_states(storage, waiting).values()) == {"pending"}
 
 
-def test_taking_stops_at_the_first_failure_among_the_waiting_files(make, eager, lost, settings, monkeypatch):
+@pytest.mark.parametrize(("retries", "bad"), [(0, "failed"), (2, "left")])
+def test_taking_stops_at_the_first_failure_among_the_waiting_files(
+    make, eager, lost, settings, monkeypatch, retries, bad
+):
     from queued_storage import mover
 
     monkeypatch.setattr(mover, "CLAIM_CHUNK", 2)  # one waiting file claimed at a time after the message
-    settings.QUEUED_STORAGE_RETRIES = 0
+    settings.QUEUED_STORAGE_RETRIES = retries  # failed for good, or left to its own message
     storage = make(task="tests.testapp.tasks.FailsOnBad")
     files = _saved(storage, ["a.txt", "b.txt"])
     waiting = _waiting(storage, ["bad.txt", "w1.txt", "w2.txt", "w3.txt", "w4.txt"])
     # The chunks claimed before bad.txt's copy had failed still go; then nothing more.
-    assert _run(storage, files) == "failed: 1, remote: 5"
+    assert _run(storage, files) == f"{bad}: 1, remote: 5"
     assert _states(storage, waiting) == {
-        "bad.txt": "failed",
+        "bad.txt": "failed" if bad == "failed" else "pending",
         "w1.txt": "remote",
         "w2.txt": "remote",
         "w3.txt": "remote",
