@@ -103,6 +103,8 @@ else:
         }
     }
     CELERY_BROKER_URL = "filesystem://"
+    # kombu's filesystem queue, with messages that appear whole (see demo/broker.py).
+    CELERY_BROKER_TRANSPORT = "demo.broker:Transport"
     _queue = DATA_DIR / "broker"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue),
