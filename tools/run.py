@@ -245,16 +245,26 @@ def cmd_test(args: argparse.Namespace) -> None:
     # browser test of the demo (which keeps its own SQLite database).  They
     # are the longest tests; beside each other they end before the suites.
     e2e = ["tests/test_benchmarks.py", "tests/test_browser.py"]
+    # Each lane names its slowest tests: where the command's time budget goes.
+    slowest = "--durations=12"
     run_together(
         [
-            ("Test suite on SQLite", [PY, "-m", "pytest", *(f"--ignore={path}" for path in e2e)], {}),
-            ("End-to-end runs: the benchmark smoke run and the browser", [PY, "-m", "pytest", *e2e], {}),
+            (
+                "Test suite on SQLite",
+                [PY, "-m", "pytest", slowest, *(f"--ignore={path}" for path in e2e)],
+                {},
+            ),
+            (
+                "End-to-end runs: the benchmark smoke run and the browser",
+                [PY, "-m", "pytest", slowest, *e2e],
+                {},
+            ),
             # The model of the life of files (tests/test_lifecycle.py) drives the
             # same SQL on either database; it searches deepest on SQLite, where its
             # examples cost least.
             (
                 "Test suite on PostgreSQL",
-                [PY, "-m", "pytest", "-m", "not e2e"],
+                [PY, "-m", "pytest", slowest, "-m", "not e2e"],
                 {"QS_DB": "postgres", "QS_HYPOTHESIS_EXAMPLES": "50"},
             ),
             *tox,
