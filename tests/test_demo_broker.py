@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +16,18 @@ from kombu import Connection
 
 from .services import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "example_project"))
-from demo import broker
+
+def _load_broker() -> Any:
+    """example_project/demo/broker.py alone: the demo's package would set up its own Celery app."""
+    path = REPO_ROOT / "example_project" / "demo" / "broker.py"
+    spec = importlib.util.spec_from_file_location("demo_broker", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+broker = _load_broker()
 
 
 @pytest.fixture
