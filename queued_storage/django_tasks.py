@@ -18,7 +18,7 @@ from django.db import close_old_connections
 from . import enqueuing, registry, transitions
 from .conf import conf
 from .models import State
-from .mover import Copier, Kind, Mover, Outcome, default_copy, report
+from .mover import Copier, Kind, Mover, Outcome, busy_later, default_copy, report
 
 if TYPE_CHECKING:
     from django.tasks import TaskContext, task
@@ -98,11 +98,20 @@ def run(
         report(storage, outcome, sender=sender, worker=owner)
         return _again(storage, outcome, retries) if outcome.kind in _AGAIN else outcome.kind.value
     counts: dict[str, int] = {}
+    busy: list[Outcome] = []
     mover = Mover(storage, copy=copy, delete_local=delete_local, owner=owner)
     for outcome in mover.many([(n, v) for n, v in files]):
         report(storage, outcome, sender=sender, worker=owner)
-        kind = _again(storage, outcome, 0) if outcome.kind in _AGAIN else outcome.kind.value
+        kind = outcome.kind.value
+        if outcome.kind is Kind.RETRY:
+            kind = _again(storage, outcome, 0)
+        elif outcome.kind is Kind.BUSY:
+            busy.append(outcome)  # counted once sent back
+            continue
         counts[kind] = counts.get(kind, 0) + 1
+    for host, waiting, delay in busy_later(busy):
+        kind = "requeued" if enqueuing.send(storage, waiting, host, delay=delay) else "left to the sweeper"
+        counts[kind] = counts.get(kind, 0) + len(waiting)
     return ", ".join(f"{kind}: {count}" for kind, count in sorted(counts.items()))
 
 

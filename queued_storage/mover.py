@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -121,7 +122,7 @@ def default_copy(name: str, local: Storage, remote: Storage, **kwargs: Any) -> C
 
 
 # A claimed file of a several-file message whose copy is queued or running.
-_Queued = tuple[str, str, FileRecord, "Future[tuple[Copied | Exception, float]]"]
+_Queued = tuple[str, str, FileRecord, "Future[tuple[Copied | Exception, float] | None]"]
 # A copied file of a several-file message waiting for its switch.
 _Landed = tuple[str, str, FileRecord, Copied, float]
 
@@ -150,7 +151,15 @@ class Mover:
         self.delete_local = delete_local or storage.delete_local
         self.retries = retries
         self.owner = owner
-        self._taken: set[str] = set()  # in many(): the names taken from the table, not the message's own
+        # The state of a call of many(): its copies queued in order, those copied and
+        # waiting for their switch, the outcomes so far (and how many were yielded),
+        # the names taken from the table, and whether a copy failed.
+        self._queued: deque[_Queued] = deque()
+        self._landed: list[_Landed] = []
+        self._outcomes: list[Outcome] = []
+        self._reported = 0
+        self._taken: set[str] = set()
+        self._failing = threading.Event()
 
     # -- one file
 
@@ -175,7 +184,7 @@ class Mover:
 
     # -- several files
 
-    def many(self, files: list[tuple[str, str]], *, more: bool = True) -> list[Outcome]:
+    def many(self, files: list[tuple[str, str]], *, more: bool = True) -> Iterator[Outcome]:
         """Move several files, their copies queued back to back while this thread claims and switches.
 
         The upload thread copies the claimed files one after another, as
@@ -193,14 +202,21 @@ class Mover:
         files, and the upload thread does not wait between messages.  A
         message whose own files were copied already (taken from the table by
         an earlier one) goes on too, one file first.  Their outcomes follow
-        the message's own; a file another worker took first is left to it.
+        the message's own; a file another worker took first is left to it,
+        and one taken but not started when a copy fails is given back.
+
+        Yields each outcome as soon as it is reached, so that what became of
+        a file is reported even if a later step raises.  Stopping early
+        cancels the copies not started; their leases lapse.
         """
         keeper = threads.lease_keeper()
-        outcomes: list[Outcome] = []
-        queued: deque[_Queued] = deque()
-        landed: list[_Landed] = []
-        claimed: list[str] = []
+        self._queued = deque()
+        self._landed = []
+        self._outcomes = []
+        self._reported = 0
         self._taken = set()
+        self._failing.clear()
+        claimed: list[str] = []
         uploader = threads.upload_executor()
         files = list(dict.fromkeys(files))  # a name twice would be copied twice
         own = [files[start : start + CLAIM_CHUNK] for start in range(0, len(files), CLAIM_CHUNK)]
@@ -209,12 +225,21 @@ class Mover:
         try:
             while own or more:
                 mine = bool(own)
-                chunk = own.pop(0) if own else self._more(queued, landed, outcomes, host, started)
-                if not chunk:
+                if mine:
+                    chunk = own.pop(0)
+                elif host is None or time.monotonic() - started > MORE_FOR:
                     break
+                else:
+                    if not self._copied():
+                        # Until a copy of this message has landed, wait for all but the
+                        # last copy queued (which keeps the upload thread busy meanwhile).
+                        yield from self._land_queued(max(len(self._queued) - 1, min(len(self._queued), 1)))
+                    chunk = self._more(host)
+                    if not chunk:
+                        break
                 claims = transitions.claim_many(self.storage.identity, chunk, self.owner)
                 # The copies of the chunk before stay queued while this one's are added.
-                earlier = len(queued)
+                earlier = len(self._queued)
                 for (name, version), (claim, record) in zip(chunk, claims, strict=True):
                     if mine and host is None and record is not None and record.version == version:
                         # Saved on the host whose queue this message came from; a newer
@@ -222,101 +247,120 @@ class Mover:
                         host = record.host
                     if claim is not Claim.CLAIMED:
                         if mine:
-                            outcomes.append(self._unclaimed(name, version, claim, record))
+                            self._outcomes.append(self._unclaimed(name, version, claim, record))
                         continue
                     assert record is not None
                     claimed.append(name)
                     if not mine:
                         self._taken.add(name)
                     progress = keeper.add(self.storage.identity, name, version)
-                    copy = uploader.submit(self._copy, name, record, progress)
-                    queued.append((name, version, record, copy))
-                self._land_queued(queued, landed, outcomes, earlier)
-            self._land_queued(queued, landed, outcomes, len(queued))
-            self._switch(landed, outcomes)
+                    copy = uploader.submit(self._copy_queued, name, record, progress, taken=not mine)
+                    self._queued.append((name, version, record, copy))
+                yield from self._fresh()
+                yield from self._land_queued(earlier)
+            yield from self._land_queued(len(self._queued))
+            self._switch()
+            yield from self._fresh()
             # A copier may have used the database in that thread.
             uploader.submit(close_old_connections).result()
         except BaseException:
             # A copy not started yet is not started at all: its lease lapses
             # and the sweeper queues it, as for a worker that died here.
-            for *_, future in queued:
+            for *_, future in self._queued:
                 future.cancel()
             for name in claimed:
                 keeper.discard(self.storage.identity, name)
             raise
-        return outcomes
 
-    def _more(
-        self,
-        queued: deque[_Queued],
-        landed: list[_Landed],
-        outcomes: list[Outcome],
-        host: str | None,
-        started: float,
-    ) -> list[tuple[str, str]]:
-        """The waiting files to claim next: none once time is up or a copy failed.
+    def _more(self, host: str) -> list[tuple[str, str]]:
+        """The waiting files to claim next: none once a copy failed.
 
         Until a copy of this message has landed (a message whose files were
         all copied already), one file at a time: the remote may be down, and
         then one file fails, not a chunk.
         """
-        if host is None or time.monotonic() - started > MORE_FOR:
-            return []
-        if not self._copied(landed, outcomes):
-            # Wait for all but the last copy queued, which keeps the upload thread busy meanwhile.
-            self._land_queued(queued, landed, outcomes, max(len(queued) - 1, min(len(queued), 1)))
-        if any(outcome.kind in _FAILING for outcome in outcomes):
+        if self._failing.is_set() or any(outcome.kind in _FAILING for outcome in self._outcomes):
             return []  # the remote fails: take nothing more to fail
-        most = CLAIM_CHUNK if self._copied(landed, outcomes) else 1
+        most = CLAIM_CHUNK if self._copied() else 1
         return transitions.waiting(self.storage.identity, host, most=most, delayed=self.storage.delayed)
 
-    @staticmethod
-    def _copied(landed: list[_Landed], outcomes: list[Outcome]) -> bool:
-        return bool(landed) or any(outcome.kind is Kind.REMOTE for outcome in outcomes)
+    def _copy_queued(
+        self, name: str, record: FileRecord, progress: Progress, *, taken: bool
+    ) -> tuple[Copied | Exception, float] | None:
+        """In the upload thread: copy a claimed file, or None for a taken one not copied.
 
-    def _land_queued(
-        self, queued: deque[_Queued], landed: list[_Landed], outcomes: list[Outcome], count: int
-    ) -> None:
+        Once a copy of this message has failed the remote may be down, so the
+        files taken from the table and not started yet are not tried: each
+        has a message of its own, which tries it after the failed one's backoff.
+        """
+        if taken and self._failing.is_set():
+            return None
+        result = self._copy(name, record, progress)
+        if isinstance(result[0], Exception):
+            self._failing.set()
+        return result
+
+    def _copied(self) -> bool:
+        return bool(self._landed) or any(outcome.kind is Kind.REMOTE for outcome in self._outcomes)
+
+    def _fresh(self) -> list[Outcome]:
+        """The outcomes reached since the last call."""
+        fresh = self._outcomes[self._reported :]
+        self._reported = len(self._outcomes)
+        return fresh
+
+    def _land_queued(self, count: int) -> Iterator[Outcome]:
         """Wait for the first ``count`` queued copies in order, switching them as batches fill.
 
         A batch also takes every later copy that has finished by then: while
         a switch waits for the database, the copies go on, and the next
         switch takes them all in one commit rather than five at a time.
+        Yields the outcomes as they are reached.
         """
+        queued = self._queued
         while count > 0:
-            self._land(landed, outcomes, *queued[0])
+            self._land(*queued[0])
             queued.popleft()  # once landed: an error above leaves it to be cancelled
             count -= 1
-            if len(landed) >= SWITCH_BATCH:
+            if len(self._landed) >= SWITCH_BATCH:
                 while queued and queued[0][3].done():
-                    self._land(landed, outcomes, *queued[0])
+                    self._land(*queued[0])
                     queued.popleft()
                     count -= 1
-                self._switch(landed, outcomes)
+                self._switch()
+            yield from self._fresh()
 
     def _land(
         self,
-        landed: list[_Landed],
-        outcomes: list[Outcome],
         name: str,
         version: str,
         record: FileRecord,
-        future: Future[tuple[Copied | Exception, float]],
+        future: Future[tuple[Copied | Exception, float] | None],
     ) -> None:
-        """Wait for the copy of ``name``; a copy joins ``landed``, a failure is its outcome now."""
-        copied, seconds = future.result()
+        """Wait for the copy of ``name``; a copy joins the landed ones, a failure is its outcome now.
+
+        A taken file that was not copied is given back as it was, to its own message.
+        """
+        result = future.result()
+        if result is None:
+            threads.lease_keeper().discard(self.storage.identity, name)
+            if not transitions.give_back(self.storage.identity, name, version):
+                self._outcomes.append(self._orphaned(name, version))  # deleted meanwhile
+            return
+        copied, seconds = result
         if isinstance(copied, Exception):
             threads.lease_keeper().discard(self.storage.identity, name)
             # Retried in a message of its own, as a first retry: the others are done.
             outcome = self._failed(name, version, copied, retries=0)
             if outcome.kind is Kind.RETRY and name in self._taken:
                 outcome = replace(outcome, kind=Kind.LEFT, retry_after=0.0, retries=0)
-            outcomes.append(outcome)
+            self._outcomes.append(outcome)
         else:
-            landed.append((name, version, record, copied, seconds))
+            self._landed.append((name, version, record, copied, seconds))
 
-    def _switch(self, landed: list[_Landed], outcomes: list[Outcome]) -> None:
-        """Switch the copies in ``landed`` together (one commit, one cache write), then empty it."""
+    def _switch(self) -> None:
+        """Switch the landed copies together (one commit, one cache write), then forget them."""
+        landed = self._landed
         if not landed:
             return
         won = transitions.switch_many(
@@ -326,7 +370,7 @@ class Mover:
         keeper = threads.lease_keeper()
         for (name, version, record, copied, seconds), switched in zip(landed, won, strict=True):
             keeper.discard(self.storage.identity, name)
-            outcomes.append(self._settle(name, version, record, copied, seconds, switched))
+            self._outcomes.append(self._settle(name, version, record, copied, seconds, switched))
         landed.clear()
 
     # -- the steps
@@ -425,6 +469,22 @@ class Mover:
             error=exc,
             attempts=record.attempts,
         )
+
+
+def busy_later(busy: list[Outcome]) -> list[tuple[str, list[tuple[str, str]], float]]:
+    """The BUSY outcomes of a message as one message per host: ``(host, files, delay)``.
+
+    Another worker holds each file's lease.  Sent back together, for when
+    the last of those leases would have lapsed: by then each is done, or
+    its holder died or left it, and the message copies what is still there.
+    """
+    hosts: dict[str, list[Outcome]] = {}
+    for outcome in busy:
+        hosts.setdefault(outcome.host, []).append(outcome)
+    return [
+        (host, [(o.name, o.version) for o in outcomes], max(o.retry_after for o in outcomes))
+        for host, outcomes in hosts.items()
+    ]
 
 
 def _fingerprint(remote: Storage, name: str) -> Copied:

@@ -104,13 +104,16 @@ def enqueue(storage: QueuedStorage, name: str, version: str, host: str | None = 
     return _publish(storage, [(name, version)], host, options)
 
 
-def enqueue_many(storage: QueuedStorage, files: list[tuple[str, str]], host: str | None = None) -> bool:
+def enqueue_many(
+    storage: QueuedStorage, files: list[tuple[str, str]], host: str | None = None, **options: Any
+) -> bool:
     """Publish the transfers of several ``(name, version)`` saved on ``host`` as one message.
 
     One message is one task for the worker: Celery's cost per message is
     paid once for the lot.  A single file is sent in the one-file form.
+    ``options`` go to ``apply_async`` (``countdown``).
     """
-    return _publish(storage, files, host, {})
+    return _publish(storage, files, host, options)
 
 
 def _publish(

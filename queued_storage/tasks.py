@@ -24,8 +24,8 @@ from django.db import close_old_connections
 
 from . import registry, sweeper, threads
 from .conf import conf, problems
-from .mover import Copier, Kind, Mover, Outcome, default_copy, report
-from .publishing import enqueue
+from .mover import Copier, Kind, Mover, Outcome, busy_later, default_copy, report
+from .publishing import enqueue, enqueue_many
 from .sweeper import LOST_AFTER as LOST_AFTER
 from .sweeper import Swept as Swept
 from .sweeper import requeue as requeue
@@ -91,21 +91,30 @@ class Transfer(_Task):
                 raise self.retry(exc=_shown(outcome), countdown=outcome.retry_after, max_retries=conf.RETRIES)
             return str(outcome.kind.value)
         counts: dict[str, int] = {}
+        busy: list[Outcome] = []
         for outcome in mover.many([(n, v) for n, v in files]):
             self._report(storage, outcome)
             kind = outcome.kind.value
-            if outcome.kind in (Kind.BUSY, Kind.RETRY):  # the others are done: it goes on alone
-                options = {"retries": outcome.retries} if outcome.kind is Kind.RETRY else {}
+            if outcome.kind is Kind.RETRY:  # the others are done: it goes on alone
                 enqueue(
                     storage,
                     outcome.name,
                     outcome.version,
                     outcome.host,
                     countdown=outcome.retry_after,
-                    **options,
+                    retries=outcome.retries,
                 )
-                kind = "requeued" if outcome.kind is Kind.BUSY else "retrying"
+                kind = "retrying"
+            elif outcome.kind is Kind.BUSY:
+                busy.append(outcome)  # counted once sent back
+                continue
             counts[kind] = counts.get(kind, 0) + 1
+        # Another worker copies each: one message back for them all (per host), as often as it takes.
+        for host, waiting, delay in busy_later(busy):
+            kind = (
+                "requeued" if enqueue_many(storage, waiting, host, countdown=delay) else "left to the sweeper"
+            )
+            counts[kind] = counts.get(kind, 0) + len(waiting)
         return ", ".join(f"{kind}: {count}" for kind, count in sorted(counts.items()))
 
     def _copier(self) -> Copier:

@@ -370,6 +370,26 @@ def release(storage: str, name: str, version: str, *, error: str, failed: bool) 
     return get(storage, name)
 
 
+def give_back(storage: str, name: str, version: str) -> bool:
+    """Undo a claim whose copy was never started: pending, no lease, the attempt not counted.
+
+    Only for a file the caller claimed and whose lease it still holds, as
+    for :func:`release`.  False when the row is no longer ``transferring``
+    at ``version`` (deleted meanwhile).
+    """
+    return bool(
+        FileRecord.objects.filter(
+            storage=storage, name=name, version=version, state=State.TRANSFERRING, attempts__gt=0
+        ).update(
+            state=State.PENDING,
+            lease_until=None,
+            attempts=F("attempts") - 1,
+            bytes_done=0,
+            updated_at=timezone.now(),
+        )
+    )
+
+
 @dataclass(frozen=True)
 class Tombstone:
     """A file marked deleted by :func:`forget`: the row as it was just before, and who cleans up."""

@@ -280,20 +280,79 @@ def test_taking_stops_at_the_first_failure_among_the_waiting_files(
 ):
     from queued_storage import mover
 
-    monkeypatch.setattr(mover, "CLAIM_CHUNK", 2)  # one waiting file claimed at a time after the message
+    monkeypatch.setattr(mover, "CLAIM_CHUNK", 2)  # two waiting files claimed at a time after the message
     settings.QUEUED_STORAGE_RETRIES = retries  # failed for good, or left to its own message
     storage = make(task="tests.testapp.tasks.FailsOnBad")
     files = _saved(storage, ["a.txt", "b.txt"])
     waiting = _waiting(storage, ["bad.txt", "w1.txt", "w2.txt", "w3.txt", "w4.txt"])
-    # The chunks claimed before bad.txt's copy had failed still go; then nothing more.
-    assert _run(storage, files) == f"{bad}: 1, remote: 5"
+    # The files claimed with bad.txt, or while its copy ran, are given back untried.
+    assert _run(storage, files) == f"{bad}: 1, remote: 2"
     assert _states(storage, waiting) == {
         "bad.txt": "failed" if bad == "failed" else "pending",
-        "w1.txt": "remote",
-        "w2.txt": "remote",
-        "w3.txt": "remote",
+        "w1.txt": "pending",
+        "w2.txt": "pending",
+        "w3.txt": "pending",
         "w4.txt": "pending",
     }
+    rows = FileRecord.objects.filter(storage=storage.identity, name__startswith="w")
+    assert {(r.attempts, r.lease_until, r.last_error) for r in rows} == {(0, None, "")}
+    # Never tried, so the next message that goes on takes them; bad.txt waits for its own.
+    assert _run(storage, _saved(storage, ["c.txt", "d.txt"])) == "remote: 6"
+    assert _states(storage, waiting)["bad.txt"] == ("failed" if bad == "failed" else "pending")
+
+
+def test_a_file_given_back_after_a_failure_but_deleted_meanwhile_is_removed(make, eager, lost, monkeypatch):
+    from queued_storage import mover
+
+    monkeypatch.setattr(mover, "CLAIM_CHUNK", 2)
+    storage = make(task="tests.testapp.tasks.FailsOnBad")
+    task = resolve_task(storage.task)
+    real = task.transfer
+
+    def transfer(name, local, remote, **kwargs):
+        if name == "bad.txt":  # w.txt, claimed with it and queued behind it, is deleted meanwhile
+            storage.delete("w.txt")
+        return real(name, local, remote, **kwargs)
+
+    monkeypatch.setattr(task, "transfer", transfer)
+    files = _saved(storage, ["a.txt", "b.txt"])
+    _waiting(storage, ["bad.txt", "w.txt"])
+    assert _run(storage, files) == "gone: 1, left: 1, remote: 2"
+    assert not FileRecord.objects.filter(storage=storage.identity, name="w.txt").exists()
+    assert not storage.local.exists("w.txt") and not storage.remote.exists("w.txt")
+
+
+def test_what_became_of_each_file_is_reported_before_a_later_step_fails(make, eager, monkeypatch):
+    from queued_storage import transitions
+    from queued_storage.signals import file_transferred
+
+    storage = make(delayed=True)
+    files = _saved(storage, [f"{i:02d}.txt" for i in range(12)])
+    real = transitions.switch_many
+    switches = []
+
+    def switch_many(key, copies):
+        switches.append([name for name, *_ in copies])
+        if len(switches) == 2:
+            raise RuntimeError("the database went away")
+        return real(key, copies)
+
+    transferred = []
+
+    def on_transferred(sender, name, **kwargs):
+        transferred.append(name)
+
+    monkeypatch.setattr(transitions, "switch_many", switch_many)
+    file_transferred.connect(on_transferred)
+    try:
+        result = resolve_task(storage.task).apply(args=(storage.identity,), kwargs={"files": files})
+    finally:
+        file_transferred.disconnect(on_transferred)
+    assert isinstance(result.result, RuntimeError) and len(switches) == 2
+    # The first batch switched: its files are remote, and said so, though the task failed after.
+    first = switches[0]
+    assert len(first) >= 5 and transferred == first
+    assert {storage.status(name).state for name in first} == {"remote"}
 
 
 def test_a_message_whose_files_were_taken_already_goes_on_one_file_first(make, eager, lost, monkeypatch):
@@ -401,3 +460,28 @@ def test_a_waiting_file_another_worker_took_first_is_left_to_it(make, eager, los
     assert _run(storage, files) == "remote: 2"  # no outcome for w.txt: it was never this message's
     assert _states(storage, waiting) == {"w.txt": "transferring"}
     assert not storage.remote.exists("w.txt")
+
+
+def test_the_files_another_worker_holds_go_back_in_one_message(make, eager, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from queued_storage import publishing
+
+    sent = []
+    monkeypatch.setattr(
+        publishing, "_publish", lambda storage, files, host, options: sent.append((files, options)) or True
+    )
+    storage = make(delayed=True)
+    files = _saved(storage, ["a.txt", "held1.txt", "held2.txt", "b.txt"])
+    now = timezone.now()
+    for name, seconds in (("held1.txt", 30), ("held2.txt", 90)):  # another worker's leases
+        FileRecord.objects.filter(storage=storage.identity, name=name).update(
+            state="transferring", lease_until=now + timedelta(seconds=seconds)
+        )
+    assert _run(storage, files) == "remote: 2, requeued: 2"
+    ((back, options),) = sent
+    assert back == [tuple(files[1]), tuple(files[2])]
+    # For when the later of the two leases would have lapsed.
+    assert 90 <= options["countdown"] <= 92

@@ -109,7 +109,7 @@ from queued_storage import QueuedStorage, operations, publishing, registry, task
 from queued_storage.conf import conf
 from queued_storage.mirror import ABSENT
 from queued_storage.models import FileRecord, State
-from queued_storage.mover import CLAIM_CHUNK, Kind, Mover, busy_wait
+from queued_storage.mover import CLAIM_CHUNK, Kind, Mover, Outcome, busy_later, busy_wait
 from queued_storage.transfer import Copied
 from queued_storage.transitions import Claim
 from queued_storage.views import serve
@@ -549,6 +549,7 @@ class Lifecycle(RuleBasedStateMachine):
             owner=OWNER,
         )
         if job.stage == "claim":
+            busy: list[Outcome] = []
             outcomes = transitions.claim_many(storage.identity, job.message.files, OWNER)
             for (name, version), (outcome, record) in zip(job.message.files, outcomes, strict=True):
                 if job.host is None and record is not None and record.version == version:
@@ -556,16 +557,32 @@ class Lifecycle(RuleBasedStateMachine):
                 if outcome is Claim.CLAIMED:
                     assert record is not None
                     job.claimed.append((name, version, record))
+                elif outcome is Claim.BUSY and job.alone:
+                    assert record is not None
+                    publishing.enqueue(
+                        storage,
+                        name,
+                        version,
+                        record.host,
+                        countdown=busy_wait(record),
+                        retries=task.request.retries,
+                    )
                 elif outcome is Claim.BUSY:
                     assert record is not None
-                    retries = {"retries": task.request.retries} if job.alone else {}
-                    publishing.enqueue(
-                        storage, name, version, record.host, countdown=busy_wait(record), **retries
+                    busy.append(
+                        Outcome(name, version, Kind.BUSY, retry_after=busy_wait(record), host=record.host)
                     )
+            for host, files, delay in busy_later(busy):  # a several-file message sends them back together
+                publishing.enqueue_many(storage, files, host, countdown=delay)
             job.stage = "copy" if job.claimed else "more"
             return job.alone and not job.claimed
         if job.stage == "copy":
             for name, version, record in job.claimed:
+                if job.taken and job.failures:
+                    # Mover.many gives the taken files back once a copy of its message failed.
+                    if not transitions.give_back(storage.identity, name, version):
+                        mover._orphaned(name, version)
+                    continue
                 copied, _ = mover._copy(name, record, lambda n: None)
                 if isinstance(copied, Exception):
                     job.failures.append((name, version, copied))

@@ -352,4 +352,14 @@ def test_a_claim_takes_exactly_the_free_rows_and_tells_each_other_what_it_found(
     assert {n: v for n, v in after.items() if n not in claimed} == {
         n: v for n, v in before.items() if n not in claimed
     }
+    # Giving back what was claimed and never copied (a message that stopped at a failure):
+    # those rows are pending again as before, their attempt not counted; nothing else changes.
+    given = {name for name, version in asked if name in claimed and transitions.give_back(key, name, version)}
+    assert given == claimed
+    back = {r.name: (r.state, r.lease_until, r.attempts) for r in FileRecord.objects.filter(storage=key)}
+    for name in claimed:
+        assert back[name] == ("pending", None, before[name][2])
+    assert {n: v for n, v in back.items() if n not in claimed} == {
+        n: v for n, v in before.items() if n not in claimed
+    }
     FileRecord.objects.filter(storage=key).delete()
