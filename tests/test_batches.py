@@ -326,22 +326,35 @@ def test_what_became_of_each_file_is_reported_before_a_later_step_fails(make, ea
     from queued_storage import transitions
     from queued_storage.signals import file_transferred
 
+    import threading
+
     storage = make(delayed=True)
     files = _saved(storage, [f"{i:02d}.txt" for i in range(12)])
-    real = transitions.switch_many
+    task = resolve_task(storage.task)
+    real_transfer, real_switch = task.transfer, transitions.switch_many
+    first_switched = threading.Event()
     switches = []
+
+    def transfer(name, local, remote, **kwargs):
+        if name == "05.txt":  # copied once the first five are switched
+            assert first_switched.wait(10)
+        return real_transfer(name, local, remote, **kwargs)
 
     def switch_many(key, copies):
         switches.append([name for name, *_ in copies])
         if len(switches) == 2:
             raise RuntimeError("the database went away")
-        return real(key, copies)
+        try:
+            return real_switch(key, copies)
+        finally:
+            first_switched.set()
 
     transferred = []
 
     def on_transferred(sender, name, **kwargs):
         transferred.append(name)
 
+    monkeypatch.setattr(task, "transfer", transfer)
     monkeypatch.setattr(transitions, "switch_many", switch_many)
     file_transferred.connect(on_transferred)
     try:
@@ -350,9 +363,9 @@ def test_what_became_of_each_file_is_reported_before_a_later_step_fails(make, ea
         file_transferred.disconnect(on_transferred)
     assert isinstance(result.result, RuntimeError) and len(switches) == 2
     # The first batch switched: its files are remote, and said so, though the task failed after.
-    first = switches[0]
-    assert len(first) >= 5 and transferred == first
-    assert {storage.status(name).state for name in first} == {"remote"}
+    names = [name for name, _ in files]
+    assert switches[0] == names[:5] and transferred == names[:5]
+    assert {storage.status(name).state for name in names[:5]} == {"remote"}
 
 
 def test_a_message_whose_files_were_taken_already_goes_on_one_file_first(make, eager, lost, monkeypatch):
