@@ -12,6 +12,9 @@ nothing, and a run of unit tests needs nothing installed beyond the Python
 packages.  A service that cannot start fails the test that needs it: nothing
 is skipped.
 
+With ``QS_DATABASE_TESTS_ONLY=1`` only the tests that use the database or a
+service are collected (the test command's PostgreSQL lane).
+
 With ``QS_UNIT=1`` (``make unit``) the settings use a file-based cache and an
 in-memory broker, and starting any service is an error that names the test:
 such a test belongs with the integration tests (mark it ``services``).
@@ -158,10 +161,29 @@ def pytest_configure(config: Any) -> None:
     before_task_publish.connect(_broker_needed, weak=False)
 
 
+# The fixtures through which a test reaches the database in its own process.
+DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback"}
+
+
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.services)
+    if os.environ.get("QS_DATABASE_TESTS_ONLY") == "1":
+        # A test that neither uses the database nor starts a service (whose processes
+        # may) runs the same on any database: the test command runs it in its SQLite
+        # lane, and its PostgreSQL lane leaves it out.
+        kept = [item for item in items if _uses_a_database(item)]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
+def _uses_a_database(item: Any) -> bool:
+    return (
+        item.get_closest_marker("django_db") is not None
+        or item.get_closest_marker("services") is not None
+        or bool(DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())))
+    )
 
 
 def pytest_unconfigure(config: Any) -> None:

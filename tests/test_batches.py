@@ -323,10 +323,10 @@ def test_a_file_given_back_after_a_failure_but_deleted_meanwhile_is_removed(make
 
 
 def test_what_became_of_each_file_is_reported_before_a_later_step_fails(make, eager, monkeypatch):
+    import threading
+
     from queued_storage import transitions
     from queued_storage.signals import file_transferred
-
-    import threading
 
     storage = make(delayed=True)
     files = _saved(storage, [f"{i:02d}.txt" for i in range(12)])

@@ -261,11 +261,12 @@ def cmd_test(args: argparse.Namespace) -> None:
             ),
             # The model of the life of files (tests/test_lifecycle.py) drives the
             # same SQL on either database; it searches deepest on SQLite, where its
-            # examples cost least.
+            # examples cost least.  A test that touches no database runs the same
+            # on either, so only the SQLite lane runs it (tests/plugin.py).
             (
                 "Test suite on PostgreSQL",
                 [PY, "-m", "pytest", slowest, "-m", "not e2e"],
-                {"QS_DB": "postgres", "QS_HYPOTHESIS_EXAMPLES": "50"},
+                {"QS_DB": "postgres", "QS_HYPOTHESIS_EXAMPLES": "50", "QS_DATABASE_TESTS_ONLY": "1"},
             ),
             *tox,
         ]
