@@ -100,18 +100,23 @@ def run(
     counts: dict[str, int] = {}
     busy: list[Outcome] = []
     mover = Mover(storage, copy=copy, delete_local=delete_local, owner=owner)
-    for outcome in mover.many([(n, v) for n, v in files]):
-        report(storage, outcome, sender=sender, worker=owner)
-        kind = outcome.kind.value
-        if outcome.kind is Kind.RETRY:
-            kind = _again(storage, outcome, 0)
-        elif outcome.kind is Kind.BUSY:
-            busy.append(outcome)  # counted once sent back
-            continue
-        counts[kind] = counts.get(kind, 0) + 1
-    for host, waiting, delay in busy_later(busy):
-        kind = "requeued" if enqueuing.send(storage, waiting, host, delay=delay) else "left to the sweeper"
-        counts[kind] = counts.get(kind, 0) + len(waiting)
+    try:
+        for outcome in mover.many([(n, v) for n, v in files]):
+            report(storage, outcome, sender=sender, worker=owner)
+            kind = outcome.kind.value
+            if outcome.kind is Kind.RETRY:
+                kind = _again(storage, outcome, 0)
+            elif outcome.kind is Kind.BUSY:
+                busy.append(outcome)  # counted once sent back
+                continue
+            counts[kind] = counts.get(kind, 0) + 1
+    finally:
+        # One task back for the files another worker holds, even if a later step raised.
+        for host, waiting, delay in busy_later(busy):
+            kind = (
+                "requeued" if enqueuing.send(storage, waiting, host, delay=delay) else "left to the sweeper"
+            )
+            counts[kind] = counts.get(kind, 0) + len(waiting)
     return ", ".join(f"{kind}: {count}" for kind, count in sorted(counts.items()))
 
 

@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -41,6 +42,7 @@ from .transitions import Claim
 
 if TYPE_CHECKING:
     from django.core.files.storage import Storage
+    from django.dispatch import Signal
 
     from .storage import QueuedStorage
 
@@ -263,13 +265,16 @@ class Mover:
             yield from self._fresh()
             # A copier may have used the database in that thread.
             uploader.submit(close_old_connections).result()
-        except BaseException:
+        except BaseException as exc:
             # A copy not started yet is not started at all: its lease lapses
             # and the sweeper queues it, as for a worker that died here.
             for *_, future in self._queued:
                 future.cancel()
             for name in claimed:
                 keeper.discard(self.storage.identity, name)
+            if isinstance(exc, Exception):
+                # What the failing step reached before it raised is reported too; then the error.
+                yield from self._fresh()
             raise
 
     def _more(self, host: str) -> list[tuple[str, str]]:
@@ -291,7 +296,7 @@ class Mover:
 
         Once a copy of this message has failed the remote may be down, so the
         files taken from the table and not started yet are not tried: each
-        has a message of its own, which tries it after the failed one's backoff.
+        is given back, never tried, to its own message or a later one's taking.
         """
         if taken and self._failing.is_set():
             return None
@@ -344,8 +349,11 @@ class Mover:
         result = future.result()
         if result is None:
             threads.lease_keeper().discard(self.storage.identity, name)
-            if not transitions.give_back(self.storage.identity, name, version):
-                self._outcomes.append(self._orphaned(name, version))  # deleted meanwhile
+            if not transitions.give_back(self.storage.identity, name, version, attempts=record.attempts):
+                now = transitions.get(self.storage.identity, name)
+                if now is None or now.version != version or now.state == State.DELETED:
+                    self._outcomes.append(self._orphaned(name, version))
+                # Otherwise another worker claimed it after this one's lease lapsed: its own.
             return
         copied, seconds = result
         if isinstance(copied, Exception):
@@ -492,6 +500,24 @@ def _fingerprint(remote: Storage, name: str) -> Copied:
     return Copied(size=size, checksum=f"etag:{etag}" if etag else "")
 
 
+def _send(signal: Signal, sender: Any, name: str, **kwargs: Any) -> None:
+    """Send ``signal``; a receiver that raises is logged, redacted, and stops neither task nor files.
+
+    The file's state is settled by then: an error in a receiver must not
+    leave the rest of a message's files to the sweeper.  As with any
+    ``send()``, the receivers after the one that raised are not called for
+    this file.  Not ``send_robust()``: Django logs the error there as it is.
+    """
+    try:
+        signal.send(sender=sender, name=name, **kwargs)
+    except Exception as exc:
+        logger.error(
+            "queued_storage: a receiver of a signal for %s raised %s",
+            name,
+            redact("".join(traceback.format_exception(exc)).rstrip()),
+        )
+
+
 def report(storage: QueuedStorage, outcome: Outcome, *, sender: Any, worker: str = "") -> None:
     """Log an outcome and send its signal (:data:`file_transferred`, :data:`transfer_failed`)."""
     if outcome.kind is Kind.REMOTE:
@@ -520,13 +546,18 @@ def report(storage: QueuedStorage, outcome: Outcome, *, sender: Any, worker: str
                 }
             },
         )
-        file_transferred.send(sender=sender, name=outcome.name, local=storage.local, remote=storage.remote)
+        _send(file_transferred, sender, outcome.name, local=storage.local, remote=storage.remote)
     elif outcome.kind is Kind.FAILED:
         assert outcome.error is not None
         error = redact(f"{type(outcome.error).__name__}: {outcome.error}")
         logger.error("queued_storage: transfer of %s failed for good: %s", outcome.name, error)
-        transfer_failed.send(
-            sender=sender, name=outcome.name, local=storage.local, remote=storage.remote, error=outcome.error
+        _send(
+            transfer_failed,
+            sender,
+            outcome.name,
+            local=storage.local,
+            remote=storage.remote,
+            error=outcome.error,
         )
     elif outcome.kind in (Kind.RETRY, Kind.LEFT):
         assert outcome.error is not None

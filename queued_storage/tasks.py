@@ -92,29 +92,31 @@ class Transfer(_Task):
             return str(outcome.kind.value)
         counts: dict[str, int] = {}
         busy: list[Outcome] = []
-        for outcome in mover.many([(n, v) for n, v in files]):
-            self._report(storage, outcome)
-            kind = outcome.kind.value
-            if outcome.kind is Kind.RETRY:  # the others are done: it goes on alone
-                enqueue(
-                    storage,
-                    outcome.name,
-                    outcome.version,
-                    outcome.host,
-                    countdown=outcome.retry_after,
-                    retries=outcome.retries,
-                )
-                kind = "retrying"
-            elif outcome.kind is Kind.BUSY:
-                busy.append(outcome)  # counted once sent back
-                continue
-            counts[kind] = counts.get(kind, 0) + 1
-        # Another worker copies each: one message back for them all (per host), as often as it takes.
-        for host, waiting, delay in busy_later(busy):
-            kind = (
-                "requeued" if enqueue_many(storage, waiting, host, countdown=delay) else "left to the sweeper"
-            )
-            counts[kind] = counts.get(kind, 0) + len(waiting)
+        try:
+            for outcome in mover.many([(n, v) for n, v in files]):
+                self._report(storage, outcome)
+                kind = outcome.kind.value
+                if outcome.kind is Kind.RETRY:  # the others are done: it goes on alone
+                    enqueue(
+                        storage,
+                        outcome.name,
+                        outcome.version,
+                        outcome.host,
+                        countdown=outcome.retry_after,
+                        retries=outcome.retries,
+                    )
+                    kind = "retrying"
+                elif outcome.kind is Kind.BUSY:
+                    busy.append(outcome)  # counted once sent back
+                    continue
+                counts[kind] = counts.get(kind, 0) + 1
+        finally:
+            # Another worker copies each: one message back for them all (per host), as
+            # often as it takes; sent even if a later step raised.
+            for host, waiting, delay in busy_later(busy):
+                sent = enqueue_many(storage, waiting, host, countdown=delay)
+                kind = "requeued" if sent else "left to the sweeper"
+                counts[kind] = counts.get(kind, 0) + len(waiting)
         return ", ".join(f"{kind}: {count}" for kind, count in sorted(counts.items()))
 
     def _copier(self) -> Copier:

@@ -370,16 +370,22 @@ def release(storage: str, name: str, version: str, *, error: str, failed: bool) 
     return get(storage, name)
 
 
-def give_back(storage: str, name: str, version: str) -> bool:
+def give_back(storage: str, name: str, version: str, *, attempts: int) -> bool:
     """Undo a claim whose copy was never started: pending, no lease, the attempt not counted.
 
-    Only for a file the caller claimed and whose lease it still holds, as
-    for :func:`release`.  False when the row is no longer ``transferring``
-    at ``version`` (deleted meanwhile).
+    ``attempts`` is the count the claim wrote: a claim by anyone else since
+    (after this caller's lease lapsed) counted one more, and the row is then
+    left to it.  False when the row is not this claim's any more: taken
+    since, deleted or saved again.
     """
     return bool(
         FileRecord.objects.filter(
-            storage=storage, name=name, version=version, state=State.TRANSFERRING, attempts__gt=0
+            storage=storage,
+            name=name,
+            version=version,
+            state=State.TRANSFERRING,
+            attempts=attempts,
+            attempts__gt=0,
         ).update(
             state=State.PENDING,
             lease_until=None,

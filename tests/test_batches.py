@@ -498,3 +498,56 @@ def test_the_files_another_worker_holds_go_back_in_one_message(make, eager, monk
     assert back == [tuple(files[1]), tuple(files[2])]
     # For when the later of the two leases would have lapsed.
     assert 90 <= options["countdown"] <= 92
+
+
+def test_what_a_failing_switch_reached_before_it_raised_is_reported(make, eager, monkeypatch):
+    from queued_storage.mover import Mover
+    from queued_storage.signals import file_transferred
+
+    storage = make(delayed=True)
+    files = _saved(storage, [f"{i}.txt" for i in range(3)])
+    real = Mover._settle
+    settled = []
+
+    def settle(self, name, *args, **kwargs):
+        settled.append(name)
+        if len(settled) == 3:
+            raise RuntimeError("the cache went away")
+        return real(self, name, *args, **kwargs)
+
+    transferred = []
+
+    def on_transferred(sender, name, **kwargs):
+        transferred.append(name)
+
+    monkeypatch.setattr(Mover, "_settle", settle)
+    file_transferred.connect(on_transferred)
+    try:
+        result = resolve_task(storage.task).apply(args=(storage.identity,), kwargs={"files": files})
+    finally:
+        file_transferred.disconnect(on_transferred)
+    assert isinstance(result.result, RuntimeError)
+    assert transferred == ["0.txt", "1.txt"]  # settled in the step that then raised
+
+
+def test_a_receiver_that_raises_stops_neither_the_message_nor_its_other_files(make, eager, caplog):
+    from queued_storage.signals import file_transferred
+
+    storage = make(delayed=True)
+    files = _saved(storage, ["a.txt", "b.txt", "c.txt"])
+    heard = []
+
+    def receiver(sender, name, **kwargs):
+        heard.append(name)
+        if name == "a.txt":
+            raise ValueError(f"receiver bug on {name} https://user:hunter2@example.com/")
+
+    file_transferred.connect(receiver)
+    try:
+        assert _run(storage, files) == "remote: 3"
+    finally:
+        file_transferred.disconnect(receiver)
+    assert heard == ["a.txt", "b.txt", "c.txt"]
+    logged = [r.getMessage() for r in caplog.records if "a receiver of a signal" in r.getMessage()]
+    assert len(logged) == 1 and "receiver bug on a.txt" in logged[0] and "Traceback" in logged[0]
+    assert "hunter2" not in caplog.text

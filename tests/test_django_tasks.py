@@ -280,6 +280,22 @@ def test_a_file_another_worker_holds_is_enqueued_again_for_when_its_lease_lapses
     assert lease <= again.task.run_after <= lease + timedelta(seconds=2)
 
 
+def test_the_files_another_worker_holds_go_back_in_one_task(make, tasks):
+    backend = tasks(DUMMY)
+    storage = make()
+    names = [storage.save(f"{i}.txt", ContentFile(b"x")) for i in range(4)]
+    files = [[n, record(storage, n).version] for n in names]
+    for name, version in files[1:3]:
+        transitions.claim(storage.identity, name, version, owner="other")
+    latest = max(record(storage, n).lease_until for n, _ in files[1:3])
+    message = django_tasks.transfer.enqueue(storage.identity, files=files)
+    backend.results.clear()
+    assert run(message) == "remote: 2, requeued: 2"
+    (again,) = backend.results  # one task for both, not one each
+    assert again.kwargs == {"files": files[1:3]}
+    assert latest <= again.task.run_after <= latest + timedelta(seconds=2)
+
+
 def test_the_sweeper_sends_a_backlog_of_small_files_as_one_task(make, tasks):
     backend = tasks(DUMMY)
     storage = make()

@@ -291,6 +291,28 @@ def test_a_stale_message_for_a_file_failed_for_good_leaves_it_failed_until_a_req
     assert transitions.claim(key, name, version, owner="w1")[0] is transitions.Claim.CLAIMED
 
 
+@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
+def test_a_claim_is_not_given_back_once_another_worker_claimed_the_file_since():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    name = default_storage.save("given.txt", ContentFile(b"x"))
+    key = default_storage.identity
+    version = transitions.get(key, name).version
+    [(claim, mine)] = transitions.claim_many(key, [(name, version)], owner="first")
+    assert claim is transitions.Claim.CLAIMED
+    # The first worker stalls past its lease; a second one claims the file.
+    FileRecord.objects.filter(storage=key, name=name).update(
+        lease_until=timezone.now() - timedelta(seconds=1)
+    )
+    [(claim, theirs)] = transitions.claim_many(key, [(name, version)], owner="second")
+    assert claim is transitions.Claim.CLAIMED
+    assert not transitions.give_back(key, name, version, attempts=mine.attempts)
+    row = transitions.get(key, name)
+    assert (row.state, row.attempts, row.lease_until) == ("transferring", 2, theirs.lease_until)
+
+
 # -- claim_many, over every state a row can be in
 
 _CLAIM_NAMES = ("a.txt", "b.txt", "c.txt", "d.txt")
@@ -354,7 +376,11 @@ def test_a_claim_takes_exactly_the_free_rows_and_tells_each_other_what_it_found(
     }
     # Giving back what was claimed and never copied (a message that stopped at a failure):
     # those rows are pending again as before, their attempt not counted; nothing else changes.
-    given = {name for name, version in asked if name in claimed and transitions.give_back(key, name, version)}
+    given = {
+        name
+        for name, version in asked
+        if name in claimed and transitions.give_back(key, name, version, attempts=after[name][2])
+    }
     assert given == claimed
     back = {r.name: (r.state, r.lease_until, r.attempts) for r in FileRecord.objects.filter(storage=key)}
     for name in claimed:
