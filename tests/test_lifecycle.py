@@ -269,6 +269,7 @@ class Job:
     host: str | None = None  # where the message's files are, read at the claim
     copied: bool = False  # a copy of this message landed
     taken: bool = False  # the claimed files are waiting files taken from the table
+    busy: list[Outcome] = field(default_factory=list)  # held by another worker: sent back at the end
 
     @property
     def alone(self) -> bool:
@@ -534,6 +535,9 @@ class Lifecycle(RuleBasedStateMachine):
         except S3Down:
             done = True  # the task failed: acked, its leases lapse in time
         if done:
+            # As the task's ``finally``: the busy files go back when the message ends, even in error.
+            for host, files, delay in busy_later(job.busy):
+                publishing.enqueue_many(self.storage, files, host, countdown=delay)
             self.jobs.remove(job)
 
     def _step(self, job: Job) -> bool:
@@ -549,7 +553,6 @@ class Lifecycle(RuleBasedStateMachine):
             owner=OWNER,
         )
         if job.stage == "claim":
-            busy: list[Outcome] = []
             outcomes = transitions.claim_many(storage.identity, job.message.files, OWNER)
             for (name, version), (outcome, record) in zip(job.message.files, outcomes, strict=True):
                 if job.host is None and record is not None and record.version == version:
@@ -569,11 +572,9 @@ class Lifecycle(RuleBasedStateMachine):
                     )
                 elif outcome is Claim.BUSY:
                     assert record is not None
-                    busy.append(
+                    job.busy.append(
                         Outcome(name, version, Kind.BUSY, retry_after=busy_wait(record), host=record.host)
                     )
-            for host, files, delay in busy_later(busy):  # a several-file message sends them back together
-                publishing.enqueue_many(storage, files, host, countdown=delay)
             job.stage = "copy" if job.claimed else "more"
             return job.alone and not job.claimed
         if job.stage == "copy":
