@@ -129,10 +129,14 @@ def ensure_venv(extras: str) -> None:
     stamp.write_text(wanted)
 
 
-def lint() -> None:
-    say("ruff, mypy and the import layers (import-linter)")
+def ruff() -> None:
+    say("ruff")
     run(PY, "-m", "ruff", "check", ".")
     run(PY, "-m", "ruff", "format", "--check", ".")
+
+
+def types_and_layers() -> None:
+    say("mypy and the import layers (import-linter)")
     run(PY, "-m", "mypy", "queued_storage", "tests", "benchmarks")
     run(VENV / "bin" / "lint-imports", "--no-cache")
 
@@ -237,9 +241,8 @@ def cmd_test(args: argparse.Namespace) -> None:
     tox: list[tuple[str, list[str | Path], dict[str, str]]] = []
     if not args.no_matrix:
         tox.append(("tox matrix", *matrix_command()))
-    lint()
-    docs()
-    say("The suite on SQLite and on PostgreSQL, the end-to-end runs and the tox matrix, side by side")
+    ruff()  # seconds: a style error stops the command before anything starts
+    say("mypy and the docs, the suite on SQLite and on PostgreSQL, the end-to-end runs and the tox matrix")
     # The end-to-end runs (marked e2e) run once, in a lane of their own, on
     # SQLite: the benchmark smoke run (its own services and databases) and the
     # browser test of the demo (which keeps its own SQLite database).  They
@@ -249,6 +252,8 @@ def cmd_test(args: argparse.Namespace) -> None:
     slowest = "--durations=12"
     run_together(
         [
+            # mypy alone takes about 20 s of one core: beside the suites, not before them.
+            ("mypy, import layers and docs", [PY, Path(__file__).resolve(), "check"], {}),
             (
                 "Test suite on SQLite",
                 [PY, "-m", "pytest", slowest, *(f"--ignore={path}" for path in e2e)],
@@ -272,6 +277,14 @@ def cmd_test(args: argparse.Namespace) -> None:
         ]
     )
     say(f"All tests passed in {time.monotonic() - started:.0f} s")
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    """The static checks of the test command: ruff, mypy, import-linter and the docs build."""
+    ensure_venv("dev")
+    ruff()
+    types_and_layers()
+    docs()
 
 
 def cmd_unit(args: argparse.Namespace) -> None:
@@ -307,6 +320,7 @@ def main() -> None:
     test.add_argument("--no-matrix", action="store_true", help="skip the tox matrix")
     test.set_defaults(func=cmd_test)
     for name, func, text in (
+        ("check", cmd_check, "ruff, mypy, import-linter and the docs build"),
         ("unit", cmd_unit, "run the tests that need no service, in seconds"),
         ("demo", cmd_demo, "run the example project"),
         ("bench", cmd_bench, "run benchmarks"),
