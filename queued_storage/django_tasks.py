@@ -18,7 +18,7 @@ from django.db import close_old_connections
 from . import enqueuing, registry, transitions
 from .conf import conf
 from .models import State
-from .mover import Copier, Kind, Mover, Outcome, busy_later, default_copy, report
+from .mover import Copier, Kind, Mover, Outcome, default_copy, report, settle_many
 
 if TYPE_CHECKING:
     from django.tasks import TaskContext, task
@@ -97,27 +97,13 @@ def run(
         outcome = mover.one(name, version)
         report(storage, outcome, sender=sender, worker=owner)
         return _again(storage, outcome, retries) if outcome.kind in _AGAIN else outcome.kind.value
-    counts: dict[str, int] = {}
-    busy: list[Outcome] = []
     mover = Mover(storage, copy=copy, delete_local=delete_local, owner=owner)
-    try:
-        for outcome in mover.many([(n, v) for n, v in files]):
-            report(storage, outcome, sender=sender, worker=owner)
-            kind = outcome.kind.value
-            if outcome.kind is Kind.RETRY:
-                kind = _again(storage, outcome, 0)
-            elif outcome.kind is Kind.BUSY:
-                busy.append(outcome)  # counted once sent back
-                continue
-            counts[kind] = counts.get(kind, 0) + 1
-    finally:
-        # One task back for the files another worker holds, even if a later step raised.
-        for host, waiting, delay in busy_later(busy):
-            kind = (
-                "requeued" if enqueuing.send(storage, waiting, host, delay=delay) else "left to the sweeper"
-            )
-            counts[kind] = counts.get(kind, 0) + len(waiting)
-    return ", ".join(f"{kind}: {count}" for kind, count in sorted(counts.items()))
+    return settle_many(
+        mover.many([(n, v) for n, v in files]),
+        report=lambda outcome: report(storage, outcome, sender=sender, worker=owner),
+        retry=lambda outcome: _again(storage, outcome, 0),
+        send_back=lambda host, waiting, delay: enqueuing.send(storage, waiting, host, delay=delay),
+    )
 
 
 def _attempts(storage: QueuedStorage, name: str, version: str) -> int:

@@ -495,6 +495,37 @@ def busy_later(busy: list[Outcome]) -> list[tuple[str, list[tuple[str, str]], fl
     ]
 
 
+def settle_many(
+    outcomes: Iterator[Outcome],
+    *,
+    report: Callable[[Outcome], object],
+    retry: Callable[[Outcome], str],
+    send_back: Callable[[str, list[tuple[str, str]], float], bool],
+) -> str:
+    """Hand a several-file message's outcomes to its queue as they come; what became of the files.
+
+    The queue's task passes ``report`` (log and signals), ``retry`` (send a
+    failed file on alone; returns what became of it) and ``send_back(host,
+    files, delay)``, through which the files another worker holds go back
+    together (:func:`busy_later`), even if a later step raised.
+    """
+    counts: dict[str, int] = {}
+    busy: list[Outcome] = []
+    try:
+        for outcome in outcomes:
+            report(outcome)
+            if outcome.kind is Kind.BUSY:
+                busy.append(outcome)  # counted once sent back
+                continue
+            kind = retry(outcome) if outcome.kind is Kind.RETRY else outcome.kind.value
+            counts[kind] = counts.get(kind, 0) + 1
+    finally:
+        for host, files, delay in busy_later(busy):
+            kind = "requeued" if send_back(host, files, delay) else "left to the sweeper"
+            counts[kind] = counts.get(kind, 0) + len(files)
+    return ", ".join(f"{kind}: {count}" for kind, count in sorted(counts.items()))
+
+
 def _fingerprint(remote: Storage, name: str) -> Copied:
     size, etag = remote_fingerprint(remote, name)
     return Copied(size=size, checksum=f"etag:{etag}" if etag else "")

@@ -24,7 +24,7 @@ from django.db import close_old_connections
 
 from . import registry, sweeper, threads
 from .conf import conf, problems
-from .mover import Copier, Kind, Mover, Outcome, busy_later, default_copy, report
+from .mover import Copier, Kind, Mover, Outcome, default_copy, report, settle_many
 from .publishing import enqueue, enqueue_many
 from .sweeper import LOST_AFTER as LOST_AFTER
 from .sweeper import Swept as Swept
@@ -90,34 +90,24 @@ class Transfer(_Task):
             if outcome.kind is Kind.RETRY:
                 raise self.retry(exc=_shown(outcome), countdown=outcome.retry_after, max_retries=conf.RETRIES)
             return str(outcome.kind.value)
-        counts: dict[str, int] = {}
-        busy: list[Outcome] = []
-        try:
-            for outcome in mover.many([(n, v) for n, v in files]):
-                self._report(storage, outcome)
-                kind = outcome.kind.value
-                if outcome.kind is Kind.RETRY:  # the others are done: it goes on alone
-                    enqueue(
-                        storage,
-                        outcome.name,
-                        outcome.version,
-                        outcome.host,
-                        countdown=outcome.retry_after,
-                        retries=outcome.retries,
-                    )
-                    kind = "retrying"
-                elif outcome.kind is Kind.BUSY:
-                    busy.append(outcome)  # counted once sent back
-                    continue
-                counts[kind] = counts.get(kind, 0) + 1
-        finally:
-            # Another worker copies each: one message back for them all (per host), as
-            # often as it takes; sent even if a later step raised.
-            for host, waiting, delay in busy_later(busy):
-                sent = enqueue_many(storage, waiting, host, countdown=delay)
-                kind = "requeued" if sent else "left to the sweeper"
-                counts[kind] = counts.get(kind, 0) + len(waiting)
-        return ", ".join(f"{kind}: {count}" for kind, count in sorted(counts.items()))
+
+        def retry(outcome: Outcome) -> str:  # the others are done: it goes on alone
+            enqueue(
+                storage,
+                outcome.name,
+                outcome.version,
+                outcome.host,
+                countdown=outcome.retry_after,
+                retries=outcome.retries,
+            )
+            return "retrying"
+
+        return settle_many(
+            mover.many([(n, v) for n, v in files]),
+            report=lambda outcome: self._report(storage, outcome),
+            retry=retry,
+            send_back=lambda host, waiting, delay: enqueue_many(storage, waiting, host, countdown=delay),
+        )
 
     def _copier(self) -> Copier:
         """:meth:`transfer`, run with this message's request (the upload thread has none of its own)."""
