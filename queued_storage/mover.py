@@ -82,10 +82,6 @@ class Kind(str, Enum):
 _NOTHING_TO_DO = {Claim.DONE: Kind.DONE, Claim.GONE: Kind.GONE, Claim.FAILED: Kind.FAILED_BEFORE}
 
 
-# A copy failed: the remote may be down, so a message takes no more waiting files.
-_FAILING = (Kind.RETRY, Kind.FAILED, Kind.LEFT)
-
-
 @dataclass(frozen=True)
 class Outcome:
     name: str
@@ -284,8 +280,8 @@ class Mover:
         all copied already), one file at a time: the remote may be down, and
         then one file fails, not a chunk.
         """
-        if self._failing.is_set() or any(outcome.kind in _FAILING for outcome in self._outcomes):
-            return []  # the remote fails: take nothing more to fail
+        if self._failing.is_set():
+            return []  # a copy failed, so the remote may be down: take nothing more to fail
         most = CLAIM_CHUNK if self._copied() else 1
         return transitions.waiting(self.storage.identity, host, most=most, delayed=self.storage.delayed)
 

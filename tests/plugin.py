@@ -173,8 +173,11 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
         # A test that neither uses the database nor starts a service (whose processes
         # may) runs the same on any database: the test command runs it in its SQLite
         # lane, and its PostgreSQL lane leaves it out.
-        kept = [item for item in items if _uses_a_database(item)]
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        kept: list[Any] = []
+        left: list[Any] = []
+        for item in items:
+            (kept if _uses_a_database(item) else left).append(item)
+        config.hook.pytest_deselected(items=left)
         items[:] = kept
 
 

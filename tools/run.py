@@ -252,8 +252,8 @@ def cmd_test(args: argparse.Namespace) -> None:
     slowest = "--durations=12"
     run_together(
         [
-            # mypy alone takes about 20 s of one core: beside the suites, not before them.
-            ("mypy, import layers and docs", [PY, Path(__file__).resolve(), "check"], {}),
+            # mypy is the slow one of the static checks: beside the suites, not before them.
+            ("mypy, import layers and docs", [PY, Path(__file__).resolve(), "check", "--after-ruff"], {}),
             (
                 "Test suite on SQLite",
                 [PY, "-m", "pytest", slowest, *(f"--ignore={path}" for path in e2e)],
@@ -282,7 +282,8 @@ def cmd_test(args: argparse.Namespace) -> None:
 def cmd_check(args: argparse.Namespace) -> None:
     """The static checks of the test command: ruff, mypy, import-linter and the docs build."""
     ensure_venv("dev")
-    ruff()
+    if not args.after_ruff:  # the test command has run it already
+        ruff()
     types_and_layers()
     docs()
 
@@ -319,8 +320,10 @@ def main() -> None:
     test = sub.add_parser("test", help="lint, type-check and run every test on real services")
     test.add_argument("--no-matrix", action="store_true", help="skip the tox matrix")
     test.set_defaults(func=cmd_test)
+    check = sub.add_parser("check", help="ruff, mypy, import-linter and the docs build")
+    check.add_argument("--after-ruff", action="store_true", help=argparse.SUPPRESS)
+    check.set_defaults(func=cmd_check)
     for name, func, text in (
-        ("check", cmd_check, "ruff, mypy, import-linter and the docs build"),
         ("unit", cmd_unit, "run the tests that need no service, in seconds"),
         ("demo", cmd_demo, "run the example project"),
         ("bench", cmd_bench, "run benchmarks"),
@@ -329,7 +332,7 @@ def main() -> None:
         p.set_defaults(func=func)
     # Known args only: ``bench --only 1,3`` passes its options on (REMAINDER would not take them).
     args, args.rest = parser.parse_known_args()
-    if args.rest and args.command == "test":
+    if args.rest and args.command in ("test", "check"):
         parser.error(f"unrecognized arguments: {' '.join(args.rest)}")
     args.func(args)
 
