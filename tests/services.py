@@ -358,7 +358,7 @@ class MotoServer(_Service):
         except ImportError as exc:
             raise ServiceError(
                 f"moto server is not importable from {sys.executable} ({exc}). "
-                "Install it with `pip install 'moto[server]'`."
+                "Install it with `pip install 'moto[s3]' flask flask-cors`."
             ) from exc
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._spawn(
