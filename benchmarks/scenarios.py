@@ -646,10 +646,15 @@ def transfer(services: Services, results: Results, plan: Plan, worker: Any) -> N
                 name = delayed.save(f"s4/{uuid.uuid4().hex}.bin", File(fh))
             idle = kib(child, "VmRSS")
             reset_peak(child)
+            # Each sample starts with nothing dirty in the page cache: the
+            # kernel's writeback of earlier samples' writes (the save, moto's
+            # spool) then never lands inside this one's timing.
+            os.sync()
             started = time.perf_counter()
             delayed.transfer(name)
             ours_s.append(wait_remote(delayed, [name], 600) - started)
             ours_mem.append((kib(child, "VmHWM") - idle) / 1024)
+            os.sync()
             raw = _raw("one", str(source), f"s4raw/{uuid.uuid4().hex}.bin")
             raw_s.append(raw["seconds"])
             raw_mem.append((raw["peak_kib"] - raw["idle_kib"]) / 1024)
