@@ -27,12 +27,16 @@ Choices:
   it by alias) between two directories: a ``FileSystemStorage`` and
   :class:`FlakyRemote`, a ``FileSystemStorage`` that overwrites, as S3 does,
   and whose ``save``, ``exists``, ``delete``, ``open`` and ``size`` fail on
-  demand, before or after taking effect (a lost response).  Each example
+  demand (all, or some after the next few succeed), before or after taking
+  effect (a lost response).  Each example
   draws ``delete_local`` and ``serve_url``; the four storages have their own
   directories, hence their own identities.
 - Broker: ``publishing._publish``, behind every transfer message (``publish`` on
   commit, the sweeper, ``retry``, a batch's retries), appends to a list; a
-  broker outage makes it fail as the real one does (returns False).
+  broker outage makes it fail as the real one does (returns False).  A save
+  publishes its own message; a burst of saves is published as the
+  background publisher (the default) sends one, grouped by
+  ``publishing.coalesce`` into several-file messages.
 - Worker: the real task runs in this process, in a Celery request context
   like ``apply()`` builds, so ``self.retry`` raises ``Retry`` and the retry
   message goes back into the list.  A whole message runs ``Transfer.run``.
@@ -40,10 +44,11 @@ Choices:
   verification, switch, then the local delete or the orphan cleanup; for a
   message of several files, then the files waiting in the table, claimed and
   taken from the copy on, as ``Mover.many`` does), so a worker can stall
-  (its lease lapses while it works on) or die between any two; its message
-  is then redelivered or lost.  A dead worker's lease lapses only when time
-  passes (a rule), as it would.  The broker delivers
-  at least once: any of the last ten messages taken may come again, stale.
+  (its lease lapses while it works on) or die between any two, or right
+  after it took waiting files; its message is then redelivered or lost.
+  A dead worker's lease lapses only when time passes (a rule), as it
+  would.  The broker delivers at least once: any of the last ten messages
+  taken may come again, stale.
 - Retries: ``QUEUED_STORAGE_RETRIES`` is 1, so a file fails for good after
   two failed deliveries: failed files, their stale messages and the ways
   back from failed lie within the search's reach.
@@ -78,6 +83,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -138,8 +144,9 @@ class CacheDown(redis.exceptions.ConnectionError):
 @dataclass
 class Faults:
     s3_down: bool = False
-    # op -> (requests left to fail, "before" or "after" taking effect)
-    s3_next: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # op -> (requests to let through first, requests then to fail, "before"
+    # or "after" they take effect)
+    s3_next: dict[str, tuple[int, int, str]] = field(default_factory=dict)
     cache_down: bool = False
     broker_down: bool = False
     s3_suspended: int = 0
@@ -151,10 +158,13 @@ class Faults:
             return None
         if self.s3_down:
             return "before"
-        left, when = self.s3_next.get(op, (0, ""))
+        skip, left, when = self.s3_next.get(op, (0, 0, ""))
+        if skip:
+            self.s3_next[op] = (skip - 1, left, when)
+            return None
         if not left:
             return None
-        self.s3_next[op] = (left - 1, when)
+        self.s3_next[op] = (0, left - 1, when)
         return when
 
     def heal(self) -> None:
@@ -434,6 +444,17 @@ class Lifecycle(RuleBasedStateMachine):
         self.deleted.discard(stored)
         self.doubtful.pop(stored, None)
 
+    @rule(files=st.lists(st.tuples(st.sampled_from(POOL), st.binary(max_size=24)), min_size=2, max_size=4))
+    def save_burst(self, files: list[tuple[str, bytes]]) -> None:
+        """Saves close together, published as the background publisher (the default) sends
+        them: grouped by :func:`publishing.coalesce` into several-file messages."""
+        held: list[publishing.Message] = []
+        with patch.object(publishing, "publish", lambda *message: held.append(message)):
+            for name, data in files:
+                self.save(name, data)
+        for storage, names, host in publishing.coalesce(held, conf.BATCH_FILES):
+            publishing.enqueue_many(storage, names, host)
+
     @rule(pick=st.integers(0, 20))
     def delete(self, pick: int) -> None:
         names = sorted(set(POOL) | set(self.live) | set(self.doubtful))
@@ -504,13 +525,14 @@ class Lifecycle(RuleBasedStateMachine):
         return self.env.broker.pop(pick % len(self.env.broker))
 
     @precondition(lambda self: self.env.broker)
-    @rule(pick=st.integers(0, 20), stops_after=st.sampled_from([None, "claim", "copy", "switch"]))
+    @rule(pick=st.integers(0, 20), stops_after=st.sampled_from([None, "claim", "copy", "switch", "more"]))
     def worker_takes_message(self, pick: int, stops_after: str | None) -> None:
         """A worker takes a message: the real task runs it through, or it goes step by step.
 
         Step by step, the worker then holds the message between two steps
         (after the claim, the copy, or the switch and before the local copy
-        goes) until a later rule moves it on, stalls it or kills it.
+        goes; or, with "more", once it has taken waiting files and before it
+        copies them) until a later rule moves it on, stalls it or kills it.
         """
         message = self.env.broker.pop(pick % len(self.env.broker))
         self.delivered = [*self.delivered[-9:], message]
@@ -520,6 +542,10 @@ class Lifecycle(RuleBasedStateMachine):
             return
         job = Job(message)
         self.jobs.append(job)
+        if stops_after == "more":
+            while job in self.jobs and not (job.taken and job.stage == "copy"):
+                self._advance(job)
+            return
         while job in self.jobs and job.stage != STAGES[STAGES.index(stops_after) + 1]:
             self._advance(job)
 
@@ -676,14 +702,17 @@ class Lifecycle(RuleBasedStateMachine):
         op=st.sampled_from(("every request", *REMOTE_OPS)),
         when=st.sampled_from(["before", "after"]),
         count=st.integers(1, 3),
+        skip=st.integers(0, 2),
     )
-    def s3_fails(self, op: str, when: str, count: int) -> None:
-        """S3 fails every request until it is back, or the next ``count`` of kind ``op``,
-        "before" or "after" they take effect (the response is lost)."""
+    def s3_fails(self, op: str, when: str, count: int, skip: int = 0) -> None:
+        """S3 fails every request until it is back, or ``count`` of kind ``op`` after
+        the next ``skip`` of them, "before" or "after" they take effect (the
+        response is lost).  With ``skip``, a message's later copy fails after
+        its first ones went through."""
         if op == "every request":
             FAULTS.s3_down = True
         else:
-            FAULTS.s3_next[op] = (count, when)
+            FAULTS.s3_next[op] = (skip, count, when)
 
     @rule()
     def s3_back(self) -> None:
@@ -1026,3 +1055,23 @@ def test_a_message_finding_the_file_busy_comes_back_without_spending_a_retry(sta
         assert [(m.files[0][0], m.retries) for m in state.env.broker] == [("a.txt", 0)]
     state.time_passes(stalled=None)
     state.teardown()
+
+
+def test_files_taken_behind_a_failed_copy_go_back_untried(state: Lifecycle) -> None:
+    """Two bursts, the first message takes the second's files, and the first copy of those fails."""
+    state.save_burst([("a.txt", b"1"), ("b.txt", b"2")])
+    state.save_burst([("d/c.bin", b"3"), ("a.txt", b"4")])
+    state.worker_takes_message(pick=0, stops_after="more")
+    [job] = state.jobs
+    assert [name for name, _, _ in job.claimed] == ["d/c.bin", "a_r000001.txt"]
+    state.consistent()
+    state.s3_fails(op="save", when="before", count=1)
+    state.worker_step(pick=0)  # the copies: the first fails, the second is not tried
+    given_back = FileRecord.objects.get(name="a_r000001.txt")
+    assert (given_back.state, given_back.attempts, given_back.lease_until) == (State.PENDING, 0, None)
+    state.consistent()
+    state.worker_step(pick=0)  # the failure recorded: left to its own message
+    failed = FileRecord.objects.get(name="d/c.bin")
+    assert (failed.state, failed.attempts, failed.lease_until) == (State.PENDING, 1, None)
+    state.consistent()
+    state.teardown()  # the second burst's message still carries both: they end remote
