@@ -93,7 +93,8 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, storages
-from django.db import connection
+from django.core.signals import request_finished
+from django.db import close_old_connections, connection
 from django.db.backends.signals import connection_created
 from django.http import Http404, HttpResponseRedirect
 from django.test import RequestFactory, override_settings
@@ -365,6 +366,10 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
         monkeypatch.setattr(backend, method, _unreachable_when_down(getattr(backend, method)))
     connection_created.connect(_without_fsync)
     connection.close()  # reopened without fsync
+    # A read through the serving view ends as a request does, which would close
+    # the connection; as Django's test client does, the machine keeps it (on
+    # PostgreSQL each new one costs a server process).
+    request_finished.disconnect(close_old_connections)
     # The faults make the app log on every step; the machine's own report is what matters.
     monkeypatch.setattr(logging.getLogger("queued_storage"), "disabled", True)
     FAULTS.heal()
@@ -379,6 +384,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
             world.storages[variant] = built
         yield world
     FAULTS.heal()
+    request_finished.connect(close_old_connections)
     connection_created.disconnect(_without_fsync)
     connection.close()
     registry.unregister_all()
