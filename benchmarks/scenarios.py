@@ -734,11 +734,15 @@ def small_files(services: Services, results: Results, plan: Plan, worker: Any, p
     raws: list[float] = []
     floors: list[float] = []
     for rep in range(plan.small_reps):
+        # As in scenario 4, each sample starts with nothing dirty in the page cache.
+        os.sync()
         raw = _raw("many", str(source), f"s5raw/{rep}-{uuid.uuid4().hex[:8]}/", str(parallel))
         raws.append(raw["files"] / raw["seconds"])
+        os.sync()
         floors.append(_raw_beside_saves(source, f"s5floor/{rep}-{uuid.uuid4().hex[:8]}/", parallel, payloads))
         for subject, background in modes.items():
             prefix = f"s5/{rep}-{uuid.uuid4().hex[:8]}/"
+            os.sync()
             with override_settings(QUEUED_STORAGE_PUBLISH_IN_BACKGROUND=background):
                 started = time.perf_counter()
                 names = [
