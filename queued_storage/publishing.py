@@ -207,19 +207,12 @@ class _Publisher:
     def _holds(self, count: int) -> bool:
         return len(self._messages) >= count
 
-    def _batchable(self) -> bool:
-        """Whether a queued message is a small file, which later saves could join."""
-        return any(size is not None and size <= BATCH_MAX_SIZE for *_, size in self._messages)
-
     def _run(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._messages))
                 most = conf.BATCH_FILES
-                # A burst of small files goes out in fewer messages: one save waits
-                # LINGER at most.  A large file travels alone whatever comes next,
-                # so it does not wait for company.
-                if most > 1 and self._batchable():
+                if most > 1:  # a burst goes out in fewer messages; one save waits LINGER at most
                     self._cond.wait_for(partial(self._holds, most), LINGER)
                 messages = list(self._messages)
                 self._messages.clear()

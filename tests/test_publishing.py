@@ -72,23 +72,6 @@ def test_a_burst_of_small_saves_goes_out_in_fewer_messages(make, settings, slow_
     assert [large] in [batch for batch, _ in sent]  # a large file travels alone
 
 
-def test_a_large_file_does_not_wait_for_company_but_a_small_one_does(make, settings, monkeypatch):
-    sent: list[list[str]] = []
-    _broker(monkeypatch, lambda storage, files, host=None: sent.append([n for n, _ in files]) or True)
-    settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True
-    monkeypatch.setattr(publishing, "BATCH_MAX_SIZE", 100)
-    monkeypatch.setattr(publishing, "LINGER", 60.0)  # longer than any wait below
-    storage = make()
-    large = storage.save("large.bin", ContentFile(b"x" * 101))
-    assert publishing.flush(5) is True  # sent at once, not after LINGER
-    assert sent == [[large]]
-    small = storage.save("small.txt", ContentFile(b"x"))
-    assert publishing.flush(0.2) is False  # held for LINGER, for the next saves to join
-    names = [storage.save(f"{i}.txt", ContentFile(b"x")) for i in range(9)]
-    assert publishing.flush(5) is True  # ten small files: the message is full
-    assert sent[1:] == [[small, *names]]
-
-
 def test_batch_files_one_sends_each_file_alone(make, settings, slow_broker):
     release, sent = slow_broker
     settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True
