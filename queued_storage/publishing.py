@@ -212,7 +212,11 @@ class _Publisher:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._messages))
                 most = conf.BATCH_FILES
-                if most > 1:  # a burst goes out in fewer messages; one save waits LINGER at most
+                # A burst goes out in fewer messages; one save waits LINGER at most.
+                # A large file, which travels alone, waits too: the wait keeps the
+                # broker round trip off the saving thread's last steps (its model
+                # row's INSERT and COMMIT), where it would compete for the GIL.
+                if most > 1:
                     self._cond.wait_for(partial(self._holds, most), LINGER)
                 messages = list(self._messages)
                 self._messages.clear()
