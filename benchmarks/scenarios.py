@@ -321,8 +321,7 @@ def _save_samples(
             if model is None:
                 name = f"uploads/parts/{uuid.uuid4().hex}.bin"
                 started = time.perf_counter()
-                with transaction.atomic():
-                    transitions.record_saved(default_storage.identity, name, KB)
+                _record(name)
                 record.append(time.perf_counter() - started)
                 continue
             content = ContentFile(data, name="upload.bin")
@@ -348,15 +347,16 @@ def _save_samples(
 RECORD = "the record alone: INSERT + COMMIT, as save() writes it"
 
 
+def _record(name: str) -> None:
+    """The record's INSERT + COMMIT as save() writes it."""
+    with transaction.atomic():
+        transitions.record_saved(default_storage.identity, name, KB)
+
+
 def record_alone(reps: int, folder: str) -> list[float]:
     """The record's INSERT + COMMIT as save() writes it, timed alone ``reps`` times (seconds)."""
     names = iter([f"{folder}{uuid.uuid4().hex}.bin" for _ in range(reps)])  # made before the clock
-
-    def record() -> None:
-        with transaction.atomic():
-            transitions.record_saved(default_storage.identity, next(names), KB)
-
-    samples = _per_call(record, reps)
+    samples = _per_call(lambda: _record(next(names)), reps)
     _forget_queued(folder)
     return samples
 

@@ -345,11 +345,9 @@ class Mover:
         result = future.result()
         if result is None:
             threads.lease_keeper().discard(self.storage.identity, name)
-            if not transitions.give_back(self.storage.identity, name, version, attempts=record.attempts):
-                now = transitions.get(self.storage.identity, name)
-                if now is None or now.version != version or now.state == State.DELETED:
-                    self._outcomes.append(self._orphaned(name, version))
-                # Otherwise another worker claimed it after this one's lease lapsed: its own.
+            orphaned = self._give_back(name, version, record)
+            if orphaned is not None:
+                self._outcomes.append(orphaned)
             return
         copied, seconds = result
         if isinstance(copied, Exception):
@@ -433,6 +431,19 @@ class Mover:
             seconds=seconds,
             attempts=record.attempts,
         )
+
+    def _give_back(self, name: str, version: str, record: FileRecord) -> Outcome | None:
+        """Give back a taken file never tried; the outcome of one deleted or saved again meanwhile.
+
+        None when it went back, or when another worker claimed it after this
+        one's lease lapsed: then it is that worker's.
+        """
+        if transitions.give_back(self.storage.identity, name, version, attempts=record.attempts):
+            return None
+        now = transitions.get(self.storage.identity, name)
+        if now is None or now.version != version or now.state == State.DELETED:
+            return self._orphaned(name, version)
+        return None
 
     def _orphaned(self, name: str, version: str) -> Outcome:
         """The file was deleted while it copied: remove the copies and the tombstone instead of switching.

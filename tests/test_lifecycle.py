@@ -613,10 +613,7 @@ class Lifecycle(RuleBasedStateMachine):
             for name, version, record in job.claimed:
                 if job.taken and job.failures:
                     # Mover.many gives the taken files back once a copy of its message failed.
-                    if not transitions.give_back(storage.identity, name, version, attempts=record.attempts):
-                        now = transitions.get(storage.identity, name)
-                        if now is None or now.version != version or now.state == State.DELETED:
-                            mover._orphaned(name, version)
+                    mover._give_back(name, version, record)
                     continue
                 copied, _ = mover._copy(name, record, lambda n: None)
                 if isinstance(copied, Exception):
