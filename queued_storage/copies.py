@@ -39,7 +39,7 @@ class VerificationFailed(TransferError):
 @dataclass(frozen=True)
 class Copied:
     size: int
-    checksum: str  # "md5:<hex>" of the bytes sent, or "etag:<S3 multipart ETag>"
+    checksum: str  # "md5:<hex>" of the bytes sent, "etag:<S3 ETag>", or "crc32:<S3 composite>"
     # Whether the remote copy's content was checked against the bytes sent
     # (a hash the remote computed, or the copy read back), not only its size.
     content_verified: bool = False

@@ -14,9 +14,10 @@ S3, small     boto3 from the file's path, one   S3 checks the body against      
               ``PutObject`` with                ``Content-MD5``; the returned    checked
               ``Content-MD5``                   ETag compared too [1]
 S3, large     boto3 multipart from the file's   one ``HEAD``: size, and the      none more (``cleanup-local``:
-              path; a retry first aborts the    ETag against the parts' MD5s     the ``HEAD`` again), or read
-              key's incomplete multipart        [1]                              back where only the size
-              uploads                                                            was checked
+              path; a retry first aborts the    composite CRC32 S3 keeps         the ``HEAD`` again), or read
+              key's incomplete multipart        against the parts' CRC32s; the   back where only the size
+              uploads                           ETag against the parts' MD5s     was checked
+                                                where no CRC32 was kept [1]
 S3, no path   ``S3Storage.save()``, streamed    one ``HEAD``: size, and the      none more, or read back
               and hashed                        ETag against the MD5 or the      where only the size was
                                                 parts' MD5s [1]                  checked
@@ -42,10 +43,12 @@ storage without ``path()``; *gzip* a file of a type ``S3Storage`` compresses.
 computes its MD5, and the parts' MD5s at the part size ``S3Storage`` uploads
 in.  *Read back*: the remote copy is downloaded and hashed.  A copy made by a
 ``transfer()`` override is read back before its local copy is deleted, as
-what it sent is not known.  [1] Only where the ETag is an MD5 of the bytes:
-not with SSE-KMS or SSE-C, which leaves the size alone checked.
+what it sent is not known.  [1] The ETag only where it is an MD5 of the
+bytes: not with SSE-KMS or SSE-C, which leaves the size alone checked unless
+S3 kept the parts' CRC32.
 
-The record keeps ``md5:<hex>`` of the bytes sent, or ``etag:<multipart ETag>``.
+The record keeps ``md5:<hex>`` of the bytes sent, or ``etag:<ETag>`` (``crc32:<composite>``
+where the ETag is no digest).
 """
 
 from __future__ import annotations

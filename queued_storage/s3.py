@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import threading
+import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +154,44 @@ def _multipart_etag(path: str, part_size: int) -> str:
     return f"{joined}-{len(digests)}"
 
 
+def _composite_crc32(path: str, part_size: int) -> str:
+    """S3's composite CRC32 of ``path`` uploaded in ``part_size`` parts, as ``HEAD`` gives it: one pass.
+
+    The base64 CRC32 of the parts' big-endian CRC32s, then ``-<parts>``.
+    """
+    crcs = bytearray()
+    parts = 0
+    buffer = memoryview(bytearray(1024 * 1024))
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            crc, left = 0, part_size
+            while left:
+                n = fh.readinto(buffer[: min(left, len(buffer))])
+                if not n:
+                    break
+                crc = zlib.crc32(buffer[:n], crc)
+                left -= n
+            if left == part_size:
+                break
+            crcs += crc.to_bytes(4, "big")
+            parts += 1
+            if left:
+                break
+    joined = base64.b64encode(zlib.crc32(crcs).to_bytes(4, "big")).decode()
+    return f"{joined}-{parts}"
+
+
+def _parts_carry_crc32(client: Any, params: dict[str, Any]) -> bool:
+    """Whether s3transfer sends each part with a CRC32 of its bytes and S3 keeps their composite.
+
+    It does when botocore computes checksums whenever an operation supports
+    them (its default) and the write parameters name no other algorithm.
+    """
+    calculation = getattr(client.meta.config, "request_checksum_calculation", None)
+    algorithm = str(params.get("ChecksumAlgorithm", "CRC32")).upper()
+    return calculation == "when_supported" and algorithm == "CRC32"
+
+
 def _write_parameters(remote: Any, key: str) -> dict[str, Any] | None:
     """What S3Storage.save() would send with the object, or None if it would compress it."""
     params: dict[str, Any] = remote._get_write_parameters(key)
@@ -216,16 +255,54 @@ def _upload(
         raise conflict(name)
     from boto3.s3.transfer import create_transfer_manager
 
+    crc32 = _parts_carry_crc32(client, params)
     subscribers: list[Any] = [_ProgressSubscriber(progress)]
     with create_transfer_manager(client, config) as manager:
         future = manager.upload(path, remote.bucket_name, key, extra_args=params, subscribers=subscribers)
-        # Hash while the parts go out (hashlib releases the GIL on large
-        # buffers), with the part size s3transfer itself settles on.
-        multipart = _multipart_etag(path, part_size)
+        # Our own read of the file while the parts go out, with the part size
+        # s3transfer itself settles on: the CRC32 S3 keeps where the parts
+        # carry one (a seventh of MD5's CPU), else the MD5s of the ETag.
+        sent = _composite_crc32(path, part_size) if crc32 else _multipart_etag(path, part_size)
         future.result()
+    head = client.head_object(Bucket=remote.bucket_name, Key=key, ChecksumMode="ENABLED")
+    digest = _etag_is_digest(head.get("ServerSideEncryption"), head.get("SSECustomerAlgorithm"))
+    etag = str(head["ETag"]).strip('"')
+    size = int(head["ContentLength"])
+    if crc32 and head.get("ChecksumCRC32") and head.get("ChecksumType", "COMPOSITE") == "COMPOSITE":
+        return _checked_crc32(name, size, expected, head["ChecksumCRC32"], sent, etag if digest else None,
+                              verify_checksum=verify_checksum)  # fmt: skip
+    if crc32:
+        # A server that kept no checksum of the parts: the ETag, from a second read.
+        sent = _multipart_etag(path, part_size)
     return checked(
-        name, _fingerprint(remote, name), expected, None, multipart, verify_checksum=verify_checksum
+        name, (size, etag if digest else None), expected, None, sent, verify_checksum=verify_checksum
     )
+
+
+def _checked_crc32(
+    name: str, size: int, expected: int, kept: str, sent: str, etag: str | None, *, verify_checksum: bool
+) -> Copied:
+    """What was copied, once the size and the composite CRC32 S3 kept match the local file's parts.
+
+    The record keeps the ETag, comparable later with the object's as before
+    (``crc32:`` where SSE made the ETag no digest of the bytes).
+    """
+    if size != expected:
+        raise VerificationFailed(
+            f"The remote copy of {name!r} has {size} bytes, the local file {expected}; "
+            "it was not switched in and will be sent again."
+        )
+    # S3 gives the composite with its part count, some servers without; the
+    # value alone already depends on every part's CRC32 and on their number.
+    kept_value, _, kept_parts = kept.partition("-")
+    sent_value, _, sent_parts = sent.partition("-")
+    if verify_checksum and (kept_value != sent_value or kept_parts not in ("", sent_parts)):
+        raise VerificationFailed(
+            f"The remote copy of {name!r} has CRC32 {kept}, but the local file's parts give {sent}; "
+            "it was not switched in and will be sent again."
+        )
+    checksum = f"etag:{etag}" if etag else f"crc32:{kept}"
+    return Copied(size=size, checksum=checksum, content_verified=verify_checksum)
 
 
 def _abort_incomplete(name: str, client: Any, bucket: str, key: str) -> int:

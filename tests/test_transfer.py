@@ -189,10 +189,71 @@ def test_server_without_conditional_writes_still_never_overwrites(local, s3):
 def test_large_file_whose_parts_do_not_match_is_not_verified(local, s3):
     name = local.save("big/bad.bin", ContentFile(os.urandom(11 * MiB)))
     config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
-    wrong = "0" * 32 + "-3"  # as if the bytes S3 stored were not the bytes of the file
-    patched = mock.patch("queued_storage.s3._multipart_etag", return_value=wrong)
+    wrong = "AAAAAA==-3"  # as if the bytes S3 stored were not the bytes of the file
+    patched = mock.patch("queued_storage.s3._composite_crc32", return_value=wrong)
     with patched, pytest.raises(VerificationFailed, match=wrong):
         copy_file(name, local, S3Storage(transfer_config=config))
+
+
+def _multipart_etag_of(data: bytes, part: int) -> str:
+    parts = [hashlib.md5(data[i : i + part]).digest() for i in range(0, len(data), part)]
+    return hashlib.md5(b"".join(parts)).hexdigest() + f"-{len(parts)}"
+
+
+def test_large_file_is_checked_by_the_crc32_s3_keeps_of_its_parts_without_an_md5_pass(local, s3):
+    data = os.urandom(11 * MiB)
+    name = local.save("big/crc.bin", ContentFile(data))
+    config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    with mock.patch("queued_storage.s3._multipart_etag", side_effect=AssertionError("an MD5 pass")):
+        copied = copy_file(name, local, S3Storage(transfer_config=config))
+    assert copied.content_verified
+    assert copied.checksum == "etag:" + _multipart_etag_of(data, 5 * MiB)  # comparable later, as before
+    assert s3_body(s3, "qs-bucket", name) == data
+
+
+def test_a_client_that_sends_no_checksums_gets_the_etag_checked(local, s3):
+    from botocore.config import Config
+
+    data = os.urandom(11 * MiB)
+    name = local.save("big/no-crc.bin", ContentFile(data))
+    remote = S3Storage(
+        transfer_config=TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB),
+        client_config=Config(request_checksum_calculation="when_required"),
+    )
+    with mock.patch("queued_storage.s3._composite_crc32", side_effect=AssertionError("no CRC32 was sent")):
+        copied = copy_file(name, local, remote)
+    assert copied.content_verified and copied.checksum == "etag:" + _multipart_etag_of(data, 5 * MiB)
+    other = local.save("big/no-crc-bad.bin", ContentFile(data))
+    wrong = "0" * 32 + "-3"
+    with (
+        mock.patch("queued_storage.s3._multipart_etag", return_value=wrong),
+        pytest.raises(VerificationFailed, match=wrong),
+    ):
+        copy_file(other, local, remote)
+
+
+def test_a_server_that_keeps_no_crc32_gets_the_etag_checked_after_the_upload(local, s3):
+    data = os.urandom(11 * MiB)
+    remote = S3Storage(
+        transfer_config=TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    )
+    client = remote.connection.meta.client
+    real = client.head_object
+
+    def without_checksums(**kwargs):
+        return {k: v for k, v in real(**kwargs).items() if not k.startswith("Checksum")}
+
+    with mock.patch.object(client, "head_object", side_effect=without_checksums):
+        name = local.save("big/plain-server.bin", ContentFile(data))
+        copied = copy_file(name, local, remote)
+        assert copied.content_verified and copied.checksum == "etag:" + _multipart_etag_of(data, 5 * MiB)
+        other = local.save("big/plain-server-bad.bin", ContentFile(data))
+        wrong = "0" * 32 + "-3"
+        with (
+            mock.patch("queued_storage.s3._multipart_etag", return_value=wrong),
+            pytest.raises(VerificationFailed, match=wrong),
+        ):
+            copy_file(other, local, remote)
 
 
 def test_file_below_a_large_multipart_threshold_is_streamed_not_read_whole(local, services, s3):
