@@ -458,6 +458,14 @@ def _child(action: str, env: dict[str, str], *args: str) -> Any:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _merge(into: dict[str, Any], found: dict[str, Any]) -> None:
+    """Add one child's samples of each subject to those of the same size; the larger peak RSS."""
+    for subject, got in found.items():
+        kept = into.setdefault(subject, {"samples": [], "peak_kib": 0})
+        kept["samples"] += got["samples"]
+        kept["peak_kib"] = max(kept["peak_kib"], got["peak_kib"])
+
+
 def run(services: Any, results: Any, plan: Any, plans_path: Path | None) -> None:
     """Fill, measure and explain for each database and size of ``plan.scale_rows``; rows into ``results``."""
     from tests.services import PostgresServer
@@ -467,10 +475,10 @@ def run(services: Any, results: Any, plan: Any, plans_path: Path | None) -> None
 
     tiny = plan.scale_rows[-1] < 10_000  # the smoke test's plan: the tiny backlog
     small, large = plan.scale_rows[0], plan.scale_rows[-1]
-    found: dict[tuple[str, int], dict[str, Any]] = {}
     explained: dict[str, Any] = {}
     with PostgresServer(services.workdir / "scale-pg") as postgres:
         for db in DATABASES:
+            envs: dict[int, tuple[dict[str, str], list[str]]] = {}
             for rows in plan.scale_rows:
                 where = services.workdir / f"scale-{db.lower()}-{rows}"
                 where.mkdir()
@@ -488,18 +496,31 @@ def run(services: Any, results: Any, plan: Any, plans_path: Path | None) -> None
                 common = ["--rows", str(rows), *(["--tiny"] if tiny else [])]
                 filled = _child("fill", env, *common)
                 print(f"  {db}, {rows:,} rows: filled in {filled['seconds']:.0f} s", flush=True)
-                measured: dict[str, Any] = {}
-                # One process per subject, so each peak RSS is one operation's; the smoke test shares one.
-                batches = [list(SUBJECTS)] if tiny else [[subject] for subject in SUBJECTS]
-                for batch in batches:
-                    if rows == large and batch[-1] == "requeue (a sweep)":
-                        explained[db] = _child("plans", env, *common)  # before the sweep changes the table
-                    reps = ["--reps", str(plan.scale_reps), "--calls", str(plan.url_calls)]
-                    measured.update(_child("measure", env, *common, *reps, "--subjects", *batch))
-                found[db, rows] = measured
-                _add(results, Row, db, rows, measured, found.get((db, small)) if rows != small else None)
-                services.purge_parked()
-                shutil.rmtree(where, ignore_errors=True)
+                envs[rows] = env, common
+            measured: dict[int, dict[str, Any]] = {rows: {} for rows in plan.scale_rows}
+            # One process per subject, so each peak RSS is one operation's; the smoke test shares one.
+            batches = [list(SUBJECTS)] if tiny else [[subject] for subject in SUBJECTS]
+            for batch in batches:
+                sweep = batch[-1] == "requeue (a sweep)"
+                # The sizes take turns in two rounds, A B then B A, so that the
+                # machine's drift over the minutes a subject takes falls on both.
+                halves = [(plan.scale_reps + 1) // 2, plan.scale_reps // 2] if not tiny else [plan.scale_reps]
+                calls = [(plan.url_calls + 1) // 2, plan.url_calls // 2] if not tiny else [plan.url_calls]
+                for turn, (reps, n) in enumerate(zip(halves, calls, strict=True)):
+                    order = plan.scale_rows if turn % 2 == 0 else plan.scale_rows[::-1]
+                    for rows in order:
+                        if sweep and turn > 0:
+                            continue  # a sweep changes the table: once per size
+                        env, common = envs[rows]
+                        if sweep and rows == large:
+                            explained[db] = _child("plans", env, *common)  # before the sweep
+                        args = ["--reps", str(max(reps, 1)), "--calls", str(max(n, 1)), "--subjects", *batch]
+                        _merge(measured[rows], _child("measure", env, *common, *args))
+            for rows in plan.scale_rows:
+                _add(results, Row, db, rows, measured[rows], measured[small] if rows != small else None)
+            services.purge_parked()
+            for rows in plan.scale_rows:
+                shutil.rmtree(services.workdir / f"scale-{db.lower()}-{rows}", ignore_errors=True)
     if plans_path is not None:
         plans_path.write_text(plans_rst(explained, large))
         print(f"  query plans: {plans_path}", flush=True)

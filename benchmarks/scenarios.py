@@ -74,7 +74,7 @@ class Plan:
 
 FULL = Plan(
     save_sizes={"1 KB": KB, "1 MB": MB, "10 MB": 10 * MB, "100 MB": 100 * MB},
-    save_reps={"1 KB": 200, "1 MB": 40, "10 MB": 12, "100 MB": 5},
+    save_reps={"1 KB": 200, "1 MB": 40, "10 MB": 12, "100 MB": 15},
     wan_reps={"1 KB": 12, "1 MB": 6, "10 MB": 4, "100 MB": 2},
     upload_sizes={"100 KB": 100 * KB, "10 MB": 10 * MB},
     upload_reps=10,
