@@ -211,25 +211,29 @@ def test_large_file_is_checked_by_the_crc32_s3_keeps_of_its_parts_without_an_md5
     assert s3_body(s3, "qs-bucket", name) == data
 
 
-def test_a_client_that_sends_no_checksums_gets_the_etag_checked(local, s3):
-    from botocore.config import Config
-
-    data = os.urandom(11 * MiB)
-    name = local.save("big/no-crc.bin", ContentFile(data))
-    remote = S3Storage(
-        transfer_config=TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB),
-        client_config=Config(request_checksum_calculation="when_required"),
-    )
-    with mock.patch("queued_storage.s3._composite_crc32", side_effect=AssertionError("no CRC32 was sent")):
-        copied = copy_file(name, local, remote)
+def _checked_by_the_etag(local, remote, data: bytes, stem: str) -> None:
+    """A copy of ``data`` is verified by its multipart ETag, and one whose parts hash otherwise fails."""
+    copied = copy_file(local.save(f"{stem}.bin", ContentFile(data)), local, remote)
     assert copied.content_verified and copied.checksum == "etag:" + _multipart_etag_of(data, 5 * MiB)
-    other = local.save("big/no-crc-bad.bin", ContentFile(data))
+    other = local.save(f"{stem}-bad.bin", ContentFile(data))
     wrong = "0" * 32 + "-3"
     with (
         mock.patch("queued_storage.s3._multipart_etag", return_value=wrong),
         pytest.raises(VerificationFailed, match=wrong),
     ):
         copy_file(other, local, remote)
+
+
+def test_a_client_that_sends_no_checksums_gets_the_etag_checked(local, s3):
+    from botocore.config import Config
+
+    data = os.urandom(11 * MiB)
+    remote = S3Storage(
+        transfer_config=TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB),
+        client_config=Config(request_checksum_calculation="when_required"),
+    )
+    with mock.patch("queued_storage.s3._composite_crc32", side_effect=AssertionError("no CRC32 was sent")):
+        _checked_by_the_etag(local, remote, data, "big/no-crc")
 
 
 def test_a_server_that_keeps_no_crc32_gets_the_etag_checked_after_the_upload(local, s3):
@@ -244,16 +248,7 @@ def test_a_server_that_keeps_no_crc32_gets_the_etag_checked_after_the_upload(loc
         return {k: v for k, v in real(**kwargs).items() if not k.startswith("Checksum")}
 
     with mock.patch.object(client, "head_object", side_effect=without_checksums):
-        name = local.save("big/plain-server.bin", ContentFile(data))
-        copied = copy_file(name, local, remote)
-        assert copied.content_verified and copied.checksum == "etag:" + _multipart_etag_of(data, 5 * MiB)
-        other = local.save("big/plain-server-bad.bin", ContentFile(data))
-        wrong = "0" * 32 + "-3"
-        with (
-            mock.patch("queued_storage.s3._multipart_etag", return_value=wrong),
-            pytest.raises(VerificationFailed, match=wrong),
-        ):
-            copy_file(other, local, remote)
+        _checked_by_the_etag(local, remote, data, "big/plain-server")
 
 
 def test_file_below_a_large_multipart_threshold_is_streamed_not_read_whole(local, services, s3):
