@@ -500,22 +500,24 @@ def run(services: Any, results: Any, plan: Any, plans_path: Path | None) -> None
             measured: dict[int, dict[str, Any]] = {rows: {} for rows in plan.scale_rows}
             # One process per subject, so each peak RSS is one operation's; the smoke test shares one.
             batches = [list(SUBJECTS)] if tiny else [[subject] for subject in SUBJECTS]
+            # The sizes take turns in two rounds, A B then B A, each with half the
+            # samples, so that the machine's drift over the minutes a subject
+            # takes falls on both.  The smoke test's plan has one round.
+            rounds = [(plan.scale_reps, plan.url_calls, plan.scale_rows)]
+            if not tiny:
+                rounds = [
+                    ((plan.scale_reps + 1) // 2, (plan.url_calls + 1) // 2, plan.scale_rows),
+                    (plan.scale_reps // 2, plan.url_calls // 2, plan.scale_rows[::-1]),
+                ]
             for batch in batches:
                 sweep = batch[-1] == "requeue (a sweep)"
-                # The sizes take turns in two rounds, A B then B A, so that the
-                # machine's drift over the minutes a subject takes falls on both.
-                halves = [(plan.scale_reps + 1) // 2, plan.scale_reps // 2] if not tiny else [plan.scale_reps]
-                calls = [(plan.url_calls + 1) // 2, plan.url_calls // 2] if not tiny else [plan.url_calls]
-                for turn, (reps, n) in enumerate(zip(halves, calls, strict=True)):
-                    order = plan.scale_rows if turn % 2 == 0 else plan.scale_rows[::-1]
+                for reps, calls, order in rounds[:1] if sweep else rounds:  # a sweep changes the table
                     for rows in order:
-                        if sweep and turn > 0:
-                            continue  # a sweep changes the table: once per size
                         env, common = envs[rows]
                         if sweep and rows == large:
                             explained[db] = _child("plans", env, *common)  # before the sweep
-                        args = ["--reps", str(max(reps, 1)), "--calls", str(max(n, 1)), "--subjects", *batch]
-                        _merge(measured[rows], _child("measure", env, *common, *args))
+                        counts = ["--reps", str(max(reps, 1)), "--calls", str(max(calls, 1))]
+                        _merge(measured[rows], _child("measure", env, *common, *counts, "--subjects", *batch))
             for rows in plan.scale_rows:
                 _add(results, Row, db, rows, measured[rows], measured[small] if rows != small else None)
             services.purge_parked()

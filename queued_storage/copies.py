@@ -108,6 +108,15 @@ def comparable(etag: str, multipart: str | None) -> bool:
     return not parts or (multipart is not None and multipart.endswith(f"-{parts}"))
 
 
+def same_size(name: str, size: int, expected: int) -> None:
+    """Raise :class:`VerificationFailed` unless the remote copy has the local file's ``expected`` size."""
+    if size != expected:
+        raise VerificationFailed(
+            f"The remote copy of {name!r} has {size} bytes, the local file {expected}; "
+            "it was not switched in and will be sent again."
+        )
+
+
 def checked(
     name: str,
     fingerprint: tuple[int, str | None],
@@ -119,11 +128,7 @@ def checked(
 ) -> Copied:
     """What was copied, once the remote's ``fingerprint`` matches the bytes sent: their size and hash."""
     size, etag = fingerprint
-    if size != expected:
-        raise VerificationFailed(
-            f"The remote copy of {name!r} has {size} bytes, the local file {expected}; "
-            "it was not switched in and will be sent again."
-        )
+    same_size(name, size, expected)
     sent = md5 or multipart
     verified = bool(verify_checksum and etag and sent and comparable(etag, multipart))
     if verified and etag not in (md5, multipart):

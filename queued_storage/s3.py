@@ -19,7 +19,8 @@ import logging
 import os
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .copies import (
@@ -32,6 +33,7 @@ from .copies import (
     conflict,
     md5_of_chunks,
     md5_of_file,
+    same_size,
 )
 
 if TYPE_CHECKING:
@@ -127,17 +129,13 @@ class _ProgressSubscriber:
         self._progress(done)
 
 
-def _multipart_etag(path: str, part_size: int) -> str:
-    """The ETag S3 gives a multipart upload of ``path`` in ``part_size`` parts: one MD5 pass.
-
-    Only the parts' MD5s, not the whole file's as well: hashing is the CPU this
-    transfer spends beyond what raw boto3 does.
-    """
+def _part_digests(path: str, part_size: int, new: Callable[[], Any]) -> list[bytes]:
+    """The digest of each ``part_size`` part of ``path``, each hashed by a fresh ``new()``: one pass."""
     digests = []
     buffer = memoryview(bytearray(1024 * 1024))
     with open(path, "rb", buffering=0) as fh:
         while True:
-            part = hashlib.md5(usedforsecurity=False)
+            part = new()
             left = part_size
             while left:
                 n = fh.readinto(buffer[: min(left, len(buffer))])
@@ -150,35 +148,30 @@ def _multipart_etag(path: str, part_size: int) -> str:
             digests.append(part.digest())
             if left:
                 break
+    return digests
+
+
+def _multipart_etag(path: str, part_size: int) -> str:
+    """The ETag S3 gives a multipart upload of ``path`` in ``part_size`` parts.
+
+    Only the parts' MD5s, not the whole file's as well: hashing is the CPU this
+    transfer spends beyond what raw boto3 does.
+    """
+    digests = _part_digests(path, part_size, partial(hashlib.md5, usedforsecurity=False))
     joined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
     return f"{joined}-{len(digests)}"
 
 
 def _composite_crc32(path: str, part_size: int) -> str:
-    """S3's composite CRC32 of ``path`` uploaded in ``part_size`` parts, as ``HEAD`` gives it: one pass.
+    """S3's composite CRC32 of ``path`` uploaded in ``part_size`` parts, as ``HEAD`` gives it.
 
     The base64 CRC32 of the parts' big-endian CRC32s, then ``-<parts>``.
     """
-    crcs = bytearray()
-    parts = 0
-    buffer = memoryview(bytearray(1024 * 1024))
-    with open(path, "rb", buffering=0) as fh:
-        while True:
-            crc, left = 0, part_size
-            while left:
-                n = fh.readinto(buffer[: min(left, len(buffer))])
-                if not n:
-                    break
-                crc = zlib.crc32(buffer[:n], crc)
-                left -= n
-            if left == part_size:
-                break
-            crcs += crc.to_bytes(4, "big")
-            parts += 1
-            if left:
-                break
-    joined = base64.b64encode(zlib.crc32(crcs).to_bytes(4, "big")).decode()
-    return f"{joined}-{parts}"
+    from botocore.httpchecksum import Crc32Checksum
+
+    digests = _part_digests(path, part_size, Crc32Checksum)
+    joined = base64.b64encode(zlib.crc32(b"".join(digests)).to_bytes(4, "big")).decode()
+    return f"{joined}-{len(digests)}"
 
 
 def _parts_carry_crc32(client: Any, params: dict[str, Any]) -> bool:
@@ -266,17 +259,15 @@ def _upload(
         future.result()
     head = client.head_object(Bucket=remote.bucket_name, Key=key, ChecksumMode="ENABLED")
     digest = _etag_is_digest(head.get("ServerSideEncryption"), head.get("SSECustomerAlgorithm"))
-    etag = str(head["ETag"]).strip('"')
+    etag = str(head["ETag"]).strip('"') if digest else None
     size = int(head["ContentLength"])
     if crc32 and head.get("ChecksumCRC32") and head.get("ChecksumType", "COMPOSITE") == "COMPOSITE":
-        return _checked_crc32(name, size, expected, head["ChecksumCRC32"], sent, etag if digest else None,
-                              verify_checksum=verify_checksum)  # fmt: skip
+        kept = head["ChecksumCRC32"]
+        return _checked_crc32(name, size, expected, kept, sent, etag, verify_checksum=verify_checksum)
     if crc32:
         # A server that kept no checksum of the parts: the ETag, from a second read.
         sent = _multipart_etag(path, part_size)
-    return checked(
-        name, (size, etag if digest else None), expected, None, sent, verify_checksum=verify_checksum
-    )
+    return checked(name, (size, etag), expected, None, sent, verify_checksum=verify_checksum)
 
 
 def _checked_crc32(
@@ -287,11 +278,7 @@ def _checked_crc32(
     The record keeps the ETag, comparable later with the object's as before
     (``crc32:`` where SSE made the ETag no digest of the bytes).
     """
-    if size != expected:
-        raise VerificationFailed(
-            f"The remote copy of {name!r} has {size} bytes, the local file {expected}; "
-            "it was not switched in and will be sent again."
-        )
+    same_size(name, size, expected)
     # S3 gives the composite with its part count, some servers without; the
     # value alone already depends on every part's CRC32 and on their number.
     kept_value, _, kept_parts = kept.partition("-")
