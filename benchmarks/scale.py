@@ -339,7 +339,7 @@ def _waiting() -> None:
     from queued_storage import transitions
 
     identity = default_storage.identity  # type: ignore[attr-defined]
-    transitions.waiting(identity, HOSTS[0], most=50, delayed=False)
+    transitions.take_waiting(identity, HOSTS[0], most=50, delayed=False, owner="plans")
 
 
 def _subject(subject: str) -> Call:

@@ -17,7 +17,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -55,8 +55,13 @@ Copier = Callable[..., "bool | Copied"]
 
 # Files claimed by one UPDATE in a several-file message; their leases run from then on.
 CLAIM_CHUNK = 50
-# Copied files of a several-file message switched together, while the next one copies.
-SWITCH_BATCH = 5
+# Copied files of a several-file message switched together, while the next one copies:
+# each commit may wait for the database's write lock while the application saves
+# (SQLite), so fewer commits wait less in all.
+SWITCH_BATCH = 25
+# Seconds a copied file waits for its batch to fill before it is switched anyway
+# (while the next copy goes on): reads move to the remote copy soon, on any link.
+SWITCH_WITHIN = 1.0
 # How long a several-file message goes on to files that wait in the table
 # after its own: messages of other storages and hosts wait no longer than this
 # (and the copies of one chunk it claimed before).
@@ -154,6 +159,7 @@ class Mover:
         # the names taken from the table, and whether a copy failed.
         self._queued: deque[_Queued] = deque()
         self._landed: list[_Landed] = []
+        self._landed_at = 0.0  # when the first of the landed copies landed
         self._outcomes: list[Outcome] = []
         self._reported = 0
         self._taken: set[str] = set()
@@ -194,7 +200,7 @@ class Mover:
 
         With ``more``, the message then goes on to small files of the same
         storage and host that wait in the table
-        (:func:`~queued_storage.transitions.waiting`), for up to
+        (:func:`~queued_storage.transitions.take_waiting`), for up to
         :data:`MORE_FOR` seconds and until a copy fails: a backlog then
         costs one message's hand-off and claim per :data:`CLAIM_CHUNK`
         files, and the upload thread does not wait between messages.  A
@@ -225,6 +231,8 @@ class Mover:
                 mine = bool(own)
                 if mine:
                     chunk = own.pop(0)
+                    outcomes = transitions.claim_many(self.storage.identity, chunk, self.owner)
+                    claims = list(zip(chunk, outcomes, strict=True))
                 elif host is None or time.monotonic() - started > MORE_FOR:
                     break
                 else:
@@ -232,13 +240,12 @@ class Mover:
                         # Until a copy of this message has landed, wait for all but the
                         # last copy queued (which keeps the upload thread busy meanwhile).
                         yield from self._land_queued(max(len(self._queued) - 1, min(len(self._queued), 1)))
-                    chunk = self._more(host)
-                    if not chunk:
+                    claims = [((r.name, r.version), (Claim.CLAIMED, r)) for r in self._more(host)]
+                    if not claims:
                         break
-                claims = transitions.claim_many(self.storage.identity, chunk, self.owner)
                 # The copies of the chunk before stay queued while this one's are added.
                 earlier = len(self._queued)
-                for (name, version), (claim, record) in zip(chunk, claims, strict=True):
+                for (name, version), (claim, record) in claims:
                     if mine and host is None and record is not None and record.version == version:
                         # Saved on the host whose queue this message came from; a newer
                         # save of the name (another version) may be another host's.
@@ -273,8 +280,8 @@ class Mover:
                 yield from self._fresh()
             raise
 
-    def _more(self, host: str) -> list[tuple[str, str]]:
-        """The waiting files to claim next: none once a copy failed.
+    def _more(self, host: str) -> list[FileRecord]:
+        """The waiting files taken next (:func:`~queued_storage.transitions.take_waiting`), if no copy failed.
 
         Until a copy of this message has landed (a message whose files were
         all copied already), one file at a time: the remote may be down, and
@@ -283,7 +290,9 @@ class Mover:
         if self._failing.is_set():
             return []  # a copy failed, so the remote may be down: take nothing more to fail
         most = CLAIM_CHUNK if self._copied() else 1
-        return transitions.waiting(self.storage.identity, host, most=most, delayed=self.storage.delayed)
+        return transitions.take_waiting(
+            self.storage.identity, host, most=most, delayed=self.storage.delayed, owner=self.owner
+        )
 
     def _copy_queued(
         self, name: str, record: FileRecord, progress: Progress, *, taken: bool
@@ -315,11 +324,19 @@ class Mover:
 
         A batch also takes every later copy that has finished by then: while
         a switch waits for the database, the copies go on, and the next
-        switch takes them all in one commit rather than five at a time.
-        Yields the outcomes as they are reached.
+        switch takes them all in one commit.  The copies landed are switched
+        :data:`SWITCH_WITHIN` seconds after the first of them at the latest,
+        whether the batch is full or not.  Yields the outcomes as they are
+        reached.
         """
         queued = self._queued
         while count > 0:
+            if self._landed:
+                # What landed waits for the next copy SWITCH_WITHIN seconds at most.
+                left = self._landed_at + SWITCH_WITHIN - time.monotonic()
+                if not wait([queued[0][3]], timeout=max(left, 0)).done:
+                    self._switch()
+                    yield from self._fresh()
             self._land(*queued[0])
             queued.popleft()  # once landed: an error above leaves it to be cancelled
             count -= 1
@@ -358,6 +375,8 @@ class Mover:
                 outcome = replace(outcome, kind=Kind.LEFT, retry_after=0.0, retries=0)
             self._outcomes.append(outcome)
         else:
+            if not self._landed:
+                self._landed_at = time.monotonic()
             self._landed.append((name, version, record, copied, seconds))
 
     def _switch(self) -> None:

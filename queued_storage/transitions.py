@@ -219,7 +219,7 @@ def claim_many(
     free = [(name, version) for name, version in files if _free(rows.get(name), version, now)]
     lease = None
     if free:
-        lease = now + timedelta(seconds=conf.LEASE, microseconds=secrets.randbelow(1_000_000))
+        lease = _new_lease(now)
         versions = Q()
         for name, version in free:
             versions |= Q(name=name, version=version)
@@ -289,12 +289,16 @@ def _free(record: FileRecord | None, version: str, now: datetime) -> bool:
     )
 
 
-def waiting(storage: str, host: str, *, most: int, delayed: bool) -> list[tuple[str, str]]:
-    """Up to ``most`` small files of ``storage`` saved on ``host`` that no worker tried yet, oldest first.
+def take_waiting(storage: str, host: str, *, most: int, delayed: bool, owner: str) -> list[FileRecord]:
+    """Claim up to ``most`` small files of ``storage`` saved on ``host`` and never tried, oldest first.
 
-    As ``(name, version)``, for :func:`claim_many`, which decides whether
-    each is still free.  Never a file tried before: its retry keeps its
-    backoff.  Of a ``delayed`` storage, only what ``transfer()`` queued.
+    One ``UPDATE`` chooses the files and takes their leases, so two workers
+    taking at the same time never choose the same files: SQLite runs one
+    write at a time and the second chooses among what the first left;
+    PostgreSQL's ``SKIP LOCKED`` passes over the rows another claim holds.
+    Never a file tried before: its retry keeps its backoff.  Of a
+    ``delayed`` storage, only what ``transfer()`` queued.  Returns the rows
+    claimed, oldest first.
     """
     rows = FileRecord.objects.filter(
         state=State.PENDING,
@@ -305,7 +309,35 @@ def waiting(storage: str, host: str, *, most: int, delayed: bool) -> list[tuple[
     )
     if delayed:
         rows = rows.filter(queued_at__isnull=False)
-    return list(rows.order_by("pk").values_list("name", "version")[:most])
+    using = router.db_for_write(FileRecord)
+    chosen = rows.order_by("pk").values("pk")[:most]
+    if connections[using].features.has_select_for_update_skip_locked:
+        chosen = chosen.select_for_update(skip_locked=True)
+    now = timezone.now()
+    lease = _new_lease(now)
+    with transaction.atomic(using=using):
+        won = FileRecord.objects.filter(pk__in=chosen).update(
+            state=State.TRANSFERRING,
+            lease_until=lease,
+            attempts=F("attempts") + 1,
+            bytes_done=0,
+            updated_at=now,
+        )
+        # Read before the commit, while no one else can change them.
+        taken = (
+            list(
+                FileRecord.objects.filter(
+                    state=State.TRANSFERRING, storage=storage, lease_until=lease
+                ).order_by("pk")
+            )
+            if won
+            else []
+        )
+    if taken:
+        mirror.connect()  # not mirrored, as in claim_many(); the connection is ready for the switch
+    for record in taken:
+        logger.debug("queued_storage: %s took %s from the table", owner, record.name)
+    return taken
 
 
 def heartbeat(storage: str, name: str, version: str, bytes_done: int) -> bool:

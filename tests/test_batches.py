@@ -86,17 +86,18 @@ def test_one_copy_at_a_time_in_one_upload_thread(make, eager):
 def test_copies_are_switched_in_batches_while_the_next_one_copies(make, eager, monkeypatch):
     import threading
 
-    from queued_storage import transitions
+    from queued_storage import mover, transitions
 
+    batch = mover.SWITCH_BATCH
     storage = make(delayed=True)
-    files = _saved(storage, [f"{i:02d}.txt" for i in range(12)])
+    files = _saved(storage, [f"{i:02d}.txt" for i in range(batch + 7)])
     task = resolve_task(storage.task)
     real_transfer, real_switch = task.transfer, transitions.switch_many
     switching = threading.Event()
     batches = []
 
     def transfer(name, local, remote, **kwargs):
-        if name == "05.txt":  # not copied before the first switch starts
+        if name == f"{batch:02d}.txt":  # not copied before the first switch starts
             assert switching.wait(10)
         return real_transfer(name, local, remote, **kwargs)
 
@@ -109,11 +110,30 @@ def test_copies_are_switched_in_batches_while_the_next_one_copies(make, eager, m
 
     monkeypatch.setattr(task, "transfer", transfer)
     monkeypatch.setattr(transitions, "switch_many", switch_many)
-    assert _run(storage, files) == "remote: 12"
+    assert _run(storage, files) == f"remote: {batch + 7}"
     names = [name for name, _ in files]
-    # Five at a time; then every copy that finished while the first switch waited, at once.
-    assert batches == [names[:5], names[5:]]
+    # A batch at a time; then every copy that finished while the first switch waited, at once.
+    assert batches == [names[:batch], names[batch:]]
     assert all(storage.url(name).startswith("/remote/") for name in names)
+
+
+def test_a_copy_does_not_wait_for_a_slow_one_to_be_switched(make, eager, monkeypatch):
+    """A batch that does not fill is switched SWITCH_WITHIN after its first copy landed."""
+    from queued_storage import mover
+
+    monkeypatch.setattr(mover, "SWITCH_WITHIN", 0.05)
+    storage = make(delayed=True)
+    files = _saved(storage, ["fast.txt", "slow.txt"])
+    task = resolve_task(storage.task)
+    real_transfer = task.transfer
+
+    def transfer(name, local, remote, **kwargs):
+        if name == "slow.txt":  # a long copy: the one before it is readable remotely meanwhile
+            wait_for(lambda: storage.status("fast.txt").state == "remote", 5, "fast.txt switched")
+        return real_transfer(name, local, remote, **kwargs)
+
+    monkeypatch.setattr(task, "transfer", transfer)
+    assert _run(storage, files) == "remote: 2"
 
 
 def test_delete_local_applies_to_each_file(make, eager):
@@ -325,9 +345,10 @@ def test_a_file_given_back_after_a_failure_but_deleted_meanwhile_is_removed(make
 def test_what_became_of_each_file_is_reported_before_a_later_step_fails(make, eager, monkeypatch):
     import threading
 
-    from queued_storage import transitions
+    from queued_storage import mover, transitions
     from queued_storage.signals import file_transferred
 
+    monkeypatch.setattr(mover, "SWITCH_BATCH", 5)
     storage = make(delayed=True)
     files = _saved(storage, [f"{i:02d}.txt" for i in range(12)])
     task = resolve_task(storage.task)
@@ -376,9 +397,9 @@ def test_a_message_whose_files_were_taken_already_goes_on_one_file_first(make, e
     assert _run(storage, files) == "remote: 2"
     waiting = _waiting(storage, [f"w{i}.txt" for i in range(4)])
     asked = []
-    real = transitions.waiting
+    real = transitions.take_waiting
     monkeypatch.setattr(
-        transitions, "waiting", lambda *a, most, **k: asked.append(most) or real(*a, most=most, **k)
+        transitions, "take_waiting", lambda *a, most, **k: asked.append(most) or real(*a, most=most, **k)
     )
     # The message of a and b comes now, stale: nothing of its own to copy.
     assert _run(storage, files) == "done: 2, remote: 4"
@@ -461,15 +482,13 @@ def test_a_waiting_file_another_worker_took_first_is_left_to_it(make, eager, los
     storage = make()
     files = _saved(storage, ["a.txt", "b.txt"])
     waiting = _waiting(storage, ["w.txt"])
-    real = transitions.waiting
+    real = transitions.take_waiting
 
     def raced(*args, **kwargs):
-        found = real(*args, **kwargs)
-        if found:  # another worker claims them between this read and the claim
-            transitions.claim_many(storage.identity, found, "other@worker")
-        return found
+        real(*args, **{**kwargs, "owner": "other@worker"})  # another worker takes them first
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(transitions, "waiting", raced)
+    monkeypatch.setattr(transitions, "take_waiting", raced)
     assert _run(storage, files) == "remote: 2"  # no outcome for w.txt: it was never this message's
     assert _states(storage, waiting) == {"w.txt": "transferring"}
     assert not storage.remote.exists("w.txt")

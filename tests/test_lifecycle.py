@@ -653,13 +653,10 @@ class Lifecycle(RuleBasedStateMachine):
         if job.host is None:
             return True
         most = CLAIM_CHUNK if job.copied else 1
-        found = transitions.waiting(storage.identity, job.host, most=most, delayed=storage.delayed)
-        claims = transitions.claim_many(storage.identity, found, OWNER)
-        job.claimed = [
-            (name, version, record)
-            for (name, version), (claim, record) in zip(found, claims, strict=True)
-            if claim is Claim.CLAIMED and record is not None
-        ]
+        taken = transitions.take_waiting(
+            storage.identity, job.host, most=most, delayed=storage.delayed, owner=OWNER
+        )
+        job.claimed = [(record.name, record.version, record) for record in taken]
         job.failures, job.landed, job.won = [], [], []
         job.taken = True
         job.stage = "copy"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -389,3 +390,126 @@ def test_a_claim_takes_exactly_the_free_rows_and_tells_each_other_what_it_found(
         n: v for n, v in before.items() if n not in claimed
     }
     FileRecord.objects.filter(storage=key).delete()
+
+
+# -- take_waiting: the waiting files a message goes on to
+
+_WAITING_KEY = "taking-" + default_storage.identity[:40]
+
+
+@st.composite
+def _waiting_rows(draw: Any) -> list[dict[str, Any]]:
+    """Rows of every kind a take must choose among, in insertion (key) order."""
+    from queued_storage.conf import SMALL_FILE
+
+    return draw(
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    "state": st.sampled_from(["pending", "pending", "transferring", "remote", "failed"]),
+                    "host": st.sampled_from(["web1", "web2"]),
+                    "attempts": st.sampled_from([0, 0, 1]),
+                    "size": st.sampled_from([0, 10, SMALL_FILE, SMALL_FILE + 1, None]),
+                    "queued": st.booleans(),
+                    "storage": st.sampled_from([_WAITING_KEY, _WAITING_KEY, "another-storage"]),
+                }
+            ),
+            max_size=12,
+        )
+    )
+
+
+@given(rows=_waiting_rows(), delayed=st.booleans(), takes=st.lists(st.integers(1, 4), min_size=1, max_size=4))
+@hsettings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_each_take_claims_the_oldest_untried_small_files_of_its_host_and_changes_nothing_else(
+    rows: list[dict[str, Any]], delayed: bool, takes: list[int]
+) -> None:
+    """After every take: it got the first ``most`` of what waits, in key order, and only those changed."""
+    from queued_storage.conf import SMALL_FILE
+
+    FileRecord.objects.filter(storage__in=[_WAITING_KEY, "another-storage"]).delete()
+    now = timezone_now()
+    for i, row in enumerate(rows):
+        FileRecord.objects.create(
+            storage=row["storage"],
+            name=f"w{i:02d}.txt",
+            version="v1",
+            state=row["state"],
+            host=row["host"],
+            attempts=row["attempts"],
+            size=row["size"],
+            queued_at=now if row["queued"] else None,
+        )
+
+    def snapshot() -> dict[tuple[str, str], tuple[Any, ...]]:
+        return {
+            (r.storage, r.name): (r.state, r.attempts, r.lease_until)
+            for r in FileRecord.objects.filter(storage__in=[_WAITING_KEY, "another-storage"])
+        }
+
+    def waits(record: FileRecord) -> bool:
+        return (
+            record.storage == _WAITING_KEY
+            and record.host == "web1"
+            and record.state == "pending"
+            and record.attempts == 0
+            and record.size is not None
+            and record.size <= SMALL_FILE
+            and (record.queued_at is not None or not delayed)
+        )
+
+    for most in takes:
+        before = snapshot()
+        expected = [r.name for r in FileRecord.objects.order_by("pk") if waits(r)][:most]
+        taken = transitions.take_waiting(_WAITING_KEY, "web1", most=most, delayed=delayed, owner="prop")
+        assert [r.name for r in taken] == expected
+        after = snapshot()
+        for record in taken:
+            state, attempts, lease = after[(_WAITING_KEY, record.name)]
+            assert (state, attempts) == ("transferring", 1) and lease == record.lease_until > now
+            assert record.state == "transferring"
+        changed = {key for key in before if before[key] != after[key]}
+        assert changed == {(_WAITING_KEY, name) for name in expected}
+    FileRecord.objects.filter(storage__in=[_WAITING_KEY, "another-storage"]).delete()
+
+
+def test_workers_taking_at_the_same_time_take_each_waiting_file_once() -> None:
+    """On SQLite the one writer decides; on PostgreSQL, SKIP LOCKED: no file is taken twice or left."""
+    import threading
+
+    from django.db import connections
+
+    names = [f"race{i:02d}.txt" for i in range(60)]
+    FileRecord.objects.bulk_create(
+        FileRecord(storage=_WAITING_KEY, name=name, version="v1", host="web1", size=1) for name in names
+    )
+    start = threading.Barrier(4)
+    taken: dict[int, list[str]] = {}
+
+    def worker(n: int) -> None:
+        try:
+            start.wait()
+            mine = taken.setdefault(n, [])
+            take = functools.partial(transitions.take_waiting, _WAITING_KEY, "web1", most=5, delayed=False)
+            while found := take(owner=f"w{n}"):
+                mine.extend(record.name for record in found)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [name for mine in taken.values() for name in mine]
+    assert sorted(every) == names  # each once
+    assert set(FileRecord.objects.filter(storage=_WAITING_KEY).values_list("state", "attempts")) == {
+        ("transferring", 1)
+    }
+    FileRecord.objects.filter(storage=_WAITING_KEY).delete()
+
+
+def timezone_now() -> Any:
+    from django.utils import timezone
+
+    return timezone.now()
