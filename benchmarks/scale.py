@@ -329,7 +329,7 @@ def _url(flush: bool, rows: int, backlog: Backlog) -> Callable[[], tuple[Call, C
     return next_call
 
 
-# Shown in the query plans only: what a worker reads after a message's own files.
+# Shown in the query plans only: how a worker takes the waiting files after a message's own.
 WAITING = "a message's waiting files (the worker)"
 
 

@@ -425,10 +425,12 @@ def test_each_take_claims_the_oldest_untried_small_files_of_its_host_and_changes
     rows: list[dict[str, Any]], delayed: bool, takes: list[int]
 ) -> None:
     """After every take: it got the first ``most`` of what waits, in key order, and only those changed."""
+    from django.utils import timezone
+
     from queued_storage.conf import SMALL_FILE
 
     FileRecord.objects.filter(storage__in=[_WAITING_KEY, "another-storage"]).delete()
-    now = timezone_now()
+    now = timezone.now()
     for i, row in enumerate(rows):
         FileRecord.objects.create(
             storage=row["storage"],
@@ -466,7 +468,8 @@ def test_each_take_claims_the_oldest_untried_small_files_of_its_host_and_changes
         after = snapshot()
         for record in taken:
             state, attempts, lease = after[(_WAITING_KEY, record.name)]
-            assert (state, attempts) == ("transferring", 1) and lease == record.lease_until > now
+            assert (state, attempts) == ("transferring", 1)
+            assert record.lease_until is not None and lease == record.lease_until > now
             assert record.state == "transferring"
         changed = {key for key in before if before[key] != after[key]}
         assert changed == {(_WAITING_KEY, name) for name in expected}
@@ -507,9 +510,3 @@ def test_workers_taking_at_the_same_time_take_each_waiting_file_once() -> None:
         ("transferring", 1)
     }
     FileRecord.objects.filter(storage=_WAITING_KEY).delete()
-
-
-def timezone_now() -> Any:
-    from django.utils import timezone
-
-    return timezone.now()
