@@ -11,6 +11,7 @@ sends the signals).  Every state change goes through
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -62,9 +63,16 @@ SWITCH_BATCH = 25
 # Seconds a copied file waits for its batch to fill before it is switched anyway
 # (while the next copy goes on): reads move to the remote copy soon, on any link.
 SWITCH_WITHIN = 1.0
+# While a message goes on to files waiting in the table, each commit that switches
+# what landed also takes the next ones: it keeps a batch plus this many seconds of
+# copying queued (at the pace of the message's copies so far), which the upload
+# thread copies while the next commit waits for the database's write lock ...
+AHEAD_SECONDS = 1.0
+# ... and never more files than this: each holds a lease, and the message's end waits for them.
+TAKE_AHEAD = 4 * CLAIM_CHUNK
 # How long a several-file message goes on to files that wait in the table
 # after its own: messages of other storages and hosts wait no longer than this
-# (and the copies of one chunk it claimed before).
+# (and the copies it queued before: about AHEAD_SECONDS of them).
 MORE_FOR = 5.0
 
 
@@ -117,6 +125,13 @@ def busy_wait(record: FileRecord | None) -> float:
     return max(1.0, lease.timestamp() - time.time() + 1) if lease is not None else 1.0
 
 
+def queue_depth(pace: float) -> int:
+    """How many copies a message going on keeps queued, when each has taken ``pace`` seconds so far."""
+    if pace * TAKE_AHEAD <= AHEAD_SECONDS:  # as many as may be (also: no copy timed yet)
+        return TAKE_AHEAD
+    return min(TAKE_AHEAD, SWITCH_BATCH + math.ceil(AHEAD_SECONDS / pace))
+
+
 def default_copy(name: str, local: Storage, remote: Storage, **kwargs: Any) -> Copied:
     """Copy ``name`` with :func:`~queued_storage.transfer.copy_file` and verify it."""
     return copy_file(
@@ -160,9 +175,12 @@ class Mover:
         self._queued: deque[_Queued] = deque()
         self._landed: list[_Landed] = []
         self._landed_at = 0.0  # when the first of the landed copies landed
+        self._copies = 0  # how many copies landed ...
+        self._copy_seconds = 0.0  # ... and the seconds they took
         self._outcomes: list[Outcome] = []
         self._reported = 0
         self._taken: set[str] = set()
+        self._claimed: list[str] = []  # whose leases the lease keeper renews
         self._failing = threading.Event()
 
     # -- one file
@@ -213,86 +231,99 @@ class Mover:
         a file is reported even if a later step raises.  Stopping early
         cancels the copies not started; their leases lapse.
         """
-        keeper = threads.lease_keeper()
         self._queued = deque()
         self._landed = []
         self._outcomes = []
         self._reported = 0
         self._taken = set()
+        self._claimed = []
+        self._copies, self._copy_seconds = 0, 0.0
         self._failing.clear()
-        claimed: list[str] = []
-        uploader = threads.upload_executor()
         files = list(dict.fromkeys(files))  # a name twice would be copied twice
-        own = [files[start : start + CLAIM_CHUNK] for start in range(0, len(files), CLAIM_CHUNK)]
         started = time.monotonic()
         host: str | None = None  # where the message's files are: the waiting files taken must be there too
         try:
-            while own or more:
-                mine = bool(own)
-                if mine:
-                    chunk = own.pop(0)
-                    outcomes = transitions.claim_many(self.storage.identity, chunk, self.owner)
-                    claims = list(zip(chunk, outcomes, strict=True))
-                elif host is None or time.monotonic() - started > MORE_FOR:
-                    break
-                else:
-                    if not self._copied():
-                        # Until a copy of this message has landed, wait for all but the
-                        # last copy queued (which keeps the upload thread busy meanwhile).
-                        yield from self._land_queued(max(len(self._queued) - 1, min(len(self._queued), 1)))
-                    claims = [((r.name, r.version), (Claim.CLAIMED, r)) for r in self._more(host)]
-                    if not claims:
-                        break
+            for start in range(0, len(files), CLAIM_CHUNK):
+                chunk = files[start : start + CLAIM_CHUNK]
                 # The copies of the chunk before stay queued while this one's are added.
                 earlier = len(self._queued)
-                for (name, version), (claim, record) in claims:
-                    if mine and host is None and record is not None and record.version == version:
+                outcomes = transitions.claim_many(self.storage.identity, chunk, self.owner)
+                for (name, version), (claim, record) in zip(chunk, outcomes, strict=True):
+                    if host is None and record is not None and record.version == version:
                         # Saved on the host whose queue this message came from; a newer
                         # save of the name (another version) may be another host's.
                         host = record.host
                     if claim is not Claim.CLAIMED:
-                        if mine:
-                            self._outcomes.append(self._unclaimed(name, version, claim, record))
+                        self._outcomes.append(self._unclaimed(name, version, claim, record))
                         continue
                     assert record is not None
-                    claimed.append(name)
-                    if not mine:
-                        self._taken.add(name)
-                    progress = keeper.add(self.storage.identity, name, version)
-                    copy = uploader.submit(self._copy_queued, name, record, progress, taken=not mine)
-                    self._queued.append((name, version, record, copy))
+                    self._queue(record, taken=False)
                 yield from self._fresh()
                 yield from self._land_queued(earlier)
+            if more and host is not None:
+                yield from self._go_on(host, until=started + MORE_FOR)
             yield from self._land_queued(len(self._queued))
             self._switch()
             yield from self._fresh()
             # A copier may have used the database in that thread.
-            uploader.submit(close_old_connections).result()
+            threads.upload_executor().submit(close_old_connections).result()
         except BaseException as exc:
             # A copy not started yet is not started at all: its lease lapses
             # and the sweeper queues it, as for a worker that died here.
             for *_, future in self._queued:
                 future.cancel()
-            for name in claimed:
+            keeper = threads.lease_keeper()
+            for name in self._claimed:
                 keeper.discard(self.storage.identity, name)
             if isinstance(exc, Exception):
                 # What the failing step reached before it raised is reported too; then the error.
                 yield from self._fresh()
             raise
 
-    def _more(self, host: str) -> list[FileRecord]:
-        """The waiting files taken next (:func:`~queued_storage.transitions.take_waiting`), if no copy failed.
+    def _queue(self, record: FileRecord, *, taken: bool) -> None:
+        """Queue the copy of a claimed file in the upload thread, its lease kept meanwhile."""
+        name, version = record.name, record.version
+        self._claimed.append(name)
+        if taken:
+            self._taken.add(name)
+        progress = threads.lease_keeper().add(self.storage.identity, name, version)
+        copy = threads.upload_executor().submit(self._copy_queued, name, record, progress, taken=taken)
+        self._queued.append((name, version, record, copy))
 
-        Until a copy of this message has landed (a message whose files were
-        all copied already), one file at a time: the remote may be down, and
-        then one file fails, not a chunk.
+    def _go_on(self, host: str, *, until: float) -> Iterator[Outcome]:
+        """Go on to small files waiting in the table on ``host`` until ``until`` or a copy fails.
+
+        Each commit switches the copies landed and takes up to
+        :data:`CLAIM_CHUNK` waiting files (:meth:`_switch`), so that
+        :func:`queue_depth` copies stay queued.  Until a copy of this message
+        has landed (a message whose files were all copied already), one file
+        at a time: the remote may be down, and then one file fails, not a
+        chunk.
         """
-        if self._failing.is_set():
-            return []  # a copy failed, so the remote may be down: take nothing more to fail
-        most = CLAIM_CHUNK if self._copied() else 1
-        return transitions.take_waiting(
-            self.storage.identity, host, most=most, delayed=self.storage.delayed, owner=self.owner
-        )
+        queued = self._queued
+        while time.monotonic() < until:
+            if not self._copied():
+                # Wait for all but the last copy queued (which keeps the upload thread busy meanwhile).
+                yield from self._land_queued(max(len(queued) - 1, min(len(queued), 1)))
+            if self._copied():
+                pace = self._copy_seconds / self._copies if self._copies else 0.0
+                most = min(CLAIM_CHUNK, queue_depth(pace) - len(queued))
+            else:
+                most = 1
+            taken = self._switch(host, most)
+            yield from self._fresh()
+            if most > 0 and not taken:
+                return  # nothing small waits on this host, or a copy failed
+            for record in taken:
+                self._queue(record, taken=True)
+            # Land copies until the next commit is due: a batch landed, the first of
+            # them landed SWITCH_WITHIN ago, or nothing left to land.
+            while queued and len(self._landed) < SWITCH_BATCH:
+                if self._landed and not self._lands_in_time():
+                    break
+                self._land(*queued[0])
+                queued.popleft()  # once landed: an error above leaves it to be cancelled
+                yield from self._fresh()
 
     def _copy_queued(
         self, name: str, record: FileRecord, progress: Progress, *, taken: bool
@@ -331,12 +362,9 @@ class Mover:
         """
         queued = self._queued
         while count > 0:
-            if self._landed:
-                # What landed waits for the next copy SWITCH_WITHIN seconds at most.
-                left = self._landed_at + SWITCH_WITHIN - time.monotonic()
-                if not wait([queued[0][3]], timeout=max(left, 0)).done:
-                    self._switch()
-                    yield from self._fresh()
+            if self._landed and not self._lands_in_time():
+                self._switch()
+                yield from self._fresh()
             self._land(*queued[0])
             queued.popleft()  # once landed: an error above leaves it to be cancelled
             count -= 1
@@ -347,6 +375,11 @@ class Mover:
                     count -= 1
                 self._switch()
             yield from self._fresh()
+
+    def _lands_in_time(self) -> bool:
+        """Wait for the next queued copy while what landed has waited less than :data:`SWITCH_WITHIN`."""
+        left = self._landed_at + SWITCH_WITHIN - time.monotonic()
+        return bool(wait([self._queued[0][3]], timeout=max(left, 0)).done)
 
     def _land(
         self,
@@ -378,21 +411,38 @@ class Mover:
             if not self._landed:
                 self._landed_at = time.monotonic()
             self._landed.append((name, version, record, copied, seconds))
+            self._copies += 1
+            self._copy_seconds += seconds
 
-    def _switch(self) -> None:
-        """Switch the landed copies together (one commit, one cache write), then forget them."""
+    def _switch(self, host: str | None = None, most: int = 0) -> list[FileRecord]:
+        """Switch the landed copies together (one commit, one cache write), then forget them.
+
+        With ``host`` and ``most``, the same commit takes up to ``most``
+        small files waiting on ``host`` (:func:`~queued_storage.transitions.take_waiting`),
+        returned: one wait for the database's write lock for both.  Nothing
+        is taken once a copy failed: the remote may be down.
+        """
         landed = self._landed
-        if not landed:
-            return
-        won = transitions.switch_many(
-            self.storage.identity,
-            [(name, version, copied.size, copied.checksum) for name, version, _, copied, _ in landed],
-        )
+        take = host is not None and most > 0 and not self._failing.is_set()
+        if not landed and not take:
+            return []
+        identity = self.storage.identity
+        with transitions.one_commit():
+            copies = [(name, version, copied.size, copied.checksum) for name, version, _, copied, _ in landed]
+            won = transitions.switch_many(identity, copies) if landed else []
+            taken = (
+                transitions.take_waiting(
+                    identity, host, most=most, delayed=self.storage.delayed, owner=self.owner
+                )
+                if take and host is not None
+                else []
+            )
         keeper = threads.lease_keeper()
         for (name, version, record, copied, seconds), switched in zip(landed, won, strict=True):
-            keeper.discard(self.storage.identity, name)
+            keeper.discard(identity, name)
             self._outcomes.append(self._settle(name, version, record, copied, seconds, switched))
         landed.clear()
+        return taken
 
     # -- the steps
 

@@ -29,8 +29,8 @@ logger = logging.getLogger("queued_storage")
 class LeaseKeeper(threading.Thread):
     """Renews the leases of the files this process copies and records their progress.
 
-    One per process, beating every third of the lease: one write per file per
-    beat, not one per chunk copied.
+    One per process, beating every third of the lease: one commit per beat
+    for all its files, not one per file or per chunk copied.
     """
 
     def __init__(self) -> None:
@@ -71,12 +71,11 @@ class LeaseKeeper(threading.Thread):
     def renew(self) -> None:
         """One beat: renew the lease and record the progress of every file kept."""
         with self._lock:
-            files = [(key, version, done[0]) for key, (version, done) in self._files.items()]
+            files = [(key[0], key[1], version, done[0]) for key, (version, done) in self._files.items()]
         if not files:
             return
         try:
-            for (storage, name), version, done in files:
-                transitions.heartbeat(storage, name, version, done)
+            transitions.heartbeat_many(files)
         except Exception:
             # The database is down: the next beat tries again, and a lease
             # that lapses meanwhile only lets the sweeper queue the file.

@@ -315,7 +315,7 @@ def take_waiting(storage: str, host: str, *, most: int, delayed: bool, owner: st
         chosen = chosen.select_for_update(skip_locked=True)
     now = timezone.now()
     lease = _new_lease(now)
-    with transaction.atomic(using=using):
+    with transaction.atomic(using=using, savepoint=False):
         won = FileRecord.objects.filter(pk__in=chosen).update(
             state=State.TRANSFERRING,
             lease_until=lease,
@@ -356,6 +356,44 @@ def heartbeat(storage: str, name: str, version: str, bytes_done: int) -> bool:
     return False
 
 
+# Files renewed by one statement: its parameters stay well under SQLite's limit.
+_BEAT_CHUNK = 200
+
+
+def heartbeat_many(beats: Collection[tuple[str, str, str, int]]) -> None:
+    """:func:`heartbeat` for several ``(storage, name, version, bytes_done)`` under one commit.
+
+    A worker's queued copies all wait for the write lock once per beat,
+    not once each (SQLite's lock is shared with every save), and the files
+    with the same progress (the queued ones, none started) share their
+    ``UPDATE``.
+    """
+    groups: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for storage, name, version, done in beats:
+        groups.setdefault((storage, done), []).append((name, version))
+    now = timezone.now()
+    lease = now + timedelta(seconds=conf.LEASE)
+    with transaction.atomic(using=router.db_for_write(FileRecord)):
+        for (storage, done), files in groups.items():
+            for start in range(0, len(files), _BEAT_CHUNK):
+                versions = Q()
+                for name, version in files[start : start + _BEAT_CHUNK]:
+                    versions |= Q(name=name, version=version)
+                rows = FileRecord.objects.filter(versions, storage=storage)
+                copying = rows.filter(state=State.TRANSFERRING)
+                copying.update(bytes_done=done, lease_until=lease, updated_at=now)
+                rows.filter(state=State.DELETED, lease_until__isnull=False).update(lease_until=lease)
+
+
+def one_commit() -> transaction.Atomic:
+    """Run several transitions under one commit: one wait for the database's write lock.
+
+    The mover switches what landed and takes the next files so.  What each
+    transition writes to the cache mirror is written after that commit.
+    """
+    return transaction.atomic(using=router.db_for_write(FileRecord))
+
+
 def switch_to_remote(storage: str, name: str, version: str, *, size: int, checksum: str) -> bool:
     """The compare-and-set that moves reads to the remote copy; False if the file changed."""
     return switch_many(storage, [(name, version, size, checksum)])[0]
@@ -370,7 +408,8 @@ def switch_many(storage: str, copies: list[tuple[str, str, int, str]]) -> list[b
     of small files pays it once.
     """
     won: list[bool] = []
-    with transaction.atomic(using=router.db_for_write(FileRecord)):
+    using = router.db_for_write(FileRecord)
+    with transaction.atomic(using=using, savepoint=False):
         for name, version, size, checksum in copies:
             now = timezone.now()
             switched = FileRecord.objects.filter(
@@ -386,7 +425,11 @@ def switch_many(storage: str, copies: list[tuple[str, str, int, str]]) -> list[b
                 updated_at=now,
             )
             won.append(bool(switched))
-    mirror.write_many(storage, [copy[0] for copy, ok in zip(copies, won, strict=True) if ok], State.REMOTE)
+        switched_names = [copy[0] for copy, ok in zip(copies, won, strict=True) if ok]
+        # After the commit: within one_commit(), that of the transitions after this one too.
+        transaction.on_commit(
+            functools.partial(mirror.write_many, storage, switched_names, State.REMOTE), using=using
+        )
     return won
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from django.core.files.base import ContentFile
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from queued_storage.models import FileRecord
 from queued_storage.publishing import resolve_task
@@ -89,6 +91,7 @@ def test_copies_are_switched_in_batches_while_the_next_one_copies(make, eager, m
     from queued_storage import mover, transitions
 
     batch = mover.SWITCH_BATCH
+    monkeypatch.setattr(mover, "MORE_FOR", 0.0)  # the message's own files alone: no commit that takes
     storage = make(delayed=True)
     files = _saved(storage, [f"{i:02d}.txt" for i in range(batch + 7)])
     task = resolve_task(storage.task)
@@ -405,6 +408,77 @@ def test_a_message_whose_files_were_taken_already_goes_on_one_file_first(make, e
     assert _run(storage, files) == "done: 2, remote: 4"
     assert set(_states(storage, waiting).values()) == {"remote"}
     assert asked[:2] == [1, 50]  # one until a copy has landed, then a chunk
+
+
+def test_going_on_each_commit_switches_a_batch_and_takes_enough_to_keep_the_queue_full(
+    make, eager, lost, monkeypatch
+):
+    """One commit (one wait for the write lock) per batch switched, the next take in it, TAKE_AHEAD queued."""
+    from contextlib import contextmanager
+
+    from queued_storage import mover, transitions
+
+    monkeypatch.setattr(mover, "SWITCH_WITHIN", 60.0)  # batches fill by count alone, however slow the run
+    monkeypatch.setattr(mover, "MORE_FOR", 60.0)
+    monkeypatch.setattr(mover, "AHEAD_SECONDS", 60.0)  # so the queue's depth is TAKE_AHEAD, whatever the pace
+    monkeypatch.setattr(mover, "TAKE_AHEAD", 100)
+    storage = make()
+    files = _saved(storage, ["a.txt", "b.txt"])
+    count = 3 * mover.TAKE_AHEAD
+    waiting = _waiting(storage, [f"w{i:03d}.txt" for i in range(count)])
+    real_commit, real_switch = transitions.one_commit, transitions.switch_many
+    real_take = transitions.take_waiting
+    open_commits: list[list[int]] = []
+    commits: list[tuple[int, int]] = []  # (switched, taken) in each commit of the mover
+
+    @contextmanager
+    def one_commit():
+        open_commits.append([0, 0])
+        with real_commit():
+            yield
+        switched, taken = open_commits.pop()
+        commits.append((switched, taken))
+
+    def switch_many(key, copies):
+        assert open_commits, "a switch outside the mover's commits"
+        open_commits[-1][0] += len(copies)
+        return real_switch(key, copies)
+
+    def take_waiting(*args, **kwargs):
+        assert open_commits, "a take outside the mover's commits"
+        taken = real_take(*args, **kwargs)
+        open_commits[-1][1] += len(taken)
+        return taken
+
+    monkeypatch.setattr(transitions, "one_commit", one_commit)
+    monkeypatch.setattr(transitions, "switch_many", switch_many)
+    monkeypatch.setattr(transitions, "take_waiting", take_waiting)
+    assert _run(storage, files) == f"remote: {count + 2}"
+    assert set(_states(storage, waiting).values()) == {"remote"}
+    # Every take rides on a commit that switches: no wait for the lock of its own.
+    assert all(switched for switched, taken in commits if taken)
+    assert len(commits) <= -(-(count + 2) // mover.SWITCH_BATCH) + 2
+    # After each commit, until the table is empty, the queue is back at its depth:
+    # the upload thread has those to copy while the next commit waits.
+    queued, taken_in_all, full = 2, 0, []
+    for switched, taken in commits:
+        queued += taken - switched
+        taken_in_all += taken
+        if taken_in_all < count:
+            full.append(queued)
+    assert full[2:] and set(full[2:]) == {mover.TAKE_AHEAD}, commits
+
+
+@given(pace=st.floats(0.0, 120.0))
+@example(pace=2.2250738585e-313)  # found by Hypothesis: AHEAD_SECONDS / pace overflowed
+def test_the_queue_holds_a_batch_and_ahead_seconds_of_copying_at_most_take_ahead_files(pace: float) -> None:
+    from queued_storage.mover import AHEAD_SECONDS, SWITCH_BATCH, TAKE_AHEAD, queue_depth
+
+    depth = queue_depth(pace)
+    assert SWITCH_BATCH < depth <= TAKE_AHEAD
+    if depth < TAKE_AHEAD:  # enough to copy while a commit waits that long
+        assert (depth - SWITCH_BATCH) * pace >= AHEAD_SECONDS
+    assert queue_depth(pace * 2) <= depth  # slower copies, fewer files queued
 
 
 def test_a_stale_message_fails_one_waiting_file_when_the_remote_fails(make, eager, lost, settings):

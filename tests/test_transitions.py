@@ -21,6 +21,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from queued_storage import QueuedStorage, mirror, transitions, views
+from queued_storage.conf import conf
 from queued_storage.models import FileRecord
 from queued_storage.mover import Kind, Mover
 from queued_storage.views import serve
@@ -138,6 +139,119 @@ def test_switching_several_copies_sets_each_on_its_own_and_the_cache_once(monkey
     assert len(writes) == 1  # one round trip for the batch
     assert [mirror.cached_state(key, name) for name in names] == ["remote", "remote", "transferring"]
     assert transitions.switch_many(key, copies) == [False, False, False]  # each set happens once
+
+
+@override_settings(QUEUED_STORAGE_QUEUE="nobody-consumes-this")
+def test_a_switch_and_a_take_under_one_commit_land_together_or_not_at_all(monkeypatch):
+    """The cache learns of a switch only once its commit holds, whatever else that commit did."""
+    key = default_storage.identity
+    name = default_storage.save("together/copied.txt", ContentFile(b"x"))
+    waiting = default_storage.save("together/waiting.txt", ContentFile(b"y"))
+    version = FileRecord.objects.get(storage=key, name=name).version
+    host = FileRecord.objects.get(storage=key, name=waiting).host
+    [(outcome, _)] = transitions.claim_many(key, [(name, version)], owner="test")
+    assert outcome is transitions.Claim.CLAIMED
+    default_storage.url(name)  # a reader cached "transferring"
+    real_take = transitions.take_waiting
+
+    def take_then_fail(*args: Any, **kwargs: Any) -> list[FileRecord]:
+        assert real_take(*args, **kwargs)
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(transitions, "take_waiting", take_then_fail)
+    with pytest.raises(RuntimeError), transitions.one_commit():
+        assert transitions.switch_many(key, [(name, version, 1, "md5:x")]) == [True]
+        transitions.take_waiting(key, host, most=5, delayed=False, owner="test")
+    # Neither happened: the copied file still transferring, in the row and in the cache.
+    assert default_storage.status(name).state == "transferring"
+    assert mirror.cached_state(key, name) == "transferring"
+    assert default_storage.status(waiting).state == "pending"
+    monkeypatch.setattr(transitions, "take_waiting", real_take)
+    with transitions.one_commit():
+        assert transitions.switch_many(key, [(name, version, 1, "md5:x")]) == [True]
+        # Not in the cache before the commit: the row may still roll back.
+        assert mirror.cached_state(key, name) == "transferring"
+        assert [r.name for r in transitions.take_waiting(key, host, most=5, delayed=False, owner="t")] == [
+            waiting
+        ]
+    assert mirror.cached_state(key, name) == "remote"
+    assert default_storage.status(waiting).state == "transferring"
+
+
+_BEAT_KEY = "beating-" + default_storage.identity[:40]
+
+
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {
+                "state": st.sampled_from(["pending", "transferring", "transferring", "remote", "deleted"]),
+                "leased": st.booleans(),
+                "beat": st.sampled_from([None, "same", "same", "another version"]),
+                "done": st.sampled_from([0, 0, 7, 100]),
+                "storage": st.sampled_from([_BEAT_KEY, _BEAT_KEY, "another-storage"]),
+            }
+        ),
+        max_size=12,
+    ),
+    chunk=st.sampled_from([1, 2, 200]),
+)
+@hsettings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_one_beat_renews_what_heartbeat_would_renew_file_by_file_and_nothing_else(
+    rows: list[dict[str, Any]], chunk: int
+) -> None:
+    """``heartbeat_many`` under one commit against :func:`heartbeat` for each file, row by row."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    FileRecord.objects.filter(storage__in=[_BEAT_KEY, "another-storage"]).delete()
+    old = timezone.now() - timedelta(seconds=5)
+    FileRecord.objects.bulk_create(
+        FileRecord(
+            storage=row["storage"],
+            name=f"b{i:02d}.txt",
+            version="v1",
+            state=row["state"],
+            lease_until=old if row["leased"] else None,
+            bytes_done=1,
+        )
+        for i, row in enumerate(rows)
+    )
+    beats = [
+        (row["storage"], f"b{i:02d}.txt", "v1" if row["beat"] == "same" else "v0", row["done"])
+        for i, row in enumerate(rows)
+        if row["beat"] is not None
+    ]
+
+    def snapshot() -> dict[tuple[str, str], tuple[Any, ...]]:
+        return {
+            (r.storage, r.name): (r.state, r.bytes_done, r.lease_until)
+            for r in FileRecord.objects.filter(storage__in=[_BEAT_KEY, "another-storage"])
+        }
+
+    before = snapshot()
+    started = timezone.now()
+    with mock.patch.object(transitions, "_BEAT_CHUNK", chunk):
+        transitions.heartbeat_many(beats)
+    after = snapshot()
+    renewed = {}
+    for storage, name, version, done in beats:
+        state, _, lease = before[storage, name]
+        if version != "v1":
+            continue  # saved again since: not this worker's any more
+        if state == "transferring":
+            renewed[storage, name] = ("transferring", done)
+        elif state == "deleted" and lease is not None:
+            renewed[storage, name] = ("deleted", 1)  # its copy is removed when it ends: kept, no progress
+    for key, (state, done, lease) in after.items():
+        if key in renewed:
+            assert (state, done) == renewed[key]
+            assert lease is not None
+            assert lease >= started + timedelta(seconds=conf.LEASE) - timedelta(seconds=1)
+        else:
+            assert (state, done, lease) == before[key]
+    FileRecord.objects.filter(storage__in=[_BEAT_KEY, "another-storage"]).delete()
 
 
 class Interleave:
