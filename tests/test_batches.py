@@ -421,7 +421,10 @@ def test_going_on_each_commit_switches_a_batch_and_takes_enough_to_keep_the_queu
     monkeypatch.setattr(mover, "SWITCH_WITHIN", 60.0)  # batches fill by count alone, however slow the run
     monkeypatch.setattr(mover, "MORE_FOR", 60.0)
     monkeypatch.setattr(mover, "AHEAD_SECONDS", 60.0)  # so the queue's depth is TAKE_AHEAD, whatever the pace
-    monkeypatch.setattr(mover, "TAKE_AHEAD", 100)
+    # Smaller than by default, as many steps: fewer files to copy.
+    monkeypatch.setattr(mover, "SWITCH_BATCH", 5)
+    monkeypatch.setattr(mover, "CLAIM_CHUNK", 10)
+    monkeypatch.setattr(mover, "TAKE_AHEAD", 20)
     storage = make()
     files = _saved(storage, ["a.txt", "b.txt"])
     count = 3 * mover.TAKE_AHEAD
