@@ -68,8 +68,9 @@ SWITCH_WITHIN = 1.0
 # copying queued (at the pace of the message's copies so far), which the upload
 # thread copies while the next commit waits for the database's write lock ...
 AHEAD_SECONDS = 1.0
-# ... and never more files than this: each holds a lease, and the message's end waits for them.
-TAKE_AHEAD = 4 * CLAIM_CHUNK
+# ... and never more files than this: each holds a lease, the message's end waits
+# for them, and with several workers what one holds queued the others cannot copy.
+TAKE_AHEAD = 2 * CLAIM_CHUNK
 # How long a several-file message goes on to files that wait in the table
 # after its own: messages of other storages and hosts wait no longer than this
 # (and the copies it queued before: about AHEAD_SECONDS of them).
