@@ -343,7 +343,8 @@ class Mover:
         return result
 
     def _copied(self) -> bool:
-        return bool(self._landed) or any(outcome.kind is Kind.REMOTE for outcome in self._outcomes)
+        """Whether a copy of this message has landed (every file switched landed first)."""
+        return self._copies > 0
 
     def _fresh(self) -> list[Outcome]:
         """The outcomes reached since the last call."""

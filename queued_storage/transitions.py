@@ -347,13 +347,8 @@ def heartbeat(storage: str, name: str, version: str, bytes_done: int) -> bool:
     removes its copy when the copy ends, and the sweeper must not take over
     the tombstone of a worker that is still alive.
     """
-    now = timezone.now()
-    lease = now + timedelta(seconds=conf.LEASE)
-    row = FileRecord.objects.filter(storage=storage, name=name, version=version)
-    if row.filter(state=State.TRANSFERRING).update(bytes_done=bytes_done, lease_until=lease, updated_at=now):
-        return True
-    row.filter(state=State.DELETED, lease_until__isnull=False).update(lease_until=lease)
-    return False
+    rows = FileRecord.objects.filter(storage=storage, name=name, version=version)
+    return bool(_renew(rows, 1, bytes_done, timezone.now()))
 
 
 # Files renewed by one statement: its parameters stay well under SQLite's limit.
@@ -372,17 +367,28 @@ def heartbeat_many(beats: Collection[tuple[str, str, str, int]]) -> None:
     for storage, name, version, done in beats:
         groups.setdefault((storage, done), []).append((name, version))
     now = timezone.now()
-    lease = now + timedelta(seconds=conf.LEASE)
     with transaction.atomic(using=router.db_for_write(FileRecord)):
         for (storage, done), files in groups.items():
             for start in range(0, len(files), _BEAT_CHUNK):
+                chunk = files[start : start + _BEAT_CHUNK]
                 versions = Q()
-                for name, version in files[start : start + _BEAT_CHUNK]:
+                for name, version in chunk:
                     versions |= Q(name=name, version=version)
-                rows = FileRecord.objects.filter(versions, storage=storage)
-                copying = rows.filter(state=State.TRANSFERRING)
-                copying.update(bytes_done=done, lease_until=lease, updated_at=now)
-                rows.filter(state=State.DELETED, lease_until__isnull=False).update(lease_until=lease)
+                _renew(FileRecord.objects.filter(versions, storage=storage), len(chunk), done, now)
+
+
+def _renew(rows: QuerySet[FileRecord], files: int, bytes_done: int, now: datetime) -> int:
+    """Renew the leases of ``rows`` (``files`` asked for) and record progress; how many still copy.
+
+    Tombstones with a lease are renewed only when some row was not copying.
+    """
+    lease = now + timedelta(seconds=conf.LEASE)
+    copying: int = rows.filter(state=State.TRANSFERRING).update(
+        bytes_done=bytes_done, lease_until=lease, updated_at=now
+    )
+    if copying < files:
+        rows.filter(state=State.DELETED, lease_until__isnull=False).update(lease_until=lease)
+    return copying
 
 
 def one_commit() -> transaction.Atomic:
