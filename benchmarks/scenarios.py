@@ -28,15 +28,15 @@ from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage as _default_storage
 from django.core.files.storage import storages
-from django.db import transaction
 from django.db.models import Count
 from django.test import override_settings
 
-from queued_storage import publishing, transitions
+from queued_storage import publishing
 from queued_storage.models import FileRecord, State
 
 from .harness import BUCKET, PARKED, Services, kib, reset_peak
 from .results import Results, Row
+from .urls import record
 
 KB, MB = 1000, 1000 * 1000
 MiB = 1024 * 1024
@@ -77,14 +77,14 @@ FULL = Plan(
     save_reps={"1 KB": 200, "1 MB": 40, "10 MB": 12, "100 MB": 15},
     wan_reps={"1 KB": 12, "1 MB": 6, "10 MB": 4, "100 MB": 2},
     upload_sizes={"100 KB": 100 * KB, "10 MB": 10 * MB},
-    upload_reps=10,
+    upload_reps=30,
     upload_wan_reps=3,
     url_calls=2000,
     url_wan_calls=10,
     transfer_sizes={"100 MB": 100 * MB, "500 MB": 500 * MB},
     transfer_reps=5,  # the target is on the median of 5
     small_files=2000,
-    small_reps=3,
+    small_reps=5,
     wan_small_files=30,
     message_sizes={"1 KB": KB, "500 MB": 500 * MB},
     serve_size=100 * MB,
@@ -349,8 +349,7 @@ RECORD = "the record alone: INSERT + COMMIT, as save() writes it"
 
 def _record(name: str) -> None:
     """The record's INSERT + COMMIT as save() writes it."""
-    with transaction.atomic():
-        transitions.record_saved(default_storage.identity, name, KB)
+    record(name, KB)
 
 
 def record_alone(reps: int, folder: str) -> list[float]:
@@ -424,32 +423,37 @@ def _post(port: int, path: str, body: bytes, boundary: str) -> float:
 def upload_request(services: Services, results: Results, plan: Plan) -> None:
     """A POST whose view creates a model with the file, through waitress (default settings)."""
     views = {
-        "view + FileSystemStorage": "fs",
-        "view + QueuedStorage": "default",
-        "view + S3Storage direct": "s3",
-        "view + S3Storage through the WAN link": "s3_wan",
+        FS_VIEW: "/upload/fs/",
+        "view + QueuedStorage": "/upload/default/",
+        "view + S3Storage direct": "/upload/s3/",
+        "view + S3Storage through the WAN link": "/upload/s3_wan/",
+        FLOOR_VIEW: "/upload-floor/",
     }
     with services.wsgi_server(QS_BENCH_QUEUE=PARKED) as (port, _pid):
         for label, size in plan.upload_sizes.items():
             body, boundary = _multipart(size)
             samples: dict[str, list[float]] = {s: [] for s in views}
-            for alias in views.values():
-                _post(port, f"/upload/{alias}/", body, boundary)
+            for url in views.values():
+                _post(port, url, body, boundary)
             for rep in range(plan.upload_reps):
                 order = list(views.items())
                 random.Random(rep).shuffle(order)
-                for subject, alias in order:
-                    if alias == "s3_wan" and rep >= plan.upload_wan_reps:
+                for subject, url in order:
+                    if url == "/upload/s3_wan/" and rep >= plan.upload_wan_reps:
                         continue
-                    samples[subject].append(_post(port, f"/upload/{alias}/", body, boundary))
+                    samples[subject].append(_post(port, url, body, boundary))
             case = f"POST {label}"
-            fs, queued, _, wan = (
+            fs, queued, _, wan, floor = (
                 results.add(Row("2 upload", case, subject, "ms", _ms(samples[subject]), baseline=base))
-                for subject, base in zip(views, [None, *["view + FileSystemStorage"] * 3], strict=True)
+                for subject, base in zip(views, [None, *[FS_VIEW] * 4], strict=True)
             )
-            queued.target, queued.ok = "≤ 1.1× FileSystemStorage", queued.median <= 1.1 * fs.median
-            speedup = wan.median / queued.median
-            wan.target = f"≥ 100× the queued view ({speedup:.0f}×)"
+            over = f"{queued.median - floor.median:+.2f} ms against its floor, {floor.median:.2f} ms"
+            queued.target = f"≤ 1.1× FileSystemStorage ({over})"
+            queued.ok = queued.median <= 1.1 * fs.median
+            speedup, fs_speedup = wan.median / queued.median, wan.median / fs.median
+            wan.target = (
+                f"≥ 100× the queued view ({speedup:.0f}×; the view on FileSystemStorage {fs_speedup:.0f}×)"
+            )
             wan.ok = speedup >= 100
     services.purge_parked()
     from .models import BY_ALIAS
@@ -459,6 +463,12 @@ def upload_request(services: Services, results: Results, plan: Plan) -> None:
     shutil.rmtree(Path(storages["fs"].path("uploads")), ignore_errors=True)
     _forget_queued("uploads/")
     services.empty_bucket("uploads/")
+
+
+FS_VIEW = "view + FileSystemStorage"
+# What any storage that records each file durably pays in the request: the
+# view on FileSystemStorage plus the record's INSERT + COMMIT.
+FLOOR_VIEW = "view + FileSystemStorage + the record's INSERT + COMMIT (floor)"
 
 
 # -- 3. url() ----------------------------------------------------------------------------------
@@ -779,9 +789,15 @@ def small_files(services: Services, results: Results, plan: Plan, worker: Any, p
         row = results.add(
             Row("5 small files", label, subject, "files/s", ours[subject], baseline=base.subject)
         )
-        row.note = f"{row.median / floor.median:.2f}× raw boto3 beside the saves"
+        # Each rep times raw boto3 just before the queued storage: the ratio
+        # within a rep leaves out how the machine's speed drifts between reps.
+        paired = sorted(ours / raw for ours, raw in zip(ours[subject], raws, strict=True))
+        row.note = (
+            f"{row.median / floor.median:.2f}× raw boto3 beside the saves; "
+            f"{paired[0]:.2f}–{paired[-1]:.2f}× raw boto3 within each rep"
+        )
         if modes[subject]:  # the default configuration is the one judged
-            row.target, row.ok = "≥ 0.8× raw boto3", row.median >= 0.8 * base.median
+            row.target, row.ok = f"≥ 0.8× raw boto3 ({row.note})", row.median >= 0.8 * base.median
         results.add(
             Row(
                 "5 small files",

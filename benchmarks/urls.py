@@ -1,10 +1,12 @@
-"""Views of the benchmark server: an upload form handler and three ways to serve a local file."""
+"""Views of the benchmark server: upload form handlers and three ways to serve a local file."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.core.files.storage import default_storage
+from django.db import transaction
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, include, path
 
@@ -21,6 +23,25 @@ def upload(request: HttpRequest, alias: str) -> HttpResponse:
     return HttpResponse(BY_ALIAS[alias].objects.create(file=request.FILES["file"]).file.name)
 
 
+def record(name: str, size: int) -> None:
+    """The record's ``INSERT`` + ``COMMIT`` as ``save()`` writes it."""
+    from queued_storage import transitions
+
+    queued: Any = default_storage
+    with transaction.atomic():
+        transitions.record_saved(queued.identity, name, size)
+
+
+def upload_floor(request: HttpRequest) -> HttpResponse:
+    """The upload view on ``FileSystemStorage`` that also commits one record: a recording storage's floor."""
+    from .models import BY_ALIAS
+
+    file: Any = request.FILES["file"]
+    upload = BY_ALIAS["fs"].objects.create(file=file)
+    record(f"uploads/floor/{uuid.uuid4().hex}.bin", file.size)
+    return HttpResponse(upload.file.name)
+
+
 def serve_file_response(request: HttpRequest, name: str) -> FileResponse:
     return FileResponse(open(_local_path(name), "rb"))
 
@@ -32,6 +53,7 @@ def serve_naive(request: HttpRequest, name: str) -> HttpResponse:
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("upload/<str:alias>/", upload),
+    path("upload-floor/", upload_floor),
     path("files/", include("queued_storage.urls")),
     path("serve/file-response/<path:name>", serve_file_response),
     path("serve/naive/<path:name>", serve_naive),
