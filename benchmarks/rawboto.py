@@ -2,7 +2,9 @@
 
 ``python -m benchmarks.rawboto one FILE KEY`` uploads one file with
 ``upload_file`` and boto3's default ``TransferConfig`` (what django-storages
-uses); ``python -m benchmarks.rawboto many DIR PREFIX THREADS`` PUTs every
+uses); ``one FILE KEY read`` does the same while another thread reads the
+file once for the CRC32 of its parts, as the worker's verification does;
+``python -m benchmarks.rawboto many DIR PREFIX THREADS`` PUTs every
 file of DIR with THREADS threads sharing one client.  Prints one JSON line.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,14 +42,31 @@ def _client() -> Any:
     )
 
 
-def one(path: str, key: str, bucket: str) -> dict[str, float]:
+def _verification_read(path: str) -> threading.Thread:
+    """The worker's own read of a file while its parts go out (the CRC32 S3 keeps), not started."""
+    from s3transfer.utils import ChunksizeAdjuster
+
+    from queued_storage.s3 import _composite_crc32
+
+    part_size = ChunksizeAdjuster().adjust_chunksize(
+        TransferConfig().multipart_chunksize, os.path.getsize(path)
+    )
+    return threading.Thread(target=_composite_crc32, args=(path, part_size))
+
+
+def one(path: str, key: str, bucket: str, read: bool = False) -> dict[str, float]:
     client = _client()
     client.put_object(Bucket=bucket, Key=key + ".warmup", Body=b"x" * 1024)
     client.upload_file(path, bucket, key + ".warmup2", Config=TransferConfig())  # load s3transfer
     idle = _kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from here
+    reader = _verification_read(path) if read else None  # imported before the clock starts
     started = time.perf_counter()
+    if reader is not None:
+        reader.start()
     client.upload_file(path, bucket, key, Config=TransferConfig())
+    if reader is not None:
+        reader.join()
     seconds = time.perf_counter() - started
     peak = _kib("VmHWM")
     return {"seconds": seconds, "idle_kib": idle, "peak_kib": peak}
@@ -70,7 +90,10 @@ def many(directory: str, prefix: str, threads: int, bucket: str) -> dict[str, fl
 def main() -> None:
     mode, *args = sys.argv[1:]
     bucket = os.environ.get("QS_BENCH_BUCKET", "qs-bench")
-    result = one(args[0], args[1], bucket) if mode == "one" else many(args[0], args[1], int(args[2]), bucket)
+    if mode == "one":
+        result = one(args[0], args[1], bucket, read=args[2:] == ["read"])
+    else:
+        result = many(args[0], args[1], int(args[2]), bucket)
     print(json.dumps(result), flush=True)
 
 
