@@ -36,7 +36,7 @@ from queued_storage.models import FileRecord, State
 
 from .harness import BUCKET, PARKED, Services, kib, reset_peak
 from .results import Results, Row
-from .urls import record
+from .urls import record as commit_record
 
 KB, MB = 1000, 1000 * 1000
 MiB = 1024 * 1024
@@ -321,7 +321,7 @@ def _save_samples(
             if model is None:
                 name = f"uploads/parts/{uuid.uuid4().hex}.bin"
                 started = time.perf_counter()
-                _record(name)
+                commit_record(name, KB)
                 record.append(time.perf_counter() - started)
                 continue
             content = ContentFile(data, name="upload.bin")
@@ -347,15 +347,10 @@ def _save_samples(
 RECORD = "the record alone: INSERT + COMMIT, as save() writes it"
 
 
-def _record(name: str) -> None:
-    """The record's INSERT + COMMIT as save() writes it."""
-    record(name, KB)
-
-
 def record_alone(reps: int, folder: str) -> list[float]:
     """The record's INSERT + COMMIT as save() writes it, timed alone ``reps`` times (seconds)."""
     names = iter([f"{folder}{uuid.uuid4().hex}.bin" for _ in range(reps)])  # made before the clock
-    samples = _per_call(lambda: _record(next(names)), reps)
+    samples = _per_call(lambda: commit_record(next(names), KB), reps)
     _forget_queued(folder)
     return samples
 
