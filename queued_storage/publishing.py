@@ -18,7 +18,8 @@ The thread also sends a burst of small files in fewer messages: it waits up to
 ``LINGER`` seconds for more saves, then sends up to ``QUEUED_STORAGE_BATCH_FILES`` files of
 one storage and host, each under ``BATCH_MAX_SIZE``, as one task, so the
 worker pays Celery's cost per message once for the lot.  A file alone, or a
-large one, still gets its own message.  The sweeper groups its backlog the
+large one, still gets its own message; a large one waits only ``SETTLE``
+seconds, so its copy starts soon.  The sweeper groups its backlog the
 same way (:func:`coalesce`).
 """
 
@@ -156,11 +157,22 @@ FLUSH_TIMEOUT = 10.0
 # Long enough for a burst of saves to fill a message (each message costs the
 # worker a hand-off and two commits); short beside any transfer it delays.
 LINGER = 0.05
+# What a message that travels alone waits: longer than the saving thread's
+# last steps after its record's commit (the model row's INSERT and COMMIT),
+# which the publish would otherwise compete with for the GIL; short beside
+# the copy of a large file, whose latency it adds to.
+SETTLE = 0.01
 # Only small files share a message, so a long copy never holds others back.
 BATCH_MAX_SIZE = SMALL_FILE
 
 # storage, name, version, host, size
 Message = tuple["QueuedStorage", str, str, "str | None", "int | None"]
+
+
+def _may_share(message: Message) -> bool:
+    """Whether the file of ``message`` is small enough to share a message with others."""
+    size = message[4]
+    return size is not None and size <= BATCH_MAX_SIZE
 
 
 def coalesce(
@@ -173,8 +185,9 @@ def coalesce(
     """
     groups: list[tuple[QueuedStorage, list[tuple[str, str]], str | None]] = []
     open_groups: dict[tuple[str, str | None], int] = {}
-    for storage, name, version, host, size in messages:
-        if size is None or size > BATCH_MAX_SIZE:
+    for message in messages:
+        storage, name, version, host, _ = message
+        if not _may_share(message):
             groups.append((storage, [(name, version)], host))
             continue
         index = open_groups.get((storage.identity, host))
@@ -183,6 +196,10 @@ def coalesce(
             groups.append((storage, [], host))
         groups[index][1].append((name, version))
     return groups
+
+
+def _never() -> bool:
+    return False
 
 
 class _Publisher:
@@ -212,12 +229,14 @@ class _Publisher:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._messages))
                 most = conf.BATCH_FILES
-                # A burst goes out in fewer messages; one save waits LINGER at most.
-                # A large file, which travels alone, waits too: the wait keeps the
-                # broker round trip off the saving thread's last steps (its model
-                # row's INSERT and COMMIT), where it would compete for the GIL.
-                if most > 1:
+                if most > 1 and any(_may_share(message) for message in self._messages):
+                    # A burst of small files goes out in fewer messages; one save
+                    # waits LINGER at most.
                     self._cond.wait_for(partial(self._holds, most), LINGER)
+                else:
+                    # Each file travels alone (a large one, or batching is off):
+                    # the wait only lets the saving thread finish.
+                    self._cond.wait_for(_never, SETTLE)
                 messages = list(self._messages)
                 self._messages.clear()
             for storage, files, host in coalesce(messages, most):

@@ -72,17 +72,29 @@ def test_a_burst_of_small_saves_goes_out_in_fewer_messages(make, settings, slow_
     assert [large] in [batch for batch, _ in sent]  # a large file travels alone
 
 
-def test_a_large_file_waits_linger_too_off_the_saving_thread(make, settings, monkeypatch):
+def test_a_large_file_waits_settle_off_the_saving_thread(make, settings, monkeypatch):
     sent: list[list[str]] = []
     _broker(monkeypatch, lambda storage, files, host=None: sent.append([n for n, _ in files]) or True)
     settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True
     monkeypatch.setattr(publishing, "BATCH_MAX_SIZE", 100)
-    monkeypatch.setattr(publishing, "LINGER", 2.0)  # well beyond the first flush below
+    monkeypatch.setattr(publishing, "SETTLE", 2.0)  # well beyond the first flush below
     storage = make()
     large = storage.save("large.bin", ContentFile(b"x" * 101))
     assert publishing.flush(0.05) is False  # held, not sent while save()'s caller goes on
     assert publishing.flush(10) is True
     assert sent == [[large]]  # and alone
+
+
+def test_a_large_file_does_not_wait_for_a_burst(make, settings, monkeypatch):
+    sent: list[list[str]] = []
+    _broker(monkeypatch, lambda storage, files, host=None: sent.append([n for n, _ in files]) or True)
+    settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True
+    monkeypatch.setattr(publishing, "BATCH_MAX_SIZE", 100)
+    monkeypatch.setattr(publishing, "LINGER", 60.0)  # a flush that waited for it would time out
+    storage = make()
+    large = storage.save("large.bin", ContentFile(b"x" * 101))
+    assert publishing.flush(10) is True
+    assert sent == [[large]]
 
 
 def test_batch_files_one_sends_each_file_alone(make, settings, slow_broker):
