@@ -74,7 +74,7 @@ class Plan:
 
 FULL = Plan(
     save_sizes={"1 KB": KB, "1 MB": MB, "10 MB": 10 * MB, "100 MB": 100 * MB},
-    save_reps={"1 KB": 200, "1 MB": 40, "10 MB": 12, "100 MB": 15},
+    save_reps={"1 KB": 200, "1 MB": 40, "10 MB": 40, "100 MB": 30},
     wan_reps={"1 KB": 12, "1 MB": 6, "10 MB": 4, "100 MB": 2},
     upload_sizes={"100 KB": 100 * KB, "10 MB": 10 * MB},
     upload_reps=30,
@@ -369,20 +369,35 @@ def _save_parts(results: Results, plan: Plan, db: str) -> None:
         )
 
 
+EXTRA = "queued − FileSystemStorage − record, round by round"
+
+
 def _save_verdicts(results: Results, plan: Plan) -> None:
-    """The default configuration is judged; the tuned one is shown beside it with its margin."""
+    """The default configuration is judged; the tuned one is shown beside it with its margin.
+
+    The verdict is on what each round's queued upload took beyond the same
+    round's ``FileSystemStorage`` upload and record, whose three samples ran
+    within milliseconds of each other: the machine's drift between rounds
+    (which moves all three) cancels there, where a difference of three
+    medians taken over the whole run keeps it.  Both are printed.
+    """
     for db in (DEFAULT_DB, TUNED_DB):
         for label in plan.save_sizes:
-            floor = results.median("1 upload", label + db, RECORD)
-            fs = results.median("1 upload", label + db, FS)
-            row = results.find("1 upload", label + db, QUEUED)
-            limit = fs + floor + 0.5
-            margin = f"{row.median:.2f} ms against {fs:.2f} + {floor:.2f} + 0.5 = {limit:.2f} ms"
+            case = label + db
+            rows = [results.find("1 upload", case, subject) for subject in (QUEUED, FS, RECORD)]
+            row, fs, floor = rows
+            paired = [q - f - r for q, f, r in zip(*(r.samples for r in rows), strict=True)]
+            extra = results.add(Row("1 upload", case, EXTRA, "ms", paired))
+            apart = row.median - fs.median - floor.median
+            margin = (
+                f"{extra.median:+.2f} ms round by round; medians {row.median:.2f} against "
+                f"{fs.median:.2f} + {floor.median:.2f}, {apart:+.2f} ms"
+            )
             if db:
                 row.note = f"not judged: {margin}"
             else:
                 row.target = f"≤ FileSystemStorage + record + 0.5 ms ({margin})"
-                row.ok = row.median <= limit
+                row.ok = extra.median <= 0.5
     for label in plan.save_sizes:
         queued = results.find("1 upload", label, QUEUED)
         for subject in (S3, S3_WAN):
