@@ -466,6 +466,14 @@ def _merge(into: dict[str, Any], found: dict[str, Any]) -> None:
         kept["peak_kib"] = max(kept["peak_kib"], got["peak_kib"])
 
 
+SCALE_ROUNDS = 4
+
+
+def _share(total: int, index: int) -> int:
+    """Round ``index``'s part of ``total`` samples split over :data:`SCALE_ROUNDS` rounds."""
+    return total // SCALE_ROUNDS + (index < total % SCALE_ROUNDS)
+
+
 def run(services: Any, results: Any, plan: Any, plans_path: Path | None) -> None:
     """Fill, measure and explain for each database and size of ``plan.scale_rows``; rows into ``results``."""
     from tests.services import PostgresServer
@@ -500,14 +508,21 @@ def run(services: Any, results: Any, plan: Any, plans_path: Path | None) -> None
             measured: dict[int, dict[str, Any]] = {rows: {} for rows in plan.scale_rows}
             # One process per subject, so each peak RSS is one operation's; the smoke test shares one.
             batches = [list(SUBJECTS)] if tiny else [[subject] for subject in SUBJECTS]
-            # The sizes take turns in two rounds, A B then B A, each with half the
-            # samples, so that the machine's drift over the minutes a subject
-            # takes falls on both.  The smoke test's plan has one round.
+            # The sizes take turns in four rounds, A B, B A, A B, B A, each with a
+            # quarter of the samples and a process of its own, so that the
+            # machine's drift over the minutes a subject takes falls on both,
+            # and so does the speed of single processes, which differs from
+            # one to the next by more than a target's margin (see
+            # docs/benchmarks.rst).  The smoke test's plan has one round.
             rounds = [(plan.scale_reps, plan.url_calls, plan.scale_rows)]
             if not tiny:
                 rounds = [
-                    ((plan.scale_reps + 1) // 2, (plan.url_calls + 1) // 2, plan.scale_rows),
-                    (plan.scale_reps // 2, plan.url_calls // 2, plan.scale_rows[::-1]),
+                    (
+                        _share(plan.scale_reps, i),
+                        _share(plan.url_calls, i),
+                        plan.scale_rows[:: -1 if i % 2 else 1],
+                    )
+                    for i in range(SCALE_ROUNDS)
                 ]
             for batch in batches:
                 sweep = batch[-1] == "requeue (a sweep)"
