@@ -76,12 +76,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
         for k, v in os.environ.items()
         if not k.startswith(("AWS_", "QS_", "DJANGO_", "CELERY_")) and k != "REDIS_URL"
     }
-    # 100 KB/s: the test image stays `transferring` for a few seconds, its progress bar
-    # moving at each beat of the worker's lease keeper (a third of the demo's 3 s lease).
+    # 50 KB/s: the test image stays `transferring` for about five seconds, its progress bar
+    # moving at each beat of the worker's lease keeper (a third of the demo's 3 s lease), so
+    # at least three mid-way widths reach a page that polls every half second, however late
+    # it first sees the row transferring.
     cmd = [
         sys.executable,
         str(REPO_ROOT / "example_project" / "run_demo.py"),
-        *("--port", str(port), "--data-dir", str(data_dir), "--bandwidth", "100000", "--quiet"),
+        *("--port", str(port), "--data-dir", str(data_dir), "--bandwidth", "50000", "--quiet"),
         *("--queue", queue),
     ]
     with open(output, "w") as out:
@@ -113,7 +115,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
 def _png(size: int = 300) -> bytes:
     from PIL import Image
 
-    # Noise does not compress: about 270 KB, a few seconds at the demo's throttled 100 KB/s.
+    # Noise does not compress: about 270 KB, about five seconds at the test's throttled 50 KB/s.
     image = Image.frombytes("RGB", (size, size), os.urandom(size * size * 3))
     buf = io.BytesIO()
     image.save(buf, "PNG")
