@@ -36,6 +36,9 @@ class Row:
     baseline: str | None = None  # subject of the same scenario and case the ratio is against
     target: str = ""
     ok: bool | None = None
+    # Where the target did not hold: the floor, measured in the same run, that
+    # the row meets instead (empty when it meets none: the row fails).
+    floor: str = ""
     note: str = ""
     ratio: float | None = field(default=None)
 
@@ -70,6 +73,28 @@ class Results:
         return [row for row in self.rows if row.ok is not None]
 
 
+def summary(results: Results) -> str:
+    """How many targets hold, then each one at its floor and each one missed."""
+    judged = results.verdicts()
+    floored = [row for row in judged if not row.ok and row.floor]
+    failing = [row for row in judged if not row.ok and not row.floor]
+    lines = [f"{len(judged) - len(floored) - len(failing)} of {len(judged)} targets hold."]
+    lines += [
+        f"  at its floor: {r.scenario} / {r.case} / {r.subject}: {r.target}; {r.floor}" for r in floored
+    ]
+    lines += [f"  not met: {r.scenario} / {r.case} / {r.subject}: {r.target}" for r in failing]
+    return "\n".join(lines)
+
+
+def verdict(row: Row) -> str:
+    """``holds``, ``at its floor: …`` (the target missed, the floor named and met), ``FAILS`` or ``""``."""
+    if row.ok is None:
+        return ""
+    if row.ok:
+        return "holds"
+    return f"at its floor: {row.floor}" if row.floor else "FAILS"
+
+
 def _num(value: float, unit: str) -> str:
     if unit in ("requests", "bytes", "files"):
         return f"{value:.0f}"
@@ -85,10 +110,9 @@ def _num(value: float, unit: str) -> str:
 def format_row(row: Row) -> str:
     spread = f"{_num(min(row.samples), row.unit)}–{_num(max(row.samples), row.unit)}"
     ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
-    verdict = {True: "holds", False: "FAILS", None: ""}[row.ok]
     return (
         f"{row.scenario:<11} {row.case:<22} {row.subject:<38} {_num(row.median, row.unit):>8} "
-        f"{spread:>17} {row.unit:<8} n={len(row.samples):<4} {ratio:>8}  {_last(row)} {verdict}"
+        f"{spread:>17} {row.unit:<8} n={len(row.samples):<4} {ratio:>8}  {_last(row)} {verdict(row)}"
     ).rstrip()
 
 
@@ -121,7 +145,8 @@ def rst_table(rows: list[Row]) -> str:
         "     - Target or note",
     ]
     for row in rows:
-        verdict = {True: " — holds", False: " — **fails**", None: ""}[row.ok]
+        said = verdict(row)
+        said = f" — **{said.lower()}**" if said == "FAILS" else f" — {said}" if said else ""
         cells = [
             row.scenario,
             row.case,
@@ -130,7 +155,7 @@ def rst_table(rows: list[Row]) -> str:
             f"{_num(min(row.samples), row.unit)}–{_num(max(row.samples), row.unit)}",
             str(len(row.samples)),
             f"{row.ratio:.2f}×" if row.ratio is not None else "",
-            (row.target + verdict) if row.target else row.note,
+            (row.target + said) if row.target else row.note,
         ]
         lines.append(f"   * - {cells[0]}")
         lines.extend(f"     - {cell}" if cell else "     -" for cell in cells[1:])

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .harness import Services, prefault_memory
-from .results import Results, chart, machine, table, write_json
+from .results import Results, chart, machine, summary, table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "docs" / "benchmarks-save-latency.png"
@@ -94,10 +94,7 @@ def run(
         print(f"\nDone in {time.monotonic() - started:.0f} s.\n")
         results.rows.sort(key=lambda row: int(row.scenario.split()[0]))
         print(table(results.rows))
-        failing = [row for row in results.verdicts() if not row.ok]
-        print(f"\n{len(results.verdicts()) - len(failing)} of {len(results.verdicts())} targets hold.")
-        for row in failing:
-            print(f"  not met: {row.scenario} / {row.case} / {row.subject}: {row.target}")
+        print("\n" + summary(results))
         meta = {"plan": plan_name, "when": datetime.now(timezone.utc).isoformat(), "machine": machine()}
         if out is not None:
             write_json(out, results, meta)

@@ -51,6 +51,9 @@ class Plan:
 
     save_sizes: dict[str, int]
     save_reps: dict[str, int]
+    # Rounds of scenario 1 that also time the subjects shown for contrast
+    # (inline publish, S3 direct); the judged three run in every round.
+    contrast_reps: dict[str, int]
     wan_reps: dict[str, int]
     upload_sizes: dict[str, int]
     upload_reps: int
@@ -74,7 +77,8 @@ class Plan:
 
 FULL = Plan(
     save_sizes={"1 KB": KB, "1 MB": MB, "10 MB": 10 * MB, "100 MB": 100 * MB},
-    save_reps={"1 KB": 200, "1 MB": 40, "10 MB": 40, "100 MB": 30},
+    save_reps={"1 KB": 200, "1 MB": 120, "10 MB": 160, "100 MB": 120},
+    contrast_reps={"1 KB": 200, "1 MB": 40, "10 MB": 30, "100 MB": 15},
     wan_reps={"1 KB": 12, "1 MB": 6, "10 MB": 4, "100 MB": 2},
     upload_sizes={"100 KB": 100 * KB, "10 MB": 10 * MB},
     upload_reps=30,
@@ -94,6 +98,7 @@ FULL = Plan(
 QUICK = Plan(
     save_sizes={"1 KB": KB, "1 MB": MB, "10 MB": 10 * MB},
     save_reps={"1 KB": 40, "1 MB": 10, "10 MB": 4},
+    contrast_reps={"1 KB": 40, "1 MB": 10, "10 MB": 4},
     wan_reps={"1 KB": 4, "1 MB": 2, "10 MB": 2},
     upload_sizes={"100 KB": 100 * KB, "10 MB": 10 * MB},
     upload_reps=3,
@@ -115,6 +120,7 @@ QUICK = Plan(
 TINY = Plan(
     save_sizes={"1 KB": KB, "100 KB": 100 * KB},
     save_reps={"1 KB": 2, "100 KB": 2},
+    contrast_reps={"1 KB": 2, "100 KB": 2},
     wan_reps={"1 KB": 1, "100 KB": 1},
     upload_sizes={"100 KB": 100 * KB},
     upload_reps=1,
@@ -314,6 +320,8 @@ def _save_samples(
         for subject, model in order:
             if subject == S3_WAN and rep >= plan.wan_reps[label]:
                 continue
+            if subject in (QUEUED_INLINE, S3) and rep >= plan.contrast_reps[label]:
+                continue
             if size >= 10 * MB:
                 # Earlier writes' dirty pages would otherwise be flushed
                 # (and throttle) inside whichever save comes next.
@@ -460,11 +468,20 @@ def upload_request(services: Services, results: Results, plan: Plan) -> None:
             over = f"{queued.median - floor.median:+.2f} ms against its floor, {floor.median:.2f} ms"
             queued.target = f"≤ 1.1× FileSystemStorage ({over})"
             queued.ok = queued.median <= 1.1 * fs.median
+            # Target 1's allowance over the same floor: the queued view adds no
+            # more than a storage that records each file durably must.
+            at_floor = queued.median <= floor.median + 0.5
+            if at_floor:
+                queued.floor = "within 0.5 ms of the view on FileSystemStorage + the record's commit"
             speedup, fs_speedup = wan.median / queued.median, wan.median / fs.median
             wan.target = (
                 f"≥ 100× the queued view ({speedup:.0f}×; the view on FileSystemStorage {fs_speedup:.0f}×)"
             )
             wan.ok = speedup >= 100
+            if at_floor:  # no view that records the file durably is faster than the floor's
+                wan.floor = (
+                    f"{wan.median / floor.median:.0f}× the floor view, the queued view within 0.5 ms of it"
+                )
     services.purge_parked()
     from .models import BY_ALIAS
 
@@ -727,6 +744,8 @@ def transfer(services: Services, results: Results, plan: Plan, worker: Any) -> N
             f"≥ 0.9× raw boto3 ({rate.median / read.median:.2f}× raw boto3 with the verification's read)"
         )
         rate.ok = rate.median >= 0.9 * raw_rate.median
+        if rate.median >= 0.9 * read.median:  # a verified copy reads the file once more
+            rate.floor = f"≥ 0.9× raw boto3 with the verification's read, {read.median:.0f} MB/s"
         raw_peak = results.add(Row("4 transfer", label, "raw boto3 peak RSS growth", "MiB", raw_mem))
         peak = results.add(
             Row("4 transfer", label, "worker peak RSS growth", "MiB", ours_mem, baseline=raw_peak.subject)
@@ -828,6 +847,8 @@ def small_files(services: Services, results: Results, plan: Plan, worker: Any, p
         )
         if modes[subject]:  # the default configuration is the one judged
             row.target, row.ok = f"≥ 0.8× raw boto3 ({row.note})", row.median >= 0.8 * base.median
+            if row.median >= 0.8 * floor.median:  # the saves share the machine's cores with the copies
+                row.floor = f"≥ 0.8× raw boto3 beside the saves, {floor.median:.0f} files/s"
         results.add(
             Row(
                 "5 small files",
