@@ -81,7 +81,7 @@ FULL = Plan(
     contrast_reps={"1 KB": 200, "1 MB": 40, "10 MB": 30, "100 MB": 15},
     wan_reps={"1 KB": 12, "1 MB": 6, "10 MB": 4, "100 MB": 2},
     upload_sizes={"100 KB": 100 * KB, "10 MB": 10 * MB},
-    upload_reps=30,
+    upload_reps=60,
     upload_wan_reps=3,
     url_calls=2000,
     url_wan_calls=10,
@@ -465,12 +465,19 @@ def upload_request(services: Services, results: Results, plan: Plan) -> None:
                 results.add(Row("2 upload", case, subject, "ms", _ms(samples[subject]), baseline=base))
                 for subject, base in zip(views, [None, *[FS_VIEW] * 4], strict=True)
             )
-            over = f"{queued.median - floor.median:+.2f} ms against its floor, {floor.median:.2f} ms"
-            queued.target = f"≤ 1.1× FileSystemStorage ({over})"
+            # Both views run in every round, so the pairs leave out the
+            # machine's drift between rounds, as target 1's do.
+            pairs = [q - f for q, f in zip(queued.samples, floor.samples, strict=True)]
+            over = results.add(Row("2 upload", case, OVER_FLOOR, "ms", pairs))
+            apart = queued.median - floor.median
+            queued.target = (
+                f"≤ 1.1× FileSystemStorage ({over.median:+.2f} ms over its floor round by round; "
+                f"medians {queued.median:.2f} against {floor.median:.2f}, {apart:+.2f} ms)"
+            )
             queued.ok = queued.median <= 1.1 * fs.median
             # Target 1's allowance over the same floor: the queued view adds no
             # more than a storage that records each file durably must.
-            at_floor = queued.median <= floor.median + 0.5
+            at_floor = over.median <= 0.5
             if at_floor:
                 queued.floor = "within 0.5 ms of the view on FileSystemStorage + the record's commit"
             speedup, fs_speedup = wan.median / queued.median, wan.median / fs.median
@@ -496,6 +503,7 @@ FS_VIEW = "view + FileSystemStorage"
 # What any storage that records each file durably pays in the request: the
 # view on FileSystemStorage plus the record's INSERT + COMMIT.
 FLOOR_VIEW = "view + FileSystemStorage + the record's INSERT + COMMIT (floor)"
+OVER_FLOOR = "queued view − floor view, round by round"
 
 
 # -- 3. url() ----------------------------------------------------------------------------------
