@@ -159,9 +159,7 @@ def run(services: Any, results: Any, plan: Any) -> None:
         notes = {db.name: _settings_note(db) for db in dbs}
         for label, size in plan.save_sizes.items():
             data = os.urandom(size)
-            # The write's own spread grows with the size: more rounds where it is large.
-            reps = plan.save_reps[label] * (3 if size >= 10_000_000 else 1)
-            samples = _measure(dbs, files, data, reps)
+            samples = _measure(dbs, files, data, plan.commit_reps[label])
             _add(results, Row, label, dbs, samples, notes)
             shutil.rmtree(where / "media", ignore_errors=True)
         for db in dbs:

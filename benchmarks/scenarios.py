@@ -54,6 +54,8 @@ class Plan:
     # Rounds of scenario 1 that also time the subjects shown for contrast
     # (inline publish, S3 direct); the judged three run in every round.
     contrast_reps: dict[str, int]
+    # Scenario 9's rounds: the write's own spread grows with the size, so more where it is large.
+    commit_reps: dict[str, int]
     wan_reps: dict[str, int]
     upload_sizes: dict[str, int]
     upload_reps: int
@@ -79,6 +81,7 @@ FULL = Plan(
     save_sizes={"1 KB": KB, "1 MB": MB, "10 MB": 10 * MB, "100 MB": 100 * MB},
     save_reps={"1 KB": 200, "1 MB": 120, "10 MB": 160, "100 MB": 120},
     contrast_reps={"1 KB": 200, "1 MB": 40, "10 MB": 30, "100 MB": 15},
+    commit_reps={"1 KB": 200, "1 MB": 40, "10 MB": 120, "100 MB": 90},
     wan_reps={"1 KB": 12, "1 MB": 6, "10 MB": 4, "100 MB": 2},
     upload_sizes={"100 KB": 100 * KB, "10 MB": 10 * MB},
     upload_reps=60,
@@ -99,6 +102,7 @@ QUICK = Plan(
     save_sizes={"1 KB": KB, "1 MB": MB, "10 MB": 10 * MB},
     save_reps={"1 KB": 40, "1 MB": 10, "10 MB": 4},
     contrast_reps={"1 KB": 40, "1 MB": 10, "10 MB": 4},
+    commit_reps={"1 KB": 40, "1 MB": 10, "10 MB": 12},
     wan_reps={"1 KB": 4, "1 MB": 2, "10 MB": 2},
     upload_sizes={"100 KB": 100 * KB, "10 MB": 10 * MB},
     upload_reps=3,
@@ -121,6 +125,7 @@ TINY = Plan(
     save_sizes={"1 KB": KB, "100 KB": 100 * KB},
     save_reps={"1 KB": 2, "100 KB": 2},
     contrast_reps={"1 KB": 2, "100 KB": 2},
+    commit_reps={"1 KB": 2, "100 KB": 2},
     wan_reps={"1 KB": 1, "100 KB": 1},
     upload_sizes={"100 KB": 100 * KB},
     upload_reps=1,
