@@ -145,8 +145,8 @@ def rst_table(rows: list[Row]) -> str:
         "     - Target or note",
     ]
     for row in rows:
-        said = verdict(row)
-        said = f" — **{said.lower()}**" if said == "FAILS" else f" — {said}" if said else ""
+        said = verdict(row).replace("FAILS", "**fails**")
+        said = f" — {said}" if said else ""
         cells = [
             row.scenario,
             row.case,
