@@ -32,10 +32,11 @@ import os
 import threading
 from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from .conf import SMALL_FILE, conf
@@ -279,9 +280,7 @@ def mode() -> Mode:
     """Background where a thread of this process can run and the settings allow it; else inline."""
     if not conf.PUBLISH_IN_BACKGROUND:
         return Mode(False, "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND is False")
-    from celery import current_app
-
-    if current_app.conf.task_always_eager:
+    if celery_eager():
         return Mode(False, "Celery runs tasks eagerly (task_always_eager), so a transfer runs within save()")
     if uwsgi_without_threads():
         return Mode(
@@ -292,6 +291,55 @@ def mode() -> Mode:
     if hasattr(settings, "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND"):
         return Mode(True, "QUEUED_STORAGE_PUBLISH_IN_BACKGROUND is True")
     return Mode(True, "the default")
+
+
+def in_background() -> bool:
+    """:func:`mode`'s decision without its reason, as every save asks it."""
+    return conf.PUBLISH_IN_BACKGROUND and not celery_eager() and not uwsgi_without_threads()
+
+
+class _Eager:
+    """Celery's ``task_always_eager``, read again only when its sources may have changed.
+
+    Reading it walks Celery's layers of configuration (the project's Django
+    settings among them), which costs a save more than the rest of its
+    publish.  The value can change only through the app's ``conf`` (its
+    ``changes`` map: ``app.conf.x = ...``, ``update()``), a new configuration
+    (``config_from_object()``), another current app, or Django's settings as
+    ``override_settings`` changes them (``setting_changed``); each of those
+    makes the next call read it again.
+    """
+
+    def __init__(self) -> None:
+        # (app, its conf, a copy of conf.changes, settings generation, value): one
+        # tuple, so a thread never pairs one call's key with another's value.
+        self._read: tuple[Any, Any, dict[str, Any], int, bool] | None = None
+        self._settings = 0
+
+    def settings_changed(self, **kwargs: Any) -> None:
+        self._settings += 1
+
+    def __call__(self) -> bool:
+        from celery import current_app
+
+        app = cast(Any, current_app)._get_current_object()  # the app itself, not its proxy
+        config = app.conf
+        read = self._read
+        if (
+            read is None
+            or read[0] is not app
+            or read[1] is not config
+            or read[3] != self._settings
+            or read[2] != config.changes
+        ):
+            generation = self._settings
+            read = (app, config, dict(config.changes), generation, bool(config.task_always_eager))
+            self._read = read
+        return read[4]
+
+
+celery_eager = _Eager()
+setting_changed.connect(celery_eager.settings_changed, dispatch_uid="queued_storage.publishing.eager")
 
 
 def _truthy(value: Any) -> bool:
@@ -335,7 +383,7 @@ def publish(
     if not celery_configured():  # enqueue() logs what to do; the record waits for the sweeper
         enqueue(storage, name, version, host)
         return
-    if mode().background:
+    if in_background():
         _publisher.submit((storage, name, version, host, size))
     else:
         enqueue(storage, name, version, host)

@@ -11,7 +11,7 @@ from urllib.parse import urljoin
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
-from django.core.files.storage import Storage, storages
+from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.core.files.utils import validate_file_name
 from django.db import IntegrityError, router, transaction
 from django.utils.deconstruct import deconstructible
@@ -269,7 +269,7 @@ class QueuedStorage(Storage):
                 with transaction.atomic(using=router.db_for_write(FileRecord)):
                     # The record first: it reserves the name before any byte is written.
                     record = transitions.record_saved(self.identity, name, size)
-                    stored = str(self.local.save(name, content))
+                    stored = self._write_local(name, content)
                     if stored != name:  # a local file of that name appeared meanwhile
                         record = transitions.rename(record, stored)
             except IntegrityError:
@@ -291,6 +291,17 @@ class QueuedStorage(Storage):
                 self._queue(stored, record.version, record.host, size)
             return stored
         raise SuspiciousFileOperation(f"Could not find a free name for {name!r} after 10 tries.")
+
+    def _write_local(self, name: str, content: Any) -> str:
+        """Write ``content`` locally under ``name``, or under another free name if it was taken meanwhile."""
+        local: Any = self.local
+        plain = local.__class__ is FileSystemStorage
+        if plain:
+            # Its _save() creates the file exclusively and takes another name
+            # itself if one appeared: save() would only repeat the availability
+            # check get_available_name() has just made.
+            return str(local._save(name, content))
+        return str(local.save(name, content))
 
     def _queue(self, name: str, version: str, host: str, size: int | None) -> None:
         """Ask for the transfer of ``name`` once the transaction commits (the queue listens)."""

@@ -248,3 +248,29 @@ def test_eager_celery_publishes_inline_even_when_asked_for_background(make, sett
     storage = make()
     name = storage.save("a.txt", ContentFile(b"x"))
     assert storage.status(name).state == "remote"  # transferred before save() returned
+
+
+def test_every_way_of_turning_eager_on_or_off_is_seen_at_once(settings):
+    """The eager answer is kept between saves, so each source of it must make it read again."""
+    from .celery_app import app
+
+    settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True
+    assert publishing.in_background() is True
+    app.conf.task_always_eager = True  # app.conf, as the eager fixture does
+    try:
+        assert publishing.in_background() is False
+        app.conf.task_always_eager = False
+        assert publishing.in_background() is True
+        app.conf.update(task_always_eager=True)
+        assert publishing.in_background() is False
+    finally:
+        app.conf.task_always_eager = False
+    assert publishing.in_background() is True
+    settings.CELERY_TASK_ALWAYS_EAGER = True  # Django's settings, the layer under app.conf
+    del app.conf.changes["task_always_eager"]
+    assert publishing.in_background() is False
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    assert publishing.in_background() is True
+    for answer in (True, False):
+        settings.CELERY_TASK_ALWAYS_EAGER = answer
+        assert publishing.in_background() is (not answer) is (publishing.mode().background)

@@ -11,6 +11,7 @@ import pickle
 import pytest
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.base import ContentFile
+from django.core.files.storage import FileSystemStorage
 from django.db import transaction
 from django.db.migrations.writer import MigrationWriter
 from django.utils import timezone
@@ -202,9 +203,9 @@ def test_a_recorded_name_is_never_written_locally_again(make, eager, monkeypatch
     first = storage.save("a.txt", ContentFile(b"one"))  # now remote only
     assert storage.get_available_name(first) != first  # the public check asks the records
     written = []
-    real_save = storage.local.save
+    real_save = storage.local._save  # the write itself
     monkeypatch.setattr(
-        storage.local, "save", lambda name, content: written.append(name) or real_save(name, content)
+        storage.local, "_save", lambda name, content: written.append(name) or real_save(name, content)
     )
     second = storage.save("a.txt", ContentFile(b"two"))
     assert second != first
@@ -418,3 +419,17 @@ def test_storage_built_before_the_celery_app_still_uses_it(make, eager, monkeypa
         storage = make()  # the built-in Transfer, already registered with the project app
     name = storage.save("late.txt", ContentFile(b"l"))
     assert storage.status(name).state == "remote"
+
+
+class StampingStorage(FileSystemStorage):
+    """A local storage whose save() does more than write, as a project's subclass may."""
+
+    def save(self, name, content, max_length=None):
+        return super().save(name, ContentFile(b"stamped " + content.read()), max_length)
+
+
+def test_a_local_storage_with_its_own_save_is_saved_through_it(make):
+    storage = make(local=f"{__name__}.StampingStorage", delayed=True)
+    name = storage.save("a.txt", ContentFile(b"x"))
+    with storage.open(name) as fh:
+        assert fh.read() == b"stamped x"
