@@ -324,6 +324,8 @@ class _Eager:
 
         app = cast(Any, current_app)._get_current_object()  # the app itself, not its proxy
         config = app.conf
+        if type(config.changes) is not dict:  # not loaded yet: reading it loads it
+            return bool(config.task_always_eager)
         read = self._read
         if (
             read is None

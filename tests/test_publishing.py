@@ -274,3 +274,21 @@ def test_every_way_of_turning_eager_on_or_off_is_seen_at_once(settings):
     for answer in (True, False):
         settings.CELERY_TASK_ALWAYS_EAGER = answer
         assert publishing.in_background() is (not answer) is (publishing.mode().background)
+
+
+def test_an_app_whose_configuration_is_not_loaded_yet(settings):
+    """As in a web process whose first save comes before anything read Celery's configuration."""
+    from celery import Celery
+
+    from .celery_app import app as project_app
+
+    settings.QUEUED_STORAGE_PUBLISH_IN_BACKGROUND = True
+    app = Celery("fresh", set_as_current=False)
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    app.set_current()
+    try:
+        assert publishing.in_background() is True
+        settings.CELERY_TASK_ALWAYS_EAGER = True
+        assert publishing.in_background() is False
+    finally:
+        project_app.set_current()
