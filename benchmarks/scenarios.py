@@ -492,7 +492,13 @@ def upload_request(services: Services, results: Results, plan: Plan) -> None:
                 f"≥ 100× the queued view ({speedup:.0f}×; the view on FileSystemStorage {fs_speedup:.0f}×)"
             )
             wan.ok = speedup >= 100
-            if at_floor:  # no view that records the file durably is faster than the floor's
+            # No view that writes the file locally is faster than the one on
+            # FileSystemStorage, nor one that also records it durably than the
+            # floor's: the queued view meets this verdict's floor when it is
+            # within the ratio above of the first, or the allowance of the second.
+            if queued.ok:
+                wan.floor = f"{fs_speedup:.0f}× for the view on FileSystemStorage, the queued view ≤ 1.1× it"
+            elif at_floor:
                 times = wan.median / floor.median
                 wan.floor = f"{times:.0f}× the floor view, the queued view within {ALLOWANCE} ms of it"
     services.purge_parked()
