@@ -295,10 +295,11 @@ class QueuedStorage(Storage):
     def _write_local(self, name: str, content: Any) -> str:
         """Write ``content`` locally under ``name``, or under another free name if it was taken meanwhile."""
         local: Any = self.local
-        plain = local.__class__ is FileSystemStorage
+        plain = local.__class__ is FileSystemStorage  # a name, not a narrowing: the stubs lack _save()
         if plain:
             # Its _save() creates the file exclusively and takes another name
-            # itself if one appeared: save() would only repeat the availability
+            # itself if one appeared (or, with allow_overwrite, replaces it, as
+            # its save() would): save() would only repeat the availability
             # check get_available_name() has just made.
             return str(local._save(name, content))
         return str(local.save(name, content))
